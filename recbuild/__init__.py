@@ -1,0 +1,3 @@
+"""recbuild: Make for recommender deployment artifacts."""
+
+__version__ = "0.1.0"

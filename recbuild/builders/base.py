@@ -1,0 +1,126 @@
+"""The builder interface: one plain class per artifact kind, its params schema beside it.
+
+A builder never imports the engine, the CLI or doit. It receives a :class:`BuildContext`, writes
+its files into ``ctx.out`` (an empty temporary folder) and returns; the engine writes the manifest
+and publishes the folder atomically. Builders raise :class:`recbuild.errors.BuildError` (or
+``InputError``) with a message that says what is wrong and how to fix it.
+
+Heavy libraries (torch, faiss, pyarrow) are imported inside ``build`` so that loading the recipe
+and a no-op ``make`` stay fast.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class InputArtifact:
+    """What a builder sees of one of its inputs (a source or an upstream artifact)."""
+
+    name: str
+    kind: str  # "source" for file sources, else the builder kind that made it
+    path: Path  # artifact folder, or the source path (file, directory or glob root)
+    files: tuple[Path, ...]  # concrete files (absolute), sorted; empty for remote URLs
+    manifest: dict[str, Any]
+    url: str | None = None  # set for fsspec sources (e.g. "memory://x/y.parquet")
+
+    def file(self, relpath: str) -> Path:
+        return self.path / relpath
+
+    @property
+    def location(self) -> str:
+        """A path or URL a reader can open (parquet readers accept either)."""
+        return self.url or str(self.path)
+
+
+class Progress:
+    """Progress of a long step. The engine swaps in one that the UI renders; this one is silent."""
+
+    def __init__(self, total: float | None = None, unit: str = "rows"):
+        self.total = total
+        self.unit = unit
+        self.done = 0.0
+
+    def advance(self, amount: float = 1) -> None:
+        self.done += amount
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class BuildContext:
+    name: str
+    kind: str
+    params: dict[str, Any]  # validated, interpolated, schema defaults applied
+    out: Path  # empty folder to write into; published as <workdir>/<name>/
+    inputs: dict[str, InputArtifact | list[InputArtifact]]  # reference field -> input(s)
+    recipe_dir: Path
+    workdir: Path
+    model: dict[str, Any] = field(default_factory=dict)  # the recipe's `model:` section
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("recbuild.build"))
+    threads: int = 2
+    # Deterministic facts the builder wants in MANIFEST.json under "meta" (no times, no hosts).
+    meta: dict[str, Any] = field(default_factory=dict)
+    _progress_factory: Any = None
+
+    def input(self, field_name: str) -> InputArtifact:
+        value = self.inputs[field_name]
+        if isinstance(value, list):
+            raise TypeError(f"{field_name} holds several inputs; use inputs_of()")
+        return value
+
+    def inputs_of(self, field_name: str) -> list[InputArtifact]:
+        value = self.inputs.get(field_name, [])
+        return list(value) if isinstance(value, list) else [value]
+
+    def progress(self, total: float | None = None, unit: str = "rows") -> Progress:
+        if self._progress_factory is None:
+            return Progress(total, unit)
+        return self._progress_factory(total, unit)
+
+
+class Builder:
+    """Base class of every artifact kind.
+
+    Class attributes:
+      kind              the name used in recipes (``kind: faiss_index``)
+      version           bump when the output for the same inputs changes; part of the artifact key
+      schema            JSON schema (draft 2020-12) of the params, i.e. the spec minus ``kind``;
+                        an object schema with ``properties``; ``additionalProperties`` is forced false
+      reference_fields  params whose value names another node (a string, or a list of strings)
+      path_fields       reference fields that may also hold a file path (made an implicit source)
+      uses_model        the recipe's ``model:`` section is an input (part of the key)
+      key_exclude       params that do not change the content (e.g. an executor); left out of the key
+      description       one line for `recbuild templates`/docs
+    """
+
+    kind: ClassVar[str] = ""
+    version: ClassVar[str] = "1"
+    schema: ClassVar[dict[str, Any]] = {"type": "object", "properties": {}}
+    reference_fields: ClassVar[tuple[str, ...]] = ()
+    path_fields: ClassVar[tuple[str, ...]] = ()
+    uses_model: ClassVar[bool] = False
+    key_exclude: ClassVar[tuple[str, ...]] = ()
+    description: ClassVar[str] = ""
+
+    def references(self, params: dict[str, Any]) -> dict[str, list[str]]:
+        """Reference field -> names of the nodes it points at (in order)."""
+        refs: dict[str, list[str]] = {}
+        for name in self.reference_fields:
+            value = params.get(name)
+            if value is None:
+                continue
+            refs[name] = [value] if isinstance(value, str) else list(value)
+        return refs
+
+    def check(self, params: dict[str, Any]) -> list[tuple[str, str]]:
+        """Checks the schema cannot express. Returns (dotted param path, message) pairs."""
+        return []
+
+    def build(self, ctx: BuildContext) -> None:  # pragma: no cover - interface
+        raise NotImplementedError

@@ -1,0 +1,127 @@
+"""The `command` kind: Make's escape hatch. Runs a shell command (arbitrary code, like a Makefile
+rule) in the recipe's folder; whatever it writes into ``${out}`` becomes the artifact.
+
+Placeholders in ``cmd``: ``${out}`` (the folder to write into, published atomically),
+``${deps.NAME}`` (absolute path of a dependency: an artifact folder, or a source file/folder),
+``${params.KEY}`` (a value from ``params``). The key covers the command text, params and the
+dependencies' digests, so editing any of them rebuilds the artifact.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import shlex
+import signal
+import subprocess
+import tempfile
+from typing import Any
+
+from recbuild.builders.base import Builder, BuildContext
+from recbuild.errors import BuildError
+
+# Only our own placeholders; any other ${...} (written $${...} in the recipe) is left for the shell.
+_PLACEHOLDER = re.compile(r"\$\{\s*(out|deps\.[^}]*|params\.[^}]*)\s*\}")
+_TAIL_LINES = 15
+
+
+def _die_with_parent() -> None:
+    # If recbuild is SIGKILLed, its command must not keep writing into a folder nobody publishes.
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class CommandBuilder(Builder):
+    kind = "command"
+    version = "1"
+    description = "Run a shell command that writes its outputs into ${out}."
+    reference_fields = ("deps",)
+    path_fields = ("deps",)
+    schema = {
+        "type": "object",
+        "properties": {
+            "cmd": {"type": "string", "minLength": 1,
+                    "description": "Shell command, run in the recipe's folder. ${out}, ${deps.NAME}, ${params.KEY}."},
+            "deps": {"type": "array", "items": {"type": "string", "minLength": 1}, "default": [],
+                     "description": "Names of sources/artifacts, or file paths, the command reads."},
+            "params": {"type": "object", "default": {},
+                       "description": "Values the command depends on; changing one rebuilds."},
+            "env": {"type": "object", "additionalProperties": {"type": "string"}, "default": {},
+                    "description": "Extra environment variables for the command."},
+            "description": {"type": "string"},
+        },
+        "required": ["cmd"],
+    }
+    key_exclude = ("description",)
+
+    def check(self, params: dict[str, Any]) -> list[tuple[str, str]]:
+        problems = []
+        deps = set(params.get("deps", []))
+        for match in _PLACEHOLDER.finditer(params.get("cmd", "")):
+            ref = match.group(1).strip()
+            if ref == "out":
+                continue
+            if ref.startswith("deps.") and ref[5:] in deps:
+                continue
+            if ref.startswith("params.") and ref[7:] in params.get("params", {}):
+                continue
+            if ref.startswith("deps."):
+                msg = f"${{{ref}}} names {ref[5:]!r}, which is not in deps"
+            else:
+                msg = f"${{{ref}}} names {ref[7:]!r}, which is not in params"
+            problems.append(("cmd", msg))
+        return problems
+
+    def render(self, ctx: BuildContext) -> str:
+        paths = {}
+        for field_inputs in ctx.inputs.values():
+            for item in field_inputs if isinstance(field_inputs, list) else [field_inputs]:
+                paths[item.name] = item.location
+
+        def substitute(match: re.Match) -> str:
+            ref = match.group(1).strip()
+            if ref == "out":
+                return shlex.quote(str(ctx.out))
+            if ref.startswith("deps."):
+                return shlex.quote(str(paths[ref[5:]]))
+            value = ctx.params["params"][ref[7:]]
+            return shlex.quote(value if isinstance(value, str) else str(value))
+
+        return _PLACEHOLDER.sub(substitute, ctx.params["cmd"])
+
+    def build(self, ctx: BuildContext) -> None:
+        command = self.render(ctx)
+        env = dict(os.environ)
+        env.update(ctx.params.get("env", {}))
+        env["RECBUILD_OUT"] = str(ctx.out)
+        ctx.log.info("$ %s", command)
+        with tempfile.TemporaryFile() as output:
+            process = subprocess.Popen(command, shell=True, cwd=ctx.recipe_dir, env=env,
+                                       stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       start_new_session=True, preexec_fn=_die_with_parent)
+            try:
+                returncode = process.wait()
+            except BaseException:
+                # interrupted: stop the whole process group, then let the interrupt propagate
+                try:
+                    os.killpg(process.pid, signal.SIGTERM)
+                    process.wait(timeout=5)
+                except (ProcessLookupError, subprocess.TimeoutExpired):
+                    try:
+                        os.killpg(process.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                raise
+            output.seek(0)
+            text = output.read().decode("utf-8", errors="replace")
+        for line in text.splitlines():
+            ctx.log.info("| %s", line)
+        if returncode != 0:
+            tail = text.strip().splitlines()[-_TAIL_LINES:]
+            shown = ("; last output: " + " | ".join(tail)) if tail else " (no output)"
+            status = f"was killed by signal {-returncode}" if returncode < 0 else f"exited with status {returncode}"
+            raise BuildError(f"command {status}{shown}")

@@ -1,0 +1,357 @@
+"""Command line: argparse front end. Maps every RecbuildError to its exit code in one place.
+
+Exit codes: 0 success, 1 a build failed, 2 the recipe or the command line is wrong, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+from recbuild import __version__
+from recbuild.errors import Interrupted, RecbuildError, RecipeError, UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse exits 2 too; keep our one-line format
+        raise UsageError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+
+
+def _common(parser: argparse.ArgumentParser, recipe: bool = True) -> None:
+    if recipe:
+        parser.add_argument("-f", "--file", metavar="RECIPE", help="recipe file (default: recbuild.yaml)")
+        parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
+                            help="override a recipe value, e.g. --set vars.seed=7 (repeatable)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print errors only")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print more")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="recbuild", description="Make for recommender deployment artifacts.")
+    parser.add_argument("--version", action="version", version=f"recbuild {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    make = sub.add_parser("make", help="build targets (default: the recipe's `default`) and what they need")
+    make.add_argument("targets", nargs="*", metavar="TARGET")
+    make.add_argument("-n", "--dry-run", action="store_true", help="print what would be built and why")
+    make.add_argument("-j", "--jobs", type=int, default=1, metavar="N", help="build N artifacts at once")
+    make.add_argument("-B", "--always-make", action="store_true", help="rebuild targets even if up to date")
+    make.add_argument("-k", "--keep-going", action="store_true", help="go on with independent artifacts after a failure")
+    make.add_argument("--cache", metavar="URL", help="shared artifact cache (fsspec URL)")
+    _common(make)
+
+    status = sub.add_parser("status", help="table of artifacts: up to date / stale / missing, and why")
+    status.add_argument("targets", nargs="*", metavar="TARGET")
+    _common(status)
+
+    explain = sub.add_parser("explain", help="why TARGET is stale: what changed, what rebuilds upstream")
+    explain.add_argument("target", metavar="TARGET")
+    _common(explain)
+
+    lister = sub.add_parser("list", help="list sources and artifacts")
+    _common(lister)
+
+    graph = sub.add_parser("graph", help="print the artifact graph")
+    graph.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
+    _common(graph)
+
+    clean = sub.add_parser("clean", help="remove built artifacts (all, or the TARGETs)")
+    clean.add_argument("targets", nargs="*", metavar="TARGET")
+    _common(clean)
+
+    validate = sub.add_parser("validate", help="check the recipe and exit")
+    _common(validate)
+
+    init = sub.add_parser("init", help="copy a template recipe into DIR so `recbuild make` works at once")
+    init.add_argument("template", metavar="TEMPLATE")
+    init.add_argument("dir", nargs="?", default=".", metavar="DIR")
+    _common(init, recipe=False)
+
+    templates = sub.add_parser("templates", help="list built-in recipe templates")
+    _common(templates, recipe=False)
+
+    schema = sub.add_parser("schema", help="print the recipe JSON schema")
+    _common(schema, recipe=False)
+    return parser
+
+
+# ------------------------------------------------------------------------------------ commands
+
+
+def _load(args):
+    from recbuild.builders import all_builders
+    from recbuild.graph import build_graph
+    from recbuild.recipe import load_recipe
+
+    builders = all_builders()
+    recipe = load_recipe(args.file, args.overrides, builders)
+    return build_graph(recipe, builders), builders
+
+
+def _check_targets(graph, targets: list[str]) -> None:
+    from recbuild.schema import did_you_mean
+
+    for target in targets:
+        if target not in graph.nodes:
+            raise UsageError(f"{graph.recipe.path}: unknown target {target!r}{did_you_mean(target, graph.nodes)}; "
+                             "see `recbuild list`")
+
+
+def cmd_make(args, term) -> int:
+    graph, builders = _load(args)
+    _check_targets(graph, args.targets)
+    if args.jobs < 1:
+        raise UsageError("recbuild make: -j must be at least 1")
+    if args.dry_run:
+        return _dry_run(graph, builders, args.targets, term)
+    from recbuild.engine import Engine, MakeOptions
+
+    engine = Engine(graph, builders, term.build_events())
+    options = MakeOptions(targets=args.targets, jobs=args.jobs, always=args.always_make,
+                          keep_going=args.keep_going)
+    return engine.make(options)
+
+
+def _dry_run(graph, builders, targets, term) -> int:
+    from recbuild.workspace import Workspace
+
+    ws = Workspace(graph, builders)
+    plan = ws.plan(targets or graph.default_targets())
+    stale = [s for s in plan.values() if not s.current and not graph.nodes[s.name].is_file_source]
+    for status in plan.values():
+        if graph.nodes[status.name].is_file_source:
+            if status.state == "error":
+                term.error(f"{status.name}: {'; '.join(map(str, status.reasons))}")
+            continue
+        if status.current:
+            term.debug(f"  up to date  {status.name}")
+        else:
+            why = "; ".join(str(r) for r in status.reasons)
+            term.out(f"  would build {status.name} ({graph.nodes[status.name].kind}): {why}")
+    if not stale:
+        term.info("nothing to build: everything is up to date")
+    ws.cache.close()
+    return 0
+
+
+def cmd_status(args, term) -> int:
+    from recbuild.workspace import Workspace
+
+    graph, builders = _load(args)
+    _check_targets(graph, args.targets)
+    ws = Workspace(graph, builders)
+    plan = ws.plan(args.targets or list(graph.nodes))
+    rows = []
+    for name, status in plan.items():
+        node = graph.nodes[name]
+        if node.is_file_source and status.current:
+            continue
+        kind = "source" if node.is_file_source else node.kind
+        state = status.state
+        if node.is_file_source and state == "missing":
+            state = "new"
+        rows.append([name, kind, state, "; ".join(str(r) for r in status.reasons) or "-"])
+    ws.cache.close()
+    term.table(["artifact", "kind", "state", "reason"], rows)
+    return 0
+
+
+def cmd_explain(args, term) -> int:
+    from recbuild.workspace import Workspace
+
+    graph, builders = _load(args)
+    _check_targets(graph, [args.target])
+    ws = Workspace(graph, builders)
+    plan = ws.plan([args.target])
+    status = plan[args.target]
+    node = graph.nodes[args.target]
+    if status.current:
+        term.out(f"{args.target} is up to date (key {ws.manifest(args.target)['key'][:12]})")
+    else:
+        term.out(f"{args.target} ({node.kind}, {node.loc}) is {status.state}:")
+        for reason in status.reasons:
+            term.out(f"  - {reason}")
+        upstream = [s for n, s in plan.items() if n != args.target and not s.current]
+        if upstream:
+            term.out("upstream that will rebuild first:")
+            for up in upstream:
+                label = "source" if graph.nodes[up.name].is_file_source else graph.nodes[up.name].kind
+                term.out(f"  - {up.name} ({label}): " + "; ".join(str(r) for r in up.reasons))
+    ws.cache.close()
+    return 0
+
+
+def cmd_list(args, term) -> int:
+    graph, _ = _load(args)
+    defaults = set(graph.default_targets())
+    rows = []
+    for name in graph.order:
+        node = graph.nodes[name]
+        kind = "source" if node.is_file_source else node.kind
+        needs = ", ".join(graph.upstream(name)) or "-"
+        rows.append([name, kind, needs, "*" if name in defaults else "", str(node.loc)])
+    term.table(["name", "kind", "needs", "default", "declared at"], rows)
+    return 0
+
+
+def cmd_graph(args, term) -> int:
+    graph, _ = _load(args)
+    term.out(render_graph(graph, args.format))
+    return 0
+
+
+def render_graph(graph, fmt: str) -> str:
+    ids = {name: f"n{i}" for i, name in enumerate(graph.order)}
+    lines = []
+    if fmt == "mermaid":
+        lines.append("graph LR")
+        for name in graph.order:
+            node = graph.nodes[name]
+            label = f"{name}<br/><i>{'source' if node.is_file_source else node.kind}</i>"
+            shape = ("[(", ")]") if node.is_file_source or node.section == "sources" else ("[", "]")
+            lines.append(f'  {ids[name]}{shape[0]}"{label}"{shape[1]}')
+        for name in graph.order:
+            for edge in graph.edges[name]:
+                lines.append(f"  {ids[edge.upstream]} --> {ids[name]}")
+    else:
+        lines.append("digraph recbuild {")
+        lines.append("  rankdir=LR;")
+        for name in graph.order:
+            node = graph.nodes[name]
+            kind = "source" if node.is_file_source else node.kind
+            shape = "cylinder" if node.section == "sources" else "box"
+            lines.append(f'  {ids[name]} [label="{name}\\n({kind})", shape={shape}];')
+        for name in graph.order:
+            for edge in graph.edges[name]:
+                lines.append(f"  {ids[edge.upstream]} -> {ids[name]};")
+        lines.append("}")
+    return "\n".join(lines)
+
+
+def cmd_clean(args, term) -> int:
+    from recbuild.lock import WorkdirLock
+    from recbuild.workspace import Workspace
+
+    graph, builders = _load(args)
+    _check_targets(graph, args.targets)
+    ws = Workspace(graph, builders)
+    ws.cache.close()
+    names = args.targets or [n for n in graph.order if not graph.nodes[n].is_file_source]
+    removed = 0
+    with WorkdirLock(ws.state_dir):
+        for name in names:
+            folder = ws.folder(name)
+            if folder.exists():
+                shutil.rmtree(folder)
+                removed += 1
+                term.info(f"  removed {name}")
+        if not args.targets:
+            for leftover in ("tmp", "sources", "logs", "doit.sqlite"):
+                path = ws.state_dir / leftover
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                elif path.exists():
+                    path.unlink()
+    term.info(f"removed {removed} artifact{'s' if removed != 1 else ''}")
+    return 0
+
+
+def cmd_validate(args, term) -> int:
+    graph, _ = _load(args)
+    sources = sum(1 for n in graph.nodes.values() if n.section == "sources")
+    term.info(f"{graph.recipe.path}: ok ({sources} sources, {len(graph.nodes) - sources} artifacts)")
+    return 0
+
+
+def cmd_templates(args, term) -> int:
+    from recbuild.recipe import find_template, template_names
+
+    rows = []
+    for name in template_names():
+        first = ""
+        for line in find_template(name).read_text(encoding="utf-8").splitlines():
+            if line.startswith("#") and not line.startswith("# yaml-language-server"):
+                first = line.lstrip("# ").strip()
+                break
+        rows.append([name, first])
+    term.table(["template", "description"], rows)
+    return 0
+
+
+def cmd_init(args, term) -> int:
+    from recbuild.recipe import DEFAULT_RECIPE, find_template, template_names
+    from recbuild.schema import did_you_mean
+
+    template = find_template(args.template)
+    if template is None:
+        names = template_names()
+        raise UsageError(f"recbuild init: no template {args.template!r}{did_you_mean(args.template, names)}; "
+                         f"templates: {', '.join(names)}")
+    target_dir = Path(args.dir)
+    target = target_dir / DEFAULT_RECIPE
+    if target.exists():
+        raise UsageError(f"recbuild init: {target} already exists; choose another DIR or remove it")
+    target_dir.mkdir(parents=True, exist_ok=True)
+    text = template.read_text(encoding="utf-8")
+    text = text.replace("# yaml-language-server: $schema=../schemas/recipe.schema.json\n", "")
+    target.write_text(text, encoding="utf-8")
+    where = "" if str(target_dir) in (".", "") else f"cd {target_dir} && "
+    term.info(f"wrote {target} (template {args.template}); next: {where}recbuild make")
+    return 0
+
+
+def cmd_schema(args, term) -> int:
+    from recbuild.builders import all_builders
+    from recbuild.schema import schema_text
+
+    sys.stdout.write(schema_text(all_builders()))
+    return 0
+
+
+COMMANDS = {"make": cmd_make, "status": cmd_status, "explain": cmd_explain, "list": cmd_list,
+            "graph": cmd_graph, "clean": cmd_clean, "validate": cmd_validate, "init": cmd_init,
+            "templates": cmd_templates, "schema": cmd_schema}
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    from recbuild.ui import Terminal
+
+    term = Terminal()
+    try:
+        args = build_parser().parse_args(argv)
+        if not args.command:
+            build_parser().print_help()
+            return 2
+        term = Terminal(verbosity=0 if args.quiet else (2 if args.verbose else 1))
+        # CI cancellation sends SIGTERM: treat it like Ctrl-C so completed work is recorded.
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+        return COMMANDS[args.command](args, term)
+    except KeyboardInterrupt:
+        term.error("interrupted; completed artifacts are kept")
+        return Interrupted.exit_code
+    except RecipeError as exc:
+        for line in exc.problems:
+            term.error(line)
+        return exc.exit_code
+    except RecbuildError as exc:
+        term.error(exc.message)
+        return exc.exit_code
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

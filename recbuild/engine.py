@@ -1,0 +1,342 @@
+"""Runs a recipe's graph on doit, in-process: our TaskLoader2, sqlite3 backend in
+<workdir>/.recbuild/, our file checker, one task per source and per artifact, MANIFEST.json targets.
+
+The only module (with dodo.py) that imports doit. It never prints: progress and results go to the
+``events`` object the CLI passes in (see ``ui.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from doit.cmd_base import TaskLoader2
+from doit.dependency import FileChangedChecker
+from doit.doit_cmd import DoitMain
+from doit.exceptions import TaskFailed, UnmetDependency
+from doit.task import dict_to_task
+
+from recbuild.builders.base import BuildContext, Progress
+from recbuild.errors import BuildError, Interrupted, RecbuildError
+from recbuild.graph import Graph
+from recbuild.lock import WorkdirLock
+from recbuild.manifest import MANIFEST_NAME, make_manifest, publish, write_manifest
+from recbuild.workspace import Workspace
+
+
+class Events(Protocol):
+    """What the engine reports; implemented by the UI."""
+
+    def run_started(self, names: list[str]) -> None: ...
+    def step_started(self, name: str, kind: str) -> None: ...
+    def step_finished(self, name: str, kind: str, outcome: str, seconds: float, detail: str = "") -> None: ...
+    def step_failed(self, name: str, kind: str, message: str, seconds: float) -> None: ...
+    def step_skipped(self, name: str, kind: str, reason: str) -> None: ...
+    def progress(self, name: str, total: float | None, unit: str) -> Progress: ...
+    def run_finished(self, stats: dict) -> None: ...
+
+
+@dataclass
+class MakeOptions:
+    targets: list[str] = field(default_factory=list)
+    jobs: int = 1
+    always: bool = False
+    keep_going: bool = False
+
+
+BUILT, UP_TO_DATE, ADOPTED, HASHED = "built", "up to date", "up to date (verified)", "hashed"
+
+
+class _StepFailed(Exception):
+    pass
+
+
+class Engine:
+    def __init__(self, graph: Graph, builders: dict, events: Events):
+        self.graph = graph
+        self.builders = builders
+        self.events = events
+        self.ws = Workspace(graph, builders)
+        self.outcomes: dict[str, tuple[str, str]] = {}
+        self.started: dict[str, float] = {}
+        self.failures: dict[str, str] = {}
+
+    # ---------------------------------------------------------------------------- actions
+    def source_uptodate(self, name: str) -> bool:
+        try:
+            return self.ws.source_status(name).current
+        except RecbuildError:
+            return False
+
+    def artifact_uptodate(self, name: str) -> bool:
+        try:
+            return self.ws.artifact_status(name).current
+        except RecbuildError:
+            return False
+
+    def run_source(self, name: str):
+        try:
+            self.ws.forget_scan(name)
+            scan = self.ws.scan(name)
+        except BuildError as exc:
+            return self._fail(name, str(exc), TaskFailed)
+        old = self.ws.manifest(name)
+        if old is not None and old.get("digest") == scan.digest:
+            self.outcomes[name] = (UP_TO_DATE, "")
+            return None
+        folder = self.ws.folder(name)
+        folder.mkdir(parents=True, exist_ok=True)
+        node = self.graph.nodes[name]
+        manifest = {"kind": "source", "key": scan.digest, "hash": "xxh3_128", "digest": scan.digest,
+                    "files": scan.entries, "inputs": {}, "params": {"path": node.params["path"]}}
+        write_manifest(folder, manifest)
+        self.ws.set_manifest(name, manifest)
+        self.outcomes[name] = (HASHED, f"{len(scan.entries)} files")
+        return None
+
+    def run_artifact(self, name: str, force: bool):
+        node = self.graph.nodes[name]
+        ws = self.ws
+        ws.set_manifest(name, None)
+        ws._manifests.pop(name, None)
+        material = ws.key_material(name)
+        if material is None:
+            return self._fail(name, "an input is missing; build its upstream first", TaskFailed)
+        if not force and ws.artifact_status(name).current:
+            self.outcomes[name] = (ADOPTED, "")
+            return None
+        key = ws.key(name)
+        staged = ws.tmp_dir / f"{name}-{uuid.uuid4().hex[:10]}"
+        staged.mkdir(parents=True)
+        log = self._logger(name)
+        try:
+            builder = self.builders[node.kind]()
+            ctx = BuildContext(
+                name=name, kind=node.kind, params=dict(node.params), out=staged,
+                inputs=ws.inputs_for(name), recipe_dir=self.graph.recipe.dir, workdir=ws.workdir,
+                model=self.graph.recipe.model, log=log,
+                _progress_factory=lambda total, unit: self.events.progress(name, total, unit))
+            builder.build(ctx)
+            manifest = make_manifest(staged, kind=node.kind, key=key, inputs=material["inputs"],
+                                     params=material["params"], cache=ws.cache, meta=ctx.meta or None)
+            manifest.update(ws.manifest_extras(name))
+            write_manifest(staged, manifest)
+            publish(staged, ws.folder(name), ws.tmp_dir)
+        except RecbuildError as exc:
+            return self._fail(name, exc.message, TaskFailed, log)
+        except Exception as exc:  # a bug or an unexpected library error: keep the traceback in the log
+            log.error("%s", traceback.format_exc())
+            detail = f"{type(exc).__name__}: {exc}".strip()
+            return self._fail(name, f"{detail} (traceback in {self._log_path(name)})", TaskFailed, log)
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
+            _close_logger(log)
+        ws.set_manifest(name, manifest)
+        self.outcomes[name] = (BUILT, "")
+        return None
+
+    def _fail(self, name: str, message: str, failed_cls=TaskFailed, log: logging.Logger | None = None):
+        node = self.graph.nodes[name]
+        located = f"{node.loc}: {message}"
+        self.failures[name] = located
+        if log is not None:
+            log.error("%s", located)
+        return failed_cls(located)
+
+    # ---------------------------------------------------------------------------- logs
+    def _log_path(self, name: str) -> Path:
+        safe = name.replace("/", "_")
+        return self.ws.log_dir / f"{safe}.log"
+
+    def _logger(self, name: str) -> logging.Logger:
+        self.ws.log_dir.mkdir(parents=True, exist_ok=True)
+        logger = logging.getLogger(f"recbuild.build.{name}")
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+        handler = logging.FileHandler(self._log_path(name), mode="w", encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+        return logger
+
+    # ---------------------------------------------------------------------------- doit
+    def tasks(self, names: list[str], force: bool) -> list:
+        tasks = []
+        for name in names:
+            node = self.graph.nodes[name]
+            deps = [e.upstream for e in self.graph.edges[name]]
+            spec: dict[str, Any] = {
+                "name": name,
+                "doc": node.kind,
+                "targets": [str(self.ws.manifest_path(name))],
+                "file_dep": [str(self.ws.manifest_path(d)) for d in deps],
+                "task_dep": deps,
+                "verbosity": 0,
+            }
+            if node.is_file_source:
+                spec["actions"] = [(self.run_source, [name])]
+                spec["uptodate"] = [(self.source_uptodate, [name], {})]
+            else:
+                spec["actions"] = [(self.run_artifact, [name, force])]
+                spec["uptodate"] = [(self.artifact_uptodate, [name], {})]
+            task = dict_to_task(spec)
+            task.meta = {"kind": node.kind, "file_source": node.is_file_source}
+            tasks.append(task)
+        return tasks
+
+    def make(self, options: MakeOptions) -> int:
+        """Build the targets; returns 0 or 1. Raises Interrupted on SIGINT/SIGTERM."""
+        targets = options.targets or self.graph.default_targets()
+        names = self.graph.closure(targets)
+        self.ws.state_dir.mkdir(parents=True, exist_ok=True)
+        with WorkdirLock(self.ws.state_dir):
+            shutil.rmtree(self.ws.tmp_dir, ignore_errors=True)  # leftovers of killed builds
+            self.ws.tmp_dir.mkdir(parents=True, exist_ok=True)
+            loader = _RecipeLoader(self, names, options)
+            self.events.run_started([n for n in names])
+            started = time.perf_counter()
+            try:
+                code = DoitMain(loader, config_filenames=()).run(["run", *targets])
+            except KeyboardInterrupt:
+                raise Interrupted("interrupted; completed artifacts are kept, the running step "
+                                  "was abandoned (its previous artifact is intact)") from None
+            finally:
+                self.ws.cache.close()
+            stats = {"seconds": time.perf_counter() - started,
+                     "files_hashed": self.ws.cache.stats.files_hashed,
+                     "bytes_hashed": self.ws.cache.stats.bytes_hashed,
+                     "failed": len(self.failures)}
+            self.events.run_finished(stats)
+        if code == 0 and not self.failures:
+            return 0
+        return 1
+
+
+class _RecipeLoader(TaskLoader2):
+    """doit TaskLoader2 over an already validated recipe (never reads doit config files)."""
+
+    def __init__(self, engine: Engine, names: list[str], options: MakeOptions):
+        super().__init__()
+        self.engine = engine
+        self.names = names
+        self.options = options
+
+    def setup(self, opt_values):
+        pass
+
+    def load_doit_config(self):
+        engine = self.engine
+        _Checker.workspace = engine.ws
+        return {
+            "dep_file": str(engine.ws.state_dir / "doit.sqlite"),
+            "backend": "sqlite3",
+            "check_file_uptodate": _Checker,
+            "reporter": _Reporter(engine),
+            "verbosity": 0,
+            "num_process": self.options.jobs if self.options.jobs > 1 else 0,
+            "par_type": "thread",
+            "continue": self.options.keep_going,
+            "always": self.options.always,
+            "failure_verbosity": 0,
+        }
+
+    def load_tasks(self, cmd, pos_args):
+        return self.engine.tasks(self.names, self.options.always)
+
+
+class _Checker(FileChangedChecker):
+    """doit file checker: content digests through the stat cache; a MANIFEST.json's digest is the
+    digest of the artifact's files (its ``digest`` field), so a rebuilt-identical upstream is
+    unchanged for its dependents (early cut-off) even though its key or params moved."""
+
+    workspace: Workspace | None = None
+
+    def _digest(self, path: str) -> str:
+        if os.path.basename(path) == MANIFEST_NAME:
+            from recbuild.manifest import read_manifest
+
+            manifest = read_manifest(Path(path).parent)
+            return manifest["digest"] if manifest else ""
+        return self.workspace.cache.file_digest(path)
+
+    def check_modified(self, file_path, file_stat, state):
+        return self._digest(file_path) != state
+
+    def get_state(self, dep, current_state):
+        digest = self._digest(dep)
+        return None if digest == current_state else digest
+
+
+class _Reporter:
+    """Adapter from doit's reporter hooks to the engine's Events."""
+
+    desc = "recbuild"
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def _kind(self, task) -> str:
+        return (getattr(task, "meta", None) or {}).get("kind", "")
+
+    def _quiet_source(self, task) -> bool:
+        return bool((getattr(task, "meta", None) or {}).get("file_source"))
+
+    def initialize(self, tasks, selected_tasks):
+        pass
+
+    def get_status(self, task):
+        pass
+
+    def execute_task(self, task):
+        self.engine.started[task.name] = time.perf_counter()
+        if not self._quiet_source(task):
+            self.engine.events.step_started(task.name, self._kind(task))
+
+    def add_success(self, task):
+        seconds = time.perf_counter() - self.engine.started.get(task.name, time.perf_counter())
+        outcome, detail = self.engine.outcomes.get(task.name, (BUILT, ""))
+        self.engine.events.step_finished(task.name, self._kind(task), outcome, seconds, detail)
+
+    def add_failure(self, task, fail):
+        seconds = time.perf_counter() - self.engine.started.get(task.name, time.perf_counter())
+        if isinstance(fail, UnmetDependency):
+            self.engine.failures.setdefault(task.name, "skipped")
+            self.engine.events.step_skipped(task.name, self._kind(task),
+                                            f"upstream failed: {fail.message.strip()}")
+            return
+        message = self.engine.failures.get(task.name)
+        if message is None:
+            message = (fail.message or fail.get_msg()).strip().splitlines()[-1]
+            self.engine.failures[task.name] = message
+        self.engine.events.step_failed(task.name, self._kind(task), message, seconds)
+
+    def skip_uptodate(self, task):
+        self.engine.events.step_finished(task.name, self._kind(task), UP_TO_DATE, 0.0, "")
+
+    def skip_ignore(self, task):
+        pass
+
+    def cleanup_error(self, exception):
+        pass
+
+    def runtime_error(self, msg):
+        self.engine.failures.setdefault("(doit)", msg)
+        self.engine.events.step_failed("(doit)", "", msg.strip(), 0.0)
+
+    def teardown_task(self, task):
+        pass
+
+    def complete_run(self):
+        pass
+
+
+def _close_logger(logger: logging.Logger) -> None:
+    for handler in list(logger.handlers):
+        handler.close()
+        logger.removeHandler(handler)

@@ -1,0 +1,418 @@
+"""Recipe loading: YAML with locations -> extends -> --set overrides -> ${...} interpolation ->
+schema validation -> a :class:`Recipe` of plain data. No I/O beyond reading recipe files.
+
+Decisions (documented in docs/recipes.md):
+- ``extends`` is resolved first (a built-in template name or a path relative to the recipe);
+  mappings deep-merge, everything else is replaced; a ``null`` value deletes the inherited key.
+- Relative paths in the final recipe (``workdir``, source paths, ``cmd`` folders) are relative to
+  the folder of the recipe file named on the command line, also for keys inherited from a template.
+- ``--set a.b=value`` parses value as YAML and applies before interpolation.
+- ``${vars.x}`` and ``${env.X}`` (``${env.X:-default}``) interpolate; a string that is exactly one
+  reference takes the referenced value's type. ``$${`` is a literal ``${``. ``${out}`` and
+  ``${deps.NAME}``, ``${params.KEY}`` are left for the ``command`` kind.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from recbuild.errors import RecipeError
+from recbuild.schema import NAME_PATTERN, SchemaChecker, did_you_mean, kind_schema, top_level_schema
+from recbuild.yamlsrc import KeyPath, Loc, format_path, load_yaml, parse_scalar, problem
+
+DEFAULT_RECIPE = "recbuild.yaml"
+SET_FILE = "--set"
+_REF = re.compile(r"\$\{([^}]*)\}")
+_NAME_RE = re.compile(NAME_PATTERN)
+RESERVED_NAMES = {"MANIFEST.json"}
+
+
+@dataclass
+class NodeSpec:
+    """One entry of ``sources`` or ``artifacts``."""
+
+    name: str
+    section: str  # "sources" | "artifacts"
+    kind: str  # builder kind, or "source" for a plain path source
+    params: dict[str, Any]  # the spec without ``kind``, schema defaults applied
+    loc: Loc
+
+    @property
+    def is_file_source(self) -> bool:
+        return self.kind == "source"
+
+
+@dataclass
+class Recipe:
+    path: Path
+    dir: Path
+    name: str
+    workdir: Path
+    model: dict[str, Any]
+    nodes: dict[str, NodeSpec]
+    default: list[str]
+    cache: dict[str, Any] | None
+    data: dict[str, Any]  # the resolved recipe (after extends, --set, interpolation)
+    locations: dict[KeyPath, Loc] = field(repr=False, default_factory=dict)
+
+    def locate(self, path: KeyPath) -> Loc:
+        return locate(self.locations, path, str(self.path))
+
+
+def locate(locations: dict[KeyPath, Loc], path: KeyPath, file: str) -> Loc:
+    """The location of ``path`` or of its nearest ancestor that has one."""
+    path = tuple(path)
+    while path:
+        if path in locations:
+            return locations[path]
+        path = path[:-1]
+    return locations.get((), Loc(file, 1, 1))
+
+
+# ------------------------------------------------------------------------------------ templates
+
+
+def template_dirs() -> list[Path]:
+    here = Path(__file__).resolve().parent
+    return [here / "_recipes", here.parent / "recipes"]
+
+
+def template_names() -> list[str]:
+    names = set()
+    for folder in template_dirs():
+        if folder.is_dir():
+            names.update(p.stem for p in folder.glob("*.yaml"))
+    return sorted(names)
+
+
+def find_template(name: str) -> Path | None:
+    for folder in template_dirs():
+        candidate = folder / f"{name}.yaml"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+# ------------------------------------------------------------------------------------ merging
+
+
+def _drop_subtree(locations: dict[KeyPath, Loc], path: KeyPath) -> None:
+    for key in [k for k in locations if k[:len(path)] == path and len(k) > len(path)]:
+        del locations[key]
+
+
+def deep_merge(base: Any, base_locs: dict, over: Any, over_locs: dict, path: KeyPath = ()) -> Any:
+    if isinstance(base, dict) and isinstance(over, dict):
+        merged = dict(base)
+        for key, value in over.items():
+            child = path + (key,)
+            if value is None and key in merged:
+                del merged[key]
+                _drop_subtree(base_locs, child)
+                base_locs.pop(child, None)
+                continue
+            if key in merged:
+                merged[key] = deep_merge(merged[key], base_locs, value, over_locs, child)
+            else:
+                merged[key] = value
+                _copy_locs(over_locs, base_locs, child)
+            if child in over_locs:
+                base_locs[child] = over_locs[child]
+        return merged
+    _drop_subtree(base_locs, path)
+    _copy_locs(over_locs, base_locs, path)
+    return over
+
+
+def _copy_locs(src: dict, dst: dict, path: KeyPath) -> None:
+    for key, loc in src.items():
+        if key[:len(path)] == path:
+            dst[key] = loc
+
+
+def _load_with_extends(path: Path, shown: str, chain: tuple[str, ...]) -> tuple[dict, dict]:
+    data, locations = load_yaml(path, shown)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(problem(Loc(shown, 1, 1), (), "a recipe must be a mapping of keys "
+                                                        "(version, sources, artifacts, ...)"))
+    parent_ref = data.get("extends")
+    if parent_ref is None:
+        return data, locations
+    loc = locations.get(("extends",), Loc(shown, 1, 1))
+    if not isinstance(parent_ref, str) or not parent_ref:
+        raise RecipeError(problem(loc, ("extends",), "must be a template name or a path"))
+    candidate = (path.parent / parent_ref)
+    if candidate.is_file():
+        parent_path, parent_shown = candidate.resolve(), os.path.relpath(candidate)
+    else:
+        template = find_template(parent_ref)
+        if template is None:
+            names = template_names()
+            raise RecipeError(problem(loc, ("extends",),
+                                      f"no built-in template or file {parent_ref!r}"
+                                      f"{did_you_mean(parent_ref, names)}; templates: {', '.join(names)}"))
+        parent_path, parent_shown = template, f"<template {parent_ref}>"
+    key = str(parent_path)
+    if key in chain:
+        raise RecipeError(problem(loc, ("extends",), "extends cycle: " + " -> ".join([*chain, key])))
+    base, base_locs = _load_with_extends(parent_path, parent_shown, chain + (key,))
+    base.pop("extends", None)
+    _drop_subtree(base_locs, ("extends",))
+    child = dict(data)
+    child.pop("extends")
+    merged = deep_merge(base, base_locs, child, locations)
+    merged["extends"] = parent_ref
+    base_locs[("extends",)] = loc
+    return merged, base_locs
+
+
+# ------------------------------------------------------------------------------------ overrides
+
+
+def apply_overrides(data: dict, locations: dict, overrides: list[str]) -> None:
+    for item in overrides:
+        if "=" not in item:
+            raise RecipeError(f"{SET_FILE} {item}: expected PATH=VALUE, e.g. --set vars.seed=7")
+        dotted, _, raw = item.partition("=")
+        parts: list[Any] = [p for p in dotted.strip().split(".")]
+        if not dotted.strip() or any(not p for p in parts):
+            raise RecipeError(f"{SET_FILE} {item}: bad path {dotted!r}")
+        target: Any = data
+        path: KeyPath = ()
+        for part in parts[:-1]:
+            key: Any = int(part) if isinstance(target, list) and part.isdigit() else part
+            path += (key,)
+            if isinstance(target, dict):
+                target = target.setdefault(key, {})
+            elif isinstance(target, list) and isinstance(key, int) and key < len(target):
+                target = target[key]
+            else:
+                raise RecipeError(f"{SET_FILE} {item}: {format_path(path)} is not a mapping")
+        last: Any = parts[-1]
+        if isinstance(target, list) and last.isdigit() and int(last) < len(target):
+            last = int(last)
+        elif not isinstance(target, dict):
+            raise RecipeError(f"{SET_FILE} {item}: {format_path(path)} is not a mapping")
+        target[last] = parse_scalar(raw)
+        full = path + (last,)
+        _drop_subtree(locations, full)
+        locations[full] = Loc(f"{SET_FILE} {dotted}", 0, 0)
+
+
+# ------------------------------------------------------------------------------------ interpolation
+
+
+class _Interpolator:
+    def __init__(self, variables: dict, locations: dict, file: str):
+        self.vars = variables
+        self.locations = locations
+        self.file = file
+        self.problems: list[tuple[int, str]] = []
+
+    def _fail(self, path: KeyPath, message: str) -> None:
+        loc = locate(self.locations, path, self.file)
+        self.problems.append((loc.line, problem(loc, path, message)))
+
+    def _lookup(self, expr: str, path: KeyPath) -> tuple[bool, Any]:
+        if expr.startswith("vars."):
+            value: Any = self.vars
+            walked = "vars"
+            for part in expr[5:].split("."):
+                if isinstance(value, dict) and part in value:
+                    value = value[part]
+                    walked += "." + part
+                else:
+                    options = list(value) if isinstance(value, dict) else []
+                    self._fail(path, f"unknown variable ${{{expr}}}: {walked} has no {part!r}"
+                                     f"{did_you_mean(part, options)}")
+                    return False, None
+            return True, value
+        if expr.startswith("env."):
+            name, sep, default = expr[4:].partition(":-")
+            if name in os.environ:
+                return True, os.environ[name]
+            if sep:
+                return True, default
+            self._fail(path, f"environment variable {name} is not set; set it or write "
+                             f"${{env.{name}:-default}}")
+            return False, None
+        if expr == "out" or expr.startswith(("deps.", "params.")):
+            return False, None  # left for the command kind
+        self._fail(path, f"unknown reference ${{{expr}}}; use ${{vars.NAME}} or ${{env.NAME}} "
+                         "(write $${ for a literal ${)")
+        return False, None
+
+    def string(self, text: str, path: KeyPath) -> Any:
+        if "${" not in text:
+            return text
+        whole = _REF.fullmatch(text)
+        if whole and not text.startswith("$${"):
+            ok, value = self._lookup(whole.group(1).strip(), path)
+            if ok:
+                return self.walk(copy.deepcopy(value), path) if isinstance(value, (dict, list)) else value
+            return text
+
+        def replace(match: re.Match) -> str:
+            start = match.start()
+            if start > 0 and text[start - 1] == "$":
+                return match.group(0)
+            ok, value = self._lookup(match.group(1).strip(), path)
+            if not ok:
+                return match.group(0)
+            if isinstance(value, (dict, list)):
+                self._fail(path, f"${{{match.group(1)}}} is a {type(value).__name__}; "
+                                 "it can only stand alone, not inside a string")
+                return match.group(0)
+            return str(value).lower() if isinstance(value, bool) else str(value)
+
+        return _REF.sub(replace, text).replace("$${", "${")
+
+    def walk(self, value: Any, path: KeyPath) -> Any:
+        if isinstance(value, dict):
+            return {k: self.walk(v, path + (k,)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.walk(v, path + (i,)) for i, v in enumerate(value)]
+        if isinstance(value, str):
+            return self.string(value, path)
+        return value
+
+
+def interpolate(data: dict, locations: dict, file: str) -> dict:
+    raw_vars = data.get("vars") or {}
+    if not isinstance(raw_vars, dict):
+        raise RecipeError(problem(locate(locations, ("vars",), file), ("vars",), "must be a mapping"))
+    # vars may use env and earlier vars; resolve to a fixed point (bounded, so cycles stop).
+    resolved = raw_vars
+    for _ in range(8):
+        interp = _Interpolator(resolved, locations, file)
+        nxt = interp.walk(raw_vars, ("vars",))
+        if nxt == resolved:
+            break
+        resolved = nxt
+    interp = _Interpolator(resolved, locations, file)
+    result = {k: (resolved if k == "vars" else interp.walk(v, (k,))) for k, v in data.items()}
+    interp.walk(resolved, ("vars",))  # report unresolved references inside vars
+    if interp.problems:
+        raise RecipeError([m for _, m in sorted(interp.problems)])
+    return result
+
+
+# ------------------------------------------------------------------------------------ validation
+
+
+def _apply_defaults(schema: dict, params: dict) -> dict:
+    result = dict(params)
+    for key, prop in schema.get("properties", {}).items():
+        if key not in result and isinstance(prop, dict) and "default" in prop:
+            result[key] = copy.deepcopy(prop["default"])
+    return result
+
+
+def build_nodes(data: dict, locations: dict, file: str, builders: dict) -> tuple[dict, list]:
+    problems: list[tuple[int, str]] = []
+
+    def where(path: KeyPath) -> Loc:
+        return locate(locations, path, file)
+
+    def fail(path: KeyPath, message: str) -> None:
+        loc = where(path)
+        problems.append((loc.line, problem(loc, path, message)))
+
+    nodes: dict[str, NodeSpec] = {}
+    file_source_checker = SchemaChecker(__import__("recbuild.schema", fromlist=["x"]).FILE_SOURCE_SCHEMA)
+    kind_checkers: dict[str, SchemaChecker] = {}
+    for section in ("sources", "artifacts"):
+        entries = data.get(section) or {}
+        for name, spec in entries.items():
+            path = (section, name)
+            if not _NAME_RE.match(name) or name in RESERVED_NAMES:
+                fail(path, f"bad name {name!r}: use letters, digits, '_' and '-', starting with a letter or '_'")
+                continue
+            if name in nodes:
+                other = nodes[name]
+                fail(path, f"{name!r} is already declared in {other.section} at {other.loc}; rename one")
+                continue
+            if not isinstance(spec, dict):
+                fail(path, "must be a mapping (e.g. {kind: ..., ...} or {path: ...})")
+                continue
+            if "kind" not in spec:
+                if section == "sources" and "path" in spec:
+                    problems.extend(file_source_checker.problems(spec, path, where))
+                    nodes[name] = NodeSpec(name, section, "source", dict(spec), where(path))
+                else:
+                    hint = " or 'path'" if section == "sources" else ""
+                    fail(path, f"missing required key 'kind'{hint}")
+                continue
+            kind = spec["kind"]
+            if not isinstance(kind, str) or kind not in builders:
+                kinds = sorted(builders)
+                fail(path + ("kind",), f"unknown kind {kind!r}{did_you_mean(kind, kinds)}; "
+                                       f"kinds: {', '.join(kinds)}")
+                continue
+            builder_cls = builders[kind]
+            checker = kind_checkers.get(kind)
+            if checker is None:
+                checker = kind_checkers[kind] = SchemaChecker(kind_schema(builder_cls))
+            found = checker.problems(spec, path, where)
+            problems.extend(found)
+            params = {k: v for k, v in spec.items() if k != "kind"}
+            if not found:
+                params = _apply_defaults(builder_cls.schema, params)
+                for sub, message in builder_cls().check(params):
+                    fail(path + tuple(sub.split(".")), message)
+            nodes[name] = NodeSpec(name, section, kind, params, where(path))
+    return nodes, problems
+
+
+def load_recipe(path: str | os.PathLike | None = None, overrides: list[str] | None = None,
+                builders: dict | None = None) -> Recipe:
+    from recbuild.builders import all_builders
+
+    recipe_path = Path(path or DEFAULT_RECIPE)
+    shown = str(path or DEFAULT_RECIPE)
+    if recipe_path.is_dir():
+        recipe_path = recipe_path / DEFAULT_RECIPE
+        shown = str(recipe_path)
+    if not recipe_path.is_file():
+        hint = "" if path else " (use -f PATH, or `recbuild init dssm` to start from a template)"
+        raise RecipeError(f"{shown}: recipe file not found{hint}")
+    builders = builders if builders is not None else all_builders()
+    data, locations = _load_with_extends(recipe_path.resolve(), shown, (str(recipe_path.resolve()),))
+    apply_overrides(data, locations, overrides or [])
+    data = interpolate(data, locations, shown)
+
+    where = lambda p: locate(locations, p, shown)  # noqa: E731
+    problems = SchemaChecker(top_level_schema()).problems(data, (), where)
+    if "version" not in data:
+        problems.append((1, problem(Loc(shown, 1, 1), ("version",), "missing required key 'version' "
+                                                                     "(add `version: 1`)")))
+    if problems:
+        raise RecipeError([m for _, m in sorted(problems)])
+    nodes, problems = build_nodes(data, locations, shown, builders)
+    default = list(data.get("default") or [])
+    for index, target in enumerate(default):
+        if target not in nodes:
+            loc = where(("default", index))
+            problems.append((loc.line, problem(loc, ("default", index),
+                                               f"unknown artifact {target!r}{did_you_mean(target, nodes)}")))
+    if not nodes and not problems:
+        problems.append((1, problem(Loc(shown, 1, 1), ("artifacts",), "the recipe declares no sources or artifacts")))
+    if problems:
+        raise RecipeError([m for _, m in sorted(problems)])
+    cache = data.get("cache")
+    if isinstance(cache, str):
+        cache = {"url": cache}
+    recipe_dir = recipe_path.resolve().parent
+    return Recipe(
+        path=recipe_path, dir=recipe_dir, name=data.get("name") or recipe_dir.name,
+        workdir=(recipe_dir / data.get("workdir", "build")).resolve(),
+        model=data.get("model") or {}, nodes=nodes, default=default, cache=cache,
+        data=data, locations=locations,
+    )

@@ -1,0 +1,207 @@
+"""The recipe JSON schema, assembled from the top-level shape and each builder's params schema.
+
+``recipe_schema()`` is what `schemas/recipe.schema.json` holds (a test keeps the committed file up to
+date: regenerate with ``recbuild schema > schemas/recipe.schema.json``). Validation uses the same
+pieces but dispatches per artifact on ``kind`` itself, which gives one precise error per problem
+instead of jsonschema's "not valid under any of the given schemas".
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+from typing import Any, Iterable
+
+from recbuild.yamlsrc import KeyPath, Loc, problem
+
+NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*$"
+
+FILE_SOURCE_SCHEMA = {
+    "type": "object",
+    "description": "Input files recbuild does not build: a file, directory, glob or fsspec URL "
+                   "(relative to the recipe's folder). Content-hashed.",
+    "properties": {
+        "path": {"type": "string", "minLength": 1},
+        "description": {"type": "string"},
+    },
+    "required": ["path"],
+    "additionalProperties": False,
+}
+
+CACHE_SCHEMA = {
+    "description": "Shared artifact cache: an fsspec URL, or {url, push}.",
+    "oneOf": [
+        {"type": "string", "minLength": 1},
+        {"type": "object", "properties": {"url": {"type": "string", "minLength": 1},
+                                          "push": {"type": "boolean"}},
+         "required": ["url"], "additionalProperties": False},
+    ],
+}
+
+
+def _model_schema() -> dict:
+    try:
+        from recbuild.models.schema import MODEL_SCHEMA
+    except ImportError:
+        return {"type": "object", "description": "Model family and features (see recipes/)."}
+    return copy.deepcopy(MODEL_SCHEMA)
+
+
+def top_level_schema() -> dict:
+    return {
+        "type": "object",
+        "properties": {
+            "version": {"const": 1, "description": "Recipe format version."},
+            "name": {"type": "string"},
+            "description": {"type": "string"},
+            "workdir": {"type": "string", "minLength": 1, "default": "build",
+                        "description": "Folder for artifacts and .recbuild/ state, relative to the recipe."},
+            "extends": {"type": "string", "minLength": 1,
+                        "description": "A built-in template name or a path to a recipe; deep-merged, this file wins."},
+            "vars": {"type": "object", "description": "Values for ${vars.NAME} interpolation."},
+            "model": _model_schema(),
+            "sources": {"type": "object", "additionalProperties": {"type": "object"}},
+            "artifacts": {"type": "object", "additionalProperties": {"type": "object"}},
+            "default": {"type": "array", "items": {"type": "string"}},
+            "cache": CACHE_SCHEMA,
+        },
+        "additionalProperties": False,
+    }
+
+
+def kind_schema(builder_cls) -> dict:
+    params = copy.deepcopy(builder_cls.schema)
+    properties = {"kind": {"const": builder_cls.kind}}
+    properties.update(params.get("properties", {}))
+    result = {"type": "object", "properties": properties,
+              "required": ["kind", *params.get("required", [])], "additionalProperties": False}
+    if builder_cls.description:
+        result["description"] = builder_cls.description
+    for keyword in ("allOf", "anyOf", "oneOf", "if", "then", "else", "dependentRequired"):
+        if keyword in params:
+            result[keyword] = params[keyword]
+    return result
+
+
+def recipe_schema(builders: dict[str, type]) -> dict:
+    """The complete schema (draft 2020-12) for editors and docs."""
+    kinds = sorted(builders)
+    defs = {kind: kind_schema(builders[kind]) for kind in kinds}
+    defs["file_source"] = FILE_SOURCE_SCHEMA
+    kinded = {
+        "type": "object",
+        "required": ["kind"],
+        "properties": {"kind": {"enum": kinds}},
+        "allOf": [{"if": {"properties": {"kind": {"const": kind}}, "required": ["kind"]},
+                   "then": {"$ref": f"#/$defs/{kind}"}} for kind in kinds],
+    }
+    defs["artifact"] = kinded
+    schema = top_level_schema()
+    schema["properties"]["sources"] = {
+        "type": "object", "propertyNames": {"pattern": NAME_PATTERN},
+        "additionalProperties": {"oneOf": [{"$ref": "#/$defs/file_source"}, {"$ref": "#/$defs/artifact"}]},
+    }
+    schema["properties"]["artifacts"] = {
+        "type": "object", "propertyNames": {"pattern": NAME_PATTERN},
+        "additionalProperties": {"$ref": "#/$defs/artifact"},
+    }
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://recbuild.dev/schemas/recipe.schema.json",
+        "title": "recbuild recipe",
+        **schema,
+        "$defs": defs,
+    }
+
+
+def schema_text(builders: dict[str, type]) -> str:
+    return json.dumps(recipe_schema(builders), indent=2, sort_keys=True) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# validation -> one-line problems
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    close = difflib.get_close_matches(str(word), [str(c) for c in candidates], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+_TYPE_NAMES = {"integer": "an integer", "number": "a number", "string": "a string",
+               "boolean": "a boolean (true/false)", "array": "a list", "object": "a mapping",
+               "null": "null"}
+
+
+def _describe_type(schema: dict) -> str:
+    types = schema.get("type")
+    if isinstance(types, list):
+        return " or ".join(_TYPE_NAMES.get(t, t) for t in types)
+    if types == "integer" and schema.get("minimum") == 1:
+        return "a positive integer"
+    if types == "integer" and schema.get("minimum") == 0:
+        return "a non-negative integer"
+    return _TYPE_NAMES.get(types, str(types))
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class SchemaChecker:
+    """Validates instances against a schema and reports problems with locations."""
+
+    def __init__(self, schema: dict):
+        from jsonschema import Draft202012Validator
+
+        self._validator = Draft202012Validator(schema)
+
+    def problems(self, instance: Any, base: KeyPath, locate) -> list[tuple[int, str]]:
+        """(line, message) pairs; ``locate(path)`` gives a Loc for a key path."""
+        found = []
+        for error in self._validator.iter_errors(instance):
+            found.extend(_explain(error, base, locate))
+        return found
+
+
+def _explain(error, base: KeyPath, locate) -> list[tuple[int, str]]:
+    path = base + tuple(error.absolute_path)
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    validator = error.validator
+    results: list[tuple[KeyPath, str]] = []
+    if validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = list(schema.get("properties", {}))
+        for key in sorted(set(error.instance) - set(allowed)):
+            results.append((path + (key,), f"unknown key {key!r}{did_you_mean(key, allowed)}"))
+    elif validator == "required":
+        missing = [k for k in error.validator_value if k not in (error.instance or {})]
+        for key in missing:
+            results.append((path, f"missing required key {key!r}"))
+    elif validator == "type":
+        results.append((path, f"must be {_describe_type(schema)}, got {_shown(error.instance)}"))
+    elif validator in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        if schema.get("type") == "integer" and schema.get("minimum") == 1:
+            results.append((path, f"must be a positive integer, got {_shown(error.instance)}"))
+        else:
+            sign = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[validator]
+            results.append((path, f"must be {sign} {error.validator_value}, got {_shown(error.instance)}"))
+    elif validator == "enum":
+        options = ", ".join(str(v) for v in error.validator_value)
+        results.append((path, f"must be one of {options}; got {_shown(error.instance)}"
+                              f"{did_you_mean(error.instance, error.validator_value)}"))
+    elif validator == "const":
+        results.append((path, f"must be {_shown(error.validator_value)}, got {_shown(error.instance)}"))
+    elif validator in ("minItems", "maxItems", "minLength", "uniqueItems", "pattern"):
+        results.append((path, error.message))
+    elif validator == "oneOf" and error.context:
+        # report the branch that got furthest (deepest path), which is what the user meant
+        best = max(error.context, key=lambda e: (len(e.absolute_path), -len(e.message)))
+        return _explain(best, base, locate)
+    else:
+        results.append((path, error.message))
+    out = []
+    for where, message in results:
+        loc: Loc = locate(where)
+        out.append((loc.line, problem(loc, where, message)))
+    return out

@@ -1,0 +1,356 @@
+"""The state of a recipe's workdir: where things live, artifact keys, and why something is stale.
+
+Pure decisions over files: no doit, no printing. The engine, `status`, `explain` and `make -n` all
+ask this module, so they agree by construction.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import xxhash
+
+from recbuild import __version__
+from recbuild.builders.base import InputArtifact
+from recbuild.errors import BuildError
+from recbuild.graph import Graph
+from recbuild.hashing import StatCache
+from recbuild.manifest import MANIFEST_NAME, canonical_json, read_manifest, verify_files
+from recbuild.sources import SourceScan, scan_source
+
+MODEL_ROLE = "recipe.model"
+
+
+# ------------------------------------------------------------------------------------ reasons
+
+
+@dataclass(frozen=True)
+class Reason:
+    def __str__(self) -> str:  # pragma: no cover - overridden
+        return self.__class__.__name__
+
+
+@dataclass(frozen=True)
+class NotBuilt(Reason):
+    def __str__(self) -> str:
+        return "not built yet"
+
+
+@dataclass(frozen=True)
+class ParamChanged(Reason):
+    param: str
+    old: Any
+    new: Any
+
+    def __str__(self) -> str:
+        return f"param {self.param}: {_short(self.old)} -> {_short(self.new)}"
+
+
+@dataclass(frozen=True)
+class InputChanged(Reason):
+    role: str
+    upstream: str
+
+    def __str__(self) -> str:
+        who = self.role if self.role == self.upstream else f"{self.role} ({self.upstream})"
+        return f"input {who} changed"
+
+
+@dataclass(frozen=True)
+class InputsRewired(Reason):
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+
+    def __str__(self) -> str:
+        parts = [f"+{r}" for r in self.added] + [f"-{r}" for r in self.removed]
+        return "inputs changed: " + ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class ModelChanged(Reason):
+    keys: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return "model config changed" + (f" ({', '.join(self.keys)})" if self.keys else "")
+
+
+@dataclass(frozen=True)
+class CodeChanged(Reason):
+    what: str
+    old: Any
+    new: Any
+
+    def __str__(self) -> str:
+        return f"{self.what}: {self.old} -> {self.new}"
+
+
+@dataclass(frozen=True)
+class OutputsModified(Reason):
+    problems: tuple[str, ...]
+
+    def __str__(self) -> str:
+        shown = ", ".join(self.problems[:3]) + (" ..." if len(self.problems) > 3 else "")
+        return f"artifact files were changed outside recbuild: {shown}"
+
+
+@dataclass(frozen=True)
+class UpstreamStale(Reason):
+    upstream: str
+
+    def __str__(self) -> str:
+        return f"upstream {self.upstream} will rebuild"
+
+
+@dataclass(frozen=True)
+class SourceChanged(Reason):
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    modified: tuple[str, ...]
+
+    def __str__(self) -> str:
+        parts = []
+        for label, items in (("modified", self.modified), ("added", self.added), ("removed", self.removed)):
+            if items:
+                parts.append(f"{label} {', '.join(items[:3])}" + (" ..." if len(items) > 3 else ""))
+        return "files " + "; ".join(parts) if parts else "files changed"
+
+
+@dataclass(frozen=True)
+class SourceError(Reason):
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass
+class Status:
+    name: str
+    state: str  # "up to date" | "stale" | "missing" | "error"
+    reasons: list[Reason] = field(default_factory=list)
+
+    @property
+    def current(self) -> bool:
+        return self.state == "up to date"
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= 50 else text[:47] + "..."
+
+
+def _digest(value: Any) -> str:
+    return xxhash.xxh3_128_hexdigest(canonical_json(value).encode())
+
+
+# ------------------------------------------------------------------------------------ workspace
+
+
+class Workspace:
+    def __init__(self, graph: Graph, builders: dict, cache: StatCache | None = None):
+        self.graph = graph
+        self.recipe = graph.recipe
+        self.builders = builders
+        self.workdir = self.recipe.workdir
+        self.state_dir = self.workdir / ".recbuild"
+        self.cache = cache or StatCache(self.state_dir / "hashes.sqlite")
+        self._scans: dict[str, SourceScan] = {}
+        self._manifests: dict[str, dict | None] = {}
+
+    # -- places
+    def is_file_source(self, name: str) -> bool:
+        return self.graph.nodes[name].is_file_source
+
+    def folder(self, name: str) -> Path:
+        if self.is_file_source(name):
+            safe = xxhash.xxh3_64_hexdigest(name.encode())
+            return self.state_dir / "sources" / safe
+        return self.workdir / name
+
+    def manifest_path(self, name: str) -> Path:
+        return self.folder(name) / MANIFEST_NAME
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.state_dir / "tmp"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    # -- sources
+    def scan(self, name: str) -> SourceScan:
+        scan = self._scans.get(name)
+        if scan is None:
+            node = self.graph.nodes[name]
+            scan = scan_source(node.params["path"], self.recipe.dir, self.cache, name)
+            self._scans[name] = scan
+        return scan
+
+    def forget_scan(self, name: str) -> None:
+        self._scans.pop(name, None)
+
+    # -- manifests
+    def manifest(self, name: str) -> dict | None:
+        if name not in self._manifests:
+            self._manifests[name] = read_manifest(self.folder(name))
+        return self._manifests[name]
+
+    def set_manifest(self, name: str, manifest: dict | None) -> None:
+        self._manifests[name] = manifest
+
+    def current_digest(self, name: str) -> str | None:
+        """What a dependent sees of ``name`` now: the digest of its files."""
+        if self.is_file_source(name):
+            return self.scan(name).digest
+        manifest = self.manifest(name)
+        return manifest.get("digest") if manifest else None
+
+    # -- keys
+    def key_params(self, name: str) -> dict:
+        node = self.graph.nodes[name]
+        builder_cls = self.builders[node.kind]
+        return {k: v for k, v in node.params.items() if k not in builder_cls.key_exclude}
+
+    def key_material(self, name: str) -> dict | None:
+        """Everything the artifact's content depends on; None while an input is missing."""
+        node = self.graph.nodes[name]
+        builder_cls = self.builders[node.kind]
+        inputs = {}
+        for edge in self.graph.edges[name]:
+            digest = self.current_digest(edge.upstream)
+            if digest is None:
+                return None
+            inputs[edge.role] = digest
+        if builder_cls.uses_model:
+            inputs[MODEL_ROLE] = _digest(self.recipe.model)
+        return {"kind": node.kind, "builder_version": str(builder_cls.version),
+                "params": self.key_params(name), "inputs": inputs}
+
+    def key(self, name: str) -> str | None:
+        material = self.key_material(name)
+        return None if material is None else _digest(material)
+
+    # -- inputs for builders
+    def input_artifact(self, name: str) -> InputArtifact:
+        if self.is_file_source(name):
+            scan = self.scan(name)
+            manifest = self.manifest(name) or {"kind": "source", "digest": scan.digest, "files": scan.entries}
+            return InputArtifact(name, "source", scan.path, scan.files, manifest, scan.url)
+        manifest = self.manifest(name)
+        if manifest is None:
+            raise BuildError(f"input {name!r} has not been built")
+        folder = self.folder(name)
+        files = tuple(folder / rel for rel in sorted(manifest.get("files", {})))
+        return InputArtifact(name, manifest.get("kind", self.graph.nodes[name].kind), folder, files, manifest)
+
+    def inputs_for(self, name: str) -> dict[str, Any]:
+        inputs: dict[str, Any] = {}
+        for edge in self.graph.edges[name]:
+            artifact = self.input_artifact(edge.upstream)
+            if edge.index is None:
+                inputs[edge.field] = artifact
+            else:
+                inputs.setdefault(edge.field, []).append(artifact)
+        return inputs
+
+    # -- staleness
+    def source_status(self, name: str) -> Status:
+        try:
+            scan = self.scan(name)
+        except BuildError as exc:
+            return Status(name, "error", [SourceError(str(exc))])
+        manifest = self.manifest(name)
+        if manifest is None:
+            return Status(name, "missing", [NotBuilt()])
+        if manifest.get("digest") == scan.digest:
+            return Status(name, "up to date")
+        old, new = manifest.get("files", {}), scan.entries
+        return Status(name, "stale", [SourceChanged(
+            tuple(sorted(set(new) - set(old))), tuple(sorted(set(old) - set(new))),
+            tuple(sorted(k for k in set(old) & set(new) if old[k] != new[k])))])
+
+    def artifact_status(self, name: str, upstream_status: dict[str, Status] | None = None) -> Status:
+        manifest = self.manifest(name)
+        if manifest is None:
+            return Status(name, "missing", [NotBuilt()])
+        upstream_status = upstream_status or {}
+        stale_ups = [e.upstream for e in self.graph.edges[name]
+                     if e.upstream in upstream_status and not upstream_status[e.upstream].current]
+        reasons: list[Reason] = [UpstreamStale(u) for u in stale_ups
+                                 if not self.is_file_source(u)]
+        material = self.key_material(name)
+        if material is not None:
+            reasons.extend(self._diff(name, manifest, material))
+        if not reasons:
+            problems = verify_files(self.folder(name), manifest, self.cache)
+            if problems:
+                reasons.append(OutputsModified(tuple(problems)))
+        return Status(name, "stale" if reasons else "up to date", reasons)
+
+    def _diff(self, name: str, manifest: dict, material: dict) -> list[Reason]:
+        if manifest.get("key") == _digest(material):
+            return []
+        reasons: list[Reason] = []
+        if manifest.get("kind") != material["kind"]:
+            reasons.append(CodeChanged("kind", manifest.get("kind"), material["kind"]))
+        if str(manifest.get("builder_version")) != material["builder_version"]:
+            reasons.append(CodeChanged(f"{material['kind']} builder version",
+                                       manifest.get("builder_version"), material["builder_version"]))
+        old_params, new_params = manifest.get("params", {}), material["params"]
+        for key in sorted(set(old_params) | set(new_params)):
+            if old_params.get(key, "<unset>") != new_params.get(key, "<unset>"):
+                reasons.append(ParamChanged(key, old_params.get(key, "<unset>"), new_params.get(key, "<unset>")))
+        old_inputs, new_inputs = manifest.get("inputs", {}), material["inputs"]
+        by_role = {e.role: e.upstream for e in self.graph.edges[name]}
+        added = tuple(sorted(set(new_inputs) - set(old_inputs)))
+        removed = tuple(sorted(set(old_inputs) - set(new_inputs)))
+        if added or removed:
+            reasons.append(InputsRewired(added, removed))
+        for role in sorted(set(old_inputs) & set(new_inputs)):
+            if old_inputs[role] != new_inputs[role]:
+                if role == MODEL_ROLE:
+                    old_model = manifest.get("model", {})
+                    keys = tuple(sorted(k for k in set(old_model) | set(self.recipe.model)
+                                        if old_model.get(k) != self.recipe.model.get(k)))
+                    reasons.append(ModelChanged(keys))
+                else:
+                    reasons.append(InputChanged(role, by_role.get(role, role)))
+        if not reasons:
+            reasons.append(CodeChanged("artifact key", manifest.get("key"), _digest(material)))
+        return reasons
+
+    def plan(self, targets: list[str]) -> dict[str, Status]:
+        """Status of every node the targets need, upstream first, staleness propagated."""
+        statuses: dict[str, Status] = {}
+        for name in self.graph.closure(targets):
+            if self.is_file_source(name):
+                statuses[name] = self.source_status(name)
+            else:
+                statuses[name] = self.artifact_status(name, statuses)
+        return statuses
+
+    # -- manifests of new builds
+    def manifest_extras(self, name: str) -> dict:
+        node = self.graph.nodes[name]
+        builder_cls = self.builders[node.kind]
+        extras: dict[str, Any] = {"builder_version": str(builder_cls.version)}
+        if builder_cls.uses_model:
+            extras["model"] = copy.deepcopy(self.recipe.model)
+        return extras
+
+
+def recbuild_version() -> str:
+    return __version__
+
+
+def relpath(path: Path) -> str:
+    try:
+        return os.path.relpath(path)
+    except ValueError:
+        return str(path)
