@@ -166,8 +166,9 @@ class Engine:
         return logger
 
     # ---------------------------------------------------------------------------- doit
-    def tasks(self, names: list[str], force: bool) -> list:
-        tasks = []
+    def task_dicts(self, names: list[str], force: bool) -> list[dict[str, Any]]:
+        """One doit task per node (also what dodo.py hands to plain doit)."""
+        specs = []
         for name in names:
             node = self.graph.nodes[name]
             deps = [e.upstream for e in self.graph.edges[name]]
@@ -178,6 +179,7 @@ class Engine:
                 "file_dep": [str(self.ws.manifest_path(d)) for d in deps],
                 "task_dep": deps,
                 "verbosity": 0,
+                "meta": {"kind": node.kind, "file_source": node.is_file_source},
             }
             if node.is_file_source:
                 spec["actions"] = [(self.run_source, [name])]
@@ -185,10 +187,23 @@ class Engine:
             else:
                 spec["actions"] = [(self.run_artifact, [name, force])]
                 spec["uptodate"] = [(self.artifact_uptodate, [name], {})]
-            task = dict_to_task(spec)
-            task.meta = {"kind": node.kind, "file_source": node.is_file_source}
-            tasks.append(task)
-        return tasks
+            specs.append(spec)
+        return specs
+
+    def doit_config(self, options: "MakeOptions") -> dict[str, Any]:
+        _Checker.workspace = self.ws
+        return {
+            "dep_file": str(self.ws.state_dir / "doit.sqlite"),
+            "backend": "sqlite3",
+            "check_file_uptodate": _Checker,
+            "reporter": _Reporter(self),
+            "verbosity": 0,
+            "num_process": options.jobs if options.jobs > 1 else 0,
+            "par_type": "thread",
+            "continue": options.keep_going,
+            "always": options.always,
+            "failure_verbosity": 0,
+        }
 
     def make(self, options: MakeOptions) -> int:
         """Build the targets; returns 0 or 1. Raises Interrupted on SIGINT/SIGTERM."""
@@ -231,23 +246,10 @@ class _RecipeLoader(TaskLoader2):
         pass
 
     def load_doit_config(self):
-        engine = self.engine
-        _Checker.workspace = engine.ws
-        return {
-            "dep_file": str(engine.ws.state_dir / "doit.sqlite"),
-            "backend": "sqlite3",
-            "check_file_uptodate": _Checker,
-            "reporter": _Reporter(engine),
-            "verbosity": 0,
-            "num_process": self.options.jobs if self.options.jobs > 1 else 0,
-            "par_type": "thread",
-            "continue": self.options.keep_going,
-            "always": self.options.always,
-            "failure_verbosity": 0,
-        }
+        return self.engine.doit_config(self.options)
 
     def load_tasks(self, cmd, pos_args):
-        return self.engine.tasks(self.names, self.options.always)
+        return [dict_to_task(spec) for spec in self.engine.task_dicts(self.names, self.options.always)]
 
 
 class _Checker(FileChangedChecker):

@@ -24,7 +24,7 @@ from pathlib import Path
 import xxhash
 
 ALGORITHM = "xxh3_128"
-RACY_WINDOW_NS = 100_000_000
+RACY_WINDOW_NS = 20_000_000  # > one tick of the kernel's coarse file clock (<= 10 ms)
 _CHUNK = 1 << 20
 _MMAP_MIN = 1 << 20
 

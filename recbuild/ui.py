@@ -34,22 +34,26 @@ def fmt_bytes(size: float) -> str:
 class Terminal:
     def __init__(self, verbosity: int = 1, force_plain: bool | None = None):
         self.verbosity = verbosity  # 0 quiet, 1 normal, 2 verbose
-        plain = force_plain if force_plain is not None else not sys.stdout.isatty()
+        # Keep the real streams: doit swaps sys.stdout/stderr while an action runs (to capture it),
+        # and lines printed from another thread at that moment would vanish into that capture.
+        self.stdout = sys.stdout
+        self.stderr = sys.stderr
+        plain = force_plain if force_plain is not None else not self.stdout.isatty()
         self.rich = not plain
         self._console = None
         self._err_console = None
         if self.rich:
             from rich.console import Console
 
-            self._console = Console(no_color=bool(os.environ.get("NO_COLOR")))
-            self._err_console = Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")))
+            self._console = Console(file=self.stdout, no_color=bool(os.environ.get("NO_COLOR")))
+            self._err_console = Console(file=self.stderr, no_color=bool(os.environ.get("NO_COLOR")))
 
     # -- plain messages
     def out(self, text: str = "") -> None:
         if self._console is not None:
             self._console.print(text, highlight=False, markup=False)
         else:
-            print(text, flush=True)
+            print(text, file=self.stdout, flush=True)
 
     def info(self, text: str) -> None:
         if self.verbosity >= 1:
@@ -64,13 +68,13 @@ class Terminal:
             if self._err_console is not None:
                 self._err_console.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
             else:
-                print(f"error: {line}", file=sys.stderr, flush=True)
+                print(f"error: {line}", file=self.stderr, flush=True)
 
     def warn(self, text: str) -> None:
         if self._err_console is not None:
             self._err_console.print(f"[yellow]warning:[/] {text}", highlight=False, soft_wrap=True)
         else:
-            print(f"warning: {text}", file=sys.stderr, flush=True)
+            print(f"warning: {text}", file=self.stderr, flush=True)
 
     def table(self, headers: list[str], rows: list[list[Any]], title: str | None = None) -> None:
         if self._console is not None:
@@ -84,12 +88,12 @@ class Terminal:
             self._console.print(table)
             return
         if title:
-            print(title)
+            print(title, file=self.stdout)
         widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(str(h))
                   for i, h in enumerate(headers)]
-        print("  ".join(str(h).ljust(w) for h, w in zip(headers, widths)).rstrip())
+        print("  ".join(str(h).ljust(w) for h, w in zip(headers, widths)).rstrip(), file=self.stdout)
         for row in rows:
-            print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip(), flush=True)
+            print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip(), file=self.stdout, flush=True)
 
     def build_events(self) -> "BuildEvents":
         return BuildEvents(self)
@@ -146,7 +150,7 @@ class BuildEvents:
             text = f"  {status:<22} {name:<24} {kind:<16} {time_text:>7}"
             if detail:
                 text += f"  {detail}"
-            print(text.rstrip(), flush=True)
+            print(text.rstrip(), file=self.term.stdout, flush=True)
 
     def step_started(self, name: str, kind: str) -> None:
         self._kinds[name] = kind

@@ -1,0 +1,34 @@
+"""Run a recbuild recipe with plain doit: `doit -f dodo.py recipe=recipes/dssm.yaml [TASK...]`.
+
+Lists and runs the same tasks `recbuild make` runs (same names, checker, state database and
+manifests). `recbuild make` adds the workdir lock, the rich display and SIGTERM handling.
+"""
+
+import sys
+
+from doit import get_var
+
+from recbuild.builders import all_builders
+from recbuild.errors import RecbuildError
+from recbuild.engine import Engine, MakeOptions
+from recbuild.graph import build_graph
+from recbuild.recipe import load_recipe
+from recbuild.ui import Terminal
+
+_builders = all_builders()
+try:  # relative paths are relative to this file's folder (doit runs from there)
+    _graph = build_graph(load_recipe(get_var("recipe", "recbuild.yaml")), _builders)
+except RecbuildError as exc:
+    sys.exit(f"error: {exc}")
+_engine = Engine(_graph, _builders, Terminal().build_events())
+_engine.ws.state_dir.mkdir(parents=True, exist_ok=True)
+
+DOIT_CONFIG = _engine.doit_config(MakeOptions())
+DOIT_CONFIG["default_tasks"] = _graph.default_targets()
+del DOIT_CONFIG["reporter"]  # doit's own console reporter, as a doit user expects
+
+
+def task_recbuild():
+    for spec in _engine.task_dicts(_graph.order, force=False):
+        spec["basename"] = spec.pop("name")
+        yield spec

@@ -1,0 +1,72 @@
+"""Shared fixtures: drive recbuild as a user would, in-process (fast) or as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from recbuild.cli import main
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def built(self) -> list[str]:
+        return [line.split()[1] for line in self.out.splitlines() if line.strip().startswith("built ")]
+
+    @property
+    def failed(self) -> list[str]:
+        return [line.split()[1] for line in self.out.splitlines() if line.strip().startswith("FAILED ")]
+
+
+class Project:
+    """A folder with a recipe; `run` calls the CLI entry point there."""
+
+    def __init__(self, path: Path, capsys, monkeypatch):
+        self.path = path
+        self._capsys = capsys
+        self._monkeypatch = monkeypatch
+
+    def write(self, relpath: str, text: str) -> Path:
+        target = self.path / relpath
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+        return target
+
+    def recipe(self, text: str, name: str = "recbuild.yaml") -> Path:
+        return self.write(name, text)
+
+    def run(self, *args: str) -> Result:
+        self._monkeypatch.chdir(self.path)
+        self._capsys.readouterr()
+        code = main(list(args))
+        captured = self._capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    def spawn(self, *args: str, **kwargs) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "recbuild.cli", *args], cwd=self.path,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"}, **kwargs)
+
+    def subprocess_run(self, *args: str, timeout: float = 120) -> Result:
+        proc = self.spawn(*args)
+        out, err = proc.communicate(timeout=timeout)
+        return Result(proc.returncode, out, err)
+
+    def read(self, relpath: str) -> str:
+        return (self.path / relpath).read_text(encoding="utf-8")
+
+
+@pytest.fixture
+def project(tmp_path, capsys, monkeypatch) -> Project:
+    return Project(tmp_path, capsys, monkeypatch)

@@ -1,0 +1,106 @@
+"""Recipe features: extends, vars, env, --set, defaults; the committed schema is current."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from recbuild.builders import all_builders
+from recbuild.recipe import load_recipe
+from recbuild.schema import schema_text
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_committed_schema_is_up_to_date():
+    committed = (REPO / "schemas" / "recipe.schema.json").read_text(encoding="utf-8")
+    assert committed == schema_text(all_builders()), \
+        "schemas/recipe.schema.json is stale: run `recbuild schema > schemas/recipe.schema.json`"
+
+
+def test_schema_has_one_def_per_kind():
+    schema = json.loads(schema_text(all_builders()))
+    for kind in all_builders():
+        assert schema["$defs"][kind]["properties"]["kind"] == {"const": kind}
+
+
+def test_extends_deep_merges_and_child_wins(project):
+    project.write("base.yaml", """
+        version: 1
+        vars: {n: 1, word: base}
+        artifacts:
+          a: {kind: command, cmd: "echo ${vars.word} > ${out}/a", params: {x: 1, y: 2}}
+          b: {kind: command, cmd: "echo b > ${out}/b"}
+    """)
+    path = project.recipe("""
+        extends: base.yaml
+        vars: {word: child}
+        artifacts:
+          a: {params: {y: 3}}
+          b: null
+    """)
+    recipe = load_recipe(path)
+    assert set(recipe.nodes) == {"a"}
+    assert recipe.nodes["a"].params["params"] == {"x": 1, "y": 3}
+    assert recipe.nodes["a"].params["cmd"] == "echo child > ${out}/a"
+
+
+def test_errors_in_inherited_keys_point_at_the_file_that_set_them(project):
+    project.write("base.yaml", "version: 1\nartifacts:\n  a: {kind: command, cmd: x, bogus: 1}\n")
+    project.recipe("extends: base.yaml\n")
+    result = project.run("validate")
+    assert result.code == 2
+    assert "base.yaml:3:30: artifacts.a.bogus: unknown key 'bogus'" in result.err
+
+
+def test_whole_reference_keeps_type_and_set_overrides(project, monkeypatch):
+    monkeypatch.setenv("RB_WORD", "hi")
+    path = project.recipe("""
+        version: 1
+        vars: {n: 3, nested: {k: [1, 2]}, word: "${env.RB_WORD}"}
+        artifacts:
+          a:
+            kind: command
+            cmd: "echo ${vars.word}-${env.RB_MISSING:-dflt} $${HOME}"
+            params: {n: "${vars.n}", lst: "${vars.nested.k}"}
+    """)
+    recipe = load_recipe(path, ["vars.n=5"])
+    params = recipe.nodes["a"].params
+    assert params["params"] == {"n": 5, "lst": [1, 2]}
+    assert params["cmd"] == "echo hi-dflt ${HOME}"
+    assert params["deps"] == []  # schema default applied
+
+
+def test_shell_variables_reach_the_shell(project):
+    project.recipe("""
+        version: 1
+        artifacts:
+          a: {kind: command, cmd: "X=shell; echo $${X} > ${out}/x"}
+    """)
+    assert project.run("make").code == 0
+    assert project.read("build/x/x".replace("x/x", "a/x")) == "shell\n"
+
+
+def test_workdir_is_relative_to_the_recipe(project):
+    project.write("sub/recbuild.yaml", "version: 1\nworkdir: out\nartifacts:\n  a: {kind: command, cmd: 'echo 1 > ${out}/f'}\n")
+    result = project.run("make", "-f", "sub/recbuild.yaml")
+    assert result.code == 0
+    assert (project.path / "sub/out/a/f").exists()
+
+
+def test_graph_and_list(project):
+    project.write("data/raw.txt", "x")
+    project.recipe("""
+        version: 1
+        sources:
+          raw: {path: data/raw.txt}
+        artifacts:
+          a: {kind: command, deps: [raw], cmd: "cp ${deps.raw} ${out}/"}
+    """)
+    mermaid = project.run("graph")
+    assert mermaid.out.startswith("graph LR")
+    assert "n0 --> n1" in mermaid.out
+    dot = project.run("graph", "--format", "dot")
+    assert "digraph recbuild" in dot.out and "n0 -> n1;" in dot.out
+    listing = project.run("list")
+    assert "raw" in listing.out and "recbuild.yaml:5:3" in listing.out
