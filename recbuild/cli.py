@@ -74,6 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
     templates = sub.add_parser("templates", help="list built-in recipe templates")
     _common(templates, recipe=False)
 
+    cache = sub.add_parser("cache", help="shared artifact cache: status, push, pull, gc")
+    cache.add_argument("action", choices=["status", "push", "pull", "gc"])
+    cache.add_argument("targets", nargs="*", metavar="TARGET")
+    cache.add_argument("--cache", metavar="URL", help="cache URL (default: the recipe's `cache:`)")
+    cache.add_argument("--keep-days", type=float, default=None, metavar="N",
+                       help="gc: also keep entries newer than N days")
+    cache.add_argument("-n", "--dry-run", action="store_true", help="gc: list what would be deleted")
+    _common(cache)
+
     schema = sub.add_parser("schema", help="print the recipe JSON schema")
     _common(schema, recipe=False)
     return parser
@@ -108,9 +117,10 @@ def cmd_make(args, term) -> int:
         raise UsageError("recbuild make: -j must be at least 1")
     if args.dry_run:
         return _dry_run(graph, builders, args.targets, term)
+    from recbuild.cache import open_cache
     from recbuild.engine import Engine, MakeOptions
 
-    engine = Engine(graph, builders, term.build_events())
+    engine = Engine(graph, builders, term.build_events(), cache=open_cache(graph.recipe, args.cache))
     options = MakeOptions(targets=args.targets, jobs=args.jobs, always=args.always_make,
                           keep_going=args.keep_going)
     return engine.make(options)
@@ -312,9 +322,46 @@ def cmd_schema(args, term) -> int:
     return 0
 
 
+def cmd_cache(args, term) -> int:
+    from recbuild import cache_ops
+    from recbuild.cache import open_cache
+    from recbuild.lock import WorkdirLock
+    from recbuild.workspace import Workspace
+
+    graph, builders = _load(args)
+    _check_targets(graph, args.targets)
+    cache = open_cache(graph.recipe, args.cache)
+    if cache is None:
+        raise UsageError("recbuild cache: no cache configured; add `cache: URL` to the recipe or pass --cache URL")
+    ws = Workspace(graph, builders)
+    names = args.targets or [n for n in graph.order if not graph.nodes[n].is_file_source]
+    try:
+        if args.action == "status":
+            rows = cache_ops.status(ws, cache, names)
+            term.table(["artifact", "kind", "here", "in cache", "key"],
+                       [[r.name, r.kind, r.local, r.cached, (r.key or "-")[:16]] for r in rows])
+            return 0
+        ws.state_dir.mkdir(parents=True, exist_ok=True)
+        with WorkdirLock(ws.state_dir):
+            if args.action == "gc":
+                removed, kept = cache_ops.gc(ws, cache, args.keep_days, args.dry_run)
+                verb = "would remove" if args.dry_run else "removed"
+                for key in removed:
+                    term.debug(f"  {verb} {key}")
+                term.info(f"{verb} {len(removed)} entries, kept {kept} ({cache.url})")
+                return 0
+            ws.tmp_dir.mkdir(parents=True, exist_ok=True)
+            results = (cache_ops.push if args.action == "push" else cache_ops.pull)(ws, cache, names)
+            for name, outcome in results:
+                term.info(f"  {outcome:<22} {name}")
+            return 1 if any(o.startswith("rejected") for _, o in results) else 0
+    finally:
+        ws.cache.close()
+
+
 COMMANDS = {"make": cmd_make, "status": cmd_status, "explain": cmd_explain, "list": cmd_list,
             "graph": cmd_graph, "clean": cmd_clean, "validate": cmd_validate, "init": cmd_init,
-            "templates": cmd_templates, "schema": cmd_schema}
+            "templates": cmd_templates, "schema": cmd_schema, "cache": cmd_cache}
 
 
 def _raise_interrupt(signum, frame):

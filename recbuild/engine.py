@@ -24,6 +24,7 @@ from doit.exceptions import TaskFailed, UnmetDependency
 from doit.task import dict_to_task
 
 from recbuild.builders.base import BuildContext, Progress
+from recbuild.cache import ArtifactCache, CacheError, CorruptEntry
 from recbuild.errors import BuildError, Interrupted, RecbuildError
 from recbuild.graph import Graph
 from recbuild.lock import WorkdirLock
@@ -39,6 +40,7 @@ class Events(Protocol):
     def step_finished(self, name: str, kind: str, outcome: str, seconds: float, detail: str = "") -> None: ...
     def step_failed(self, name: str, kind: str, message: str, seconds: float) -> None: ...
     def step_skipped(self, name: str, kind: str, reason: str) -> None: ...
+    def warn(self, message: str) -> None: ...
     def progress(self, name: str, total: float | None, unit: str) -> Progress: ...
     def run_finished(self, stats: dict) -> None: ...
 
@@ -51,7 +53,9 @@ class MakeOptions:
     keep_going: bool = False
 
 
-BUILT, UP_TO_DATE, ADOPTED, HASHED = "built", "up to date", "up to date (verified)", "hashed"
+BUILT, UP_TO_DATE, HASHED = "built", "up to date", "hashed"
+ADOPTED = UP_TO_DATE  # verified on disk although doit had no record (fresh state db, restored workdir)
+RESTORED = "restored from cache"
 
 
 class _StepFailed(Exception):
@@ -59,10 +63,12 @@ class _StepFailed(Exception):
 
 
 class Engine:
-    def __init__(self, graph: Graph, builders: dict, events: Events):
+    def __init__(self, graph: Graph, builders: dict, events: Events, cache: ArtifactCache | None = None):
         self.graph = graph
         self.builders = builders
         self.events = events
+        self.cache = cache
+        self._corrupt_keys: set[str] = set()
         self.ws = Workspace(graph, builders)
         self.outcomes: dict[str, tuple[str, str]] = {}
         self.started: dict[str, float] = {}
@@ -113,6 +119,8 @@ class Engine:
             self.outcomes[name] = (ADOPTED, "")
             return None
         key = ws.key(name)
+        if self.cache is not None and not force and self._restore(name, key):
+            return None
         staged = ws.tmp_dir / f"{name}-{uuid.uuid4().hex[:10]}"
         staged.mkdir(parents=True)
         log = self._logger(name)
@@ -140,7 +148,35 @@ class Engine:
             _close_logger(log)
         ws.set_manifest(name, manifest)
         self.outcomes[name] = (BUILT, "")
+        if self.cache is not None and self.cache.push_enabled:
+            try:
+                self.cache.push(ws.folder(name), manifest, replace=key in self._corrupt_keys)
+            except Exception as exc:  # an unreachable cache must not fail a good build
+                self.events.warn(f"{name}: could not upload to cache {self.cache.url}: {exc}")
         return None
+
+    def _restore(self, name: str, key: str) -> bool:
+        """Restore ``name`` from the shared cache if an intact entry exists; True on success."""
+        ws = self.ws
+        staged = ws.tmp_dir / f"{name}-cache-{uuid.uuid4().hex[:10]}"
+        try:
+            if self.cache.lookup(key) is None:
+                return False
+            staged.mkdir(parents=True)
+            manifest = self.cache.restore(key, staged, ws.cache)
+            publish(staged, ws.folder(name), ws.tmp_dir)
+        except CorruptEntry as exc:
+            self._corrupt_keys.add(key)
+            self.events.warn(f"{name}: {exc}; rebuilding instead")
+            return False
+        except (CacheError, OSError) as exc:
+            self.events.warn(f"{name}: cache unavailable ({exc}); building instead")
+            return False
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
+        ws.set_manifest(name, manifest)
+        self.outcomes[name] = (RESTORED, "")
+        return True
 
     def _fail(self, name: str, message: str, failed_cls=TaskFailed, log: logging.Logger | None = None):
         node = self.graph.nodes[name]

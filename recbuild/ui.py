@@ -190,6 +190,9 @@ class BuildEvents:
         self.counts["skipped"] = self.counts.get("skipped", 0) + 1
         self._line("skipped", name, kind, None, reason)
 
+    def warn(self, message: str) -> None:
+        self.term.warn(message)
+
     def progress(self, name: str, total: float | None, unit: str) -> Progress:
         if self._progress is None:
             return Progress(total, unit)

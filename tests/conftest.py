@@ -25,6 +25,12 @@ class Result:
         return [line.split()[1] for line in self.out.splitlines() if line.strip().startswith("built ")]
 
     @property
+    def restored(self) -> list[str]:
+        prefix = "restored from cache "
+        return [line.strip()[len(prefix):].split()[0] for line in self.out.splitlines()
+                if line.startswith("  " + prefix)]
+
+    @property
     def failed(self) -> list[str]:
         return [line.split()[1] for line in self.out.splitlines() if line.strip().startswith("FAILED ")]
 
