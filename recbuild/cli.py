@@ -83,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("-n", "--dry-run", action="store_true", help="gc: list what would be deleted")
     _common(cache)
 
+    metrics = sub.add_parser("metrics", help="table of the metrics artifacts report (recall@k, ...)")
+    metrics.add_argument("targets", nargs="*", metavar="TARGET")
+    metrics.add_argument("--diff", action="store_true", help="show the change since the previous build")
+    _common(metrics)
+
     schema = sub.add_parser("schema", help="print the recipe JSON schema")
     _common(schema, recipe=False)
     return parser
@@ -359,9 +364,59 @@ def cmd_cache(args, term) -> int:
         ws.cache.close()
 
 
+def _flatten(value, prefix: str = "") -> dict[str, float]:
+    flat: dict[str, float] = {}
+    if isinstance(value, dict):
+        for key in sorted(value):
+            flat.update(_flatten(value[key], f"{prefix}.{key}" if prefix else str(key)))
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        flat[prefix] = float(value)
+    return flat
+
+
+def _fmt_metric(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if abs(value) < 1000 else f"{value:,.0f}"
+
+
+def cmd_metrics(args, term) -> int:
+    import json
+
+    from recbuild.workspace import Workspace
+
+    graph, builders = _load(args)
+    _check_targets(graph, args.targets)
+    ws = Workspace(graph, builders)
+    ws.cache.close()
+    names = args.targets or [n for n in graph.order if not graph.nodes[n].is_file_source]
+    rows = []
+    for name in names:
+        path = ws.folder(name) / "metrics.json"
+        if not path.is_file():
+            continue
+        current = _flatten(json.loads(path.read_text(encoding="utf-8")))
+        previous_path = ws.previous_metrics_path(name)
+        previous = _flatten(json.loads(previous_path.read_text(encoding="utf-8"))) if previous_path.is_file() else {}
+        for metric, value in current.items():
+            row = [name, metric, _fmt_metric(value)]
+            if args.diff:
+                old = previous.get(metric)
+                delta = None if old is None else value - old
+                row += [_fmt_metric(old), "-" if delta is None else f"{delta:+.4f}"]
+            rows.append(row)
+    if not rows:
+        term.info("no metrics yet: build an artifact that reports them (e.g. recall_eval) first")
+        return 0
+    headers = ["artifact", "metric", "value"] + (["previous", "change"] if args.diff else [])
+    term.table(headers, rows)
+    return 0
+
+
 COMMANDS = {"make": cmd_make, "status": cmd_status, "explain": cmd_explain, "list": cmd_list,
             "graph": cmd_graph, "clean": cmd_clean, "validate": cmd_validate, "init": cmd_init,
-            "templates": cmd_templates, "schema": cmd_schema, "cache": cmd_cache}
+            "templates": cmd_templates, "schema": cmd_schema, "cache": cmd_cache,
+            "metrics": cmd_metrics}
 
 
 def _raise_interrupt(signum, frame):

@@ -56,6 +56,7 @@ class MakeOptions:
 BUILT, UP_TO_DATE, HASHED = "built", "up to date", "hashed"
 ADOPTED = UP_TO_DATE  # verified on disk although doit had no record (fresh state db, restored workdir)
 RESTORED = "restored from cache"
+METRICS_NAME = "metrics.json"
 
 
 class _StepFailed(Exception):
@@ -136,6 +137,7 @@ class Engine:
                                      params=material["params"], cache=ws.cache, meta=ctx.meta or None)
             manifest.update(ws.manifest_extras(name))
             write_manifest(staged, manifest)
+            self._remember_metrics(name)
             publish(staged, ws.folder(name), ws.tmp_dir)
         except RecbuildError as exc:
             return self._fail(name, exc.message, TaskFailed, log)
@@ -155,6 +157,14 @@ class Engine:
                 self.events.warn(f"{name}: could not upload to cache {self.cache.url}: {exc}")
         return None
 
+    def _remember_metrics(self, name: str) -> None:
+        """Keep the metrics of the build being replaced, for `recbuild metrics --diff`."""
+        current = self.ws.folder(name) / METRICS_NAME
+        if current.is_file():
+            previous = self.ws.previous_metrics_path(name)
+            previous.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(current, previous)
+
     def _restore(self, name: str, key: str) -> bool:
         """Restore ``name`` from the shared cache if an intact entry exists; True on success."""
         ws = self.ws
@@ -164,6 +174,7 @@ class Engine:
                 return False
             staged.mkdir(parents=True)
             manifest = self.cache.restore(key, staged, ws.cache)
+            self._remember_metrics(name)
             publish(staged, ws.folder(name), ws.tmp_dir)
         except CorruptEntry as exc:
             self._corrupt_keys.add(key)

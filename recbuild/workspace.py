@@ -179,6 +179,9 @@ class Workspace:
     def tmp_dir(self) -> Path:
         return self.state_dir / "tmp"
 
+    def previous_metrics_path(self, name: str) -> Path:
+        return self.state_dir / "previous" / name / "metrics.json"
+
     @property
     def log_dir(self) -> Path:
         return self.state_dir / "logs"

@@ -1,0 +1,127 @@
+"""Fault injection: SIGKILL / SIGTERM at seeded random points of a multi-artifact build.
+
+After every interruption: nothing published is incomplete, the next plain `make` finishes, and the
+final manifests equal those of an uninterrupted build. CI runs a reduced count; the full 20 trials
+run with `-m slow` (or RECBUILD_FAULT_TRIALS=20).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from recbuild.hashing import StatCache
+from recbuild.manifest import read_manifest, verify_files
+
+RECIPE = """
+version: 1
+sources:
+  raw: {path: data/raw.txt}
+artifacts:
+  a:
+    kind: command
+    deps: [raw]
+    cmd: "for i in 1 2 3 4; do cat ${deps.raw} > ${out}/part-$i; sleep 0.05; done"
+  b:
+    kind: command
+    deps: [a]
+    cmd: "for i in 1 2 3; do cat ${deps.a}/part-$i ${deps.a}/part-4 > ${out}/b-$i; sleep 0.05; done"
+  c:
+    kind: command
+    deps: [a]
+    cmd: "mkdir ${out}/nested; for i in 1 2 3; do echo c$i > ${out}/nested/c-$i; sleep 0.05; done"
+  d:
+    kind: command
+    deps: [b, c]
+    cmd: "cat ${deps.b}/b-1 ${deps.c}/nested/c-3 > ${out}/d; sleep 0.1; echo done >> ${out}/d"
+  e:
+    kind: command
+    deps: [d]
+    cmd: "sleep 0.1; sort ${deps.d}/d > ${out}/e"
+"""
+NAMES = ["a", "b", "c", "d", "e"]
+
+
+def _setup(folder: Path) -> None:
+    folder.mkdir(parents=True)
+    (folder / "data").mkdir()
+    (folder / "data/raw.txt").write_text("row\n" * 100)
+    (folder / "recbuild.yaml").write_text(RECIPE)
+
+
+def _make(folder: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "recbuild.cli", "make", *extra], cwd=folder,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _manifests(folder: Path) -> dict[str, str]:
+    return {n: (folder / "build" / n / "MANIFEST.json").read_text() for n in NAMES}
+
+
+def _assert_nothing_incomplete(folder: Path) -> None:
+    build = folder / "build"
+    if not build.exists():
+        return
+    cache = StatCache(None)
+    for entry in build.iterdir():
+        if entry.name == ".recbuild":
+            continue
+        manifest = read_manifest(entry)
+        assert manifest is not None, f"{entry.name} was published without a manifest"
+        assert verify_files(entry, manifest, cache) == [], f"{entry.name} is incomplete"
+
+
+def _trials() -> int:
+    return int(os.environ.get("RECBUILD_FAULT_TRIALS", "5"))
+
+
+def _run_trials(tmp_path: Path, trials: int) -> int:
+    reference = tmp_path / "reference"
+    _setup(reference)
+    proc = _make(reference)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    expected = _manifests(reference)
+    rng = random.Random(20261123)
+    survived = 0
+    for trial in range(trials):
+        folder = tmp_path / f"trial-{trial}"
+        _setup(folder)
+        sig = rng.choice([signal.SIGKILL, signal.SIGTERM])
+        jobs = rng.choice(["1", "2"])
+        # first interruption during a clean build, a second one during the resumed build
+        for delay in (rng.uniform(0.3, 1.6), rng.uniform(0.2, 0.8)):
+            proc = _make(folder, "-j", jobs)
+            time.sleep(delay)
+            proc.send_signal(sig)
+            _, err = proc.communicate(timeout=60)
+            assert "Traceback" not in err, err
+            if proc.returncode != 0:
+                assert proc.returncode in (130, -signal.SIGKILL, -signal.SIGTERM), (proc.returncode, err)
+            _assert_nothing_incomplete(folder)
+        proc = _make(folder)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, f"trial {trial} ({sig.name}): {err}"
+        _assert_nothing_incomplete(folder)
+        assert _manifests(folder) == expected, f"trial {trial}: manifests differ from a clean build"
+        survived += 1
+        shutil.rmtree(folder)
+    return survived
+
+
+def test_interrupted_builds_recover(tmp_path):
+    assert _run_trials(tmp_path, _trials()) == _trials()
+
+
+@pytest.mark.slow
+def test_interrupted_builds_recover_full(tmp_path):
+    assert _run_trials(tmp_path, 20) == 20
