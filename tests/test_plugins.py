@@ -1,0 +1,54 @@
+"""Third-party kinds through the `recbuild.builders` entry-point group."""
+
+from __future__ import annotations
+
+import sys
+import types
+from importlib.metadata import EntryPoint
+
+import pytest
+
+import recbuild.builders as registry
+from recbuild.builders.base import Builder
+from recbuild.errors import RecbuildError
+
+
+class Echo(Builder):
+    kind = "echo"
+    schema = {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}
+
+    def build(self, ctx):
+        (ctx.out / "echo.txt").write_text(ctx.params["text"])
+
+
+@pytest.fixture
+def plugin(monkeypatch):
+    module = types.ModuleType("fake_recbuild_plugin")
+    module.Echo = Echo
+    monkeypatch.setitem(sys.modules, "fake_recbuild_plugin", module)
+
+    def install(*eps):
+        monkeypatch.setattr(registry, "entry_points", lambda group: list(eps))
+        registry.all_builders.cache_clear()
+
+    yield install
+    registry.all_builders.cache_clear()
+
+
+def test_plugin_kind_builds_through_the_cli(project, plugin):
+    plugin(EntryPoint("echo", "fake_recbuild_plugin:Echo", "recbuild.builders"))
+    project.recipe("version: 1\nartifacts:\n  hi: {kind: echo, text: hello}\n")
+    result = project.run("make")
+    assert result.code == 0, result.err
+    assert project.read("build/hi/echo.txt") == "hello"
+
+
+def test_plugin_cannot_shadow_a_builtin(plugin):
+    plugin(EntryPoint("command", "fake_recbuild_plugin:Nope", "recbuild.builders"))
+    assert registry.all_builders()["command"].__module__ == "recbuild.builders.command"
+
+
+def test_broken_plugin_gives_a_clear_error(plugin):
+    plugin(EntryPoint("broken", "fake_recbuild_plugin:Missing", "recbuild.builders"))
+    with pytest.raises(RecbuildError, match="plugin 'broken' .* failed to load"):
+        registry.all_builders()
