@@ -50,5 +50,16 @@ def test_plugin_cannot_shadow_a_builtin(plugin):
 
 def test_broken_plugin_gives_a_clear_error(plugin):
     plugin(EntryPoint("broken", "fake_recbuild_plugin:Missing", "recbuild.builders"))
+    builders = registry.all_builders()  # built-ins load without touching plugins
+    assert "command" in builders
     with pytest.raises(RecbuildError, match="plugin 'broken' .* failed to load"):
-        registry.all_builders()
+        _ = "broken" in builders
+
+
+def test_broken_plugin_through_the_cli(project, plugin):
+    plugin(EntryPoint("broken", "fake_recbuild_plugin:Missing", "recbuild.builders"))
+    project.recipe("version: 1\nartifacts:\n  a: {kind: command, cmd: 'echo > ${out}/x'}\n")
+    assert project.run("make").code == 0  # only built-in kinds: the broken plugin is never loaded
+    project.recipe("version: 1\nartifacts:\n  a: {kind: broken}\n")
+    result = project.run("make")
+    assert result.code == 1 and "plugin 'broken'" in result.err and "Traceback" not in result.err
