@@ -135,7 +135,12 @@ def _copy_locs(src: dict, dst: dict, path: KeyPath) -> None:
             dst[key] = loc
 
 
+# What a load read (files and environment variables): the recipe cache's validity conditions.
+_trace: dict[str, dict] = {"files": {}, "env": {}}
+
+
 def _load_with_extends(path: Path, shown: str, chain: tuple[str, ...]) -> tuple[dict, dict]:
+    _trace["files"][str(path)] = None
     data, locations = load_yaml(path, shown)
     if data is None:
         data = {}
@@ -236,6 +241,7 @@ class _Interpolator:
             return True, value
         if expr.startswith("env."):
             name, sep, default = expr[4:].partition(":-")
+            _trace["env"][name] = os.environ.get(name)
             if name in os.environ:
                 return True, os.environ[name]
             if sep:
@@ -373,6 +379,24 @@ def build_nodes(data: dict, locations: dict, file: str, builders: dict) -> tuple
 
 def load_recipe(path: str | os.PathLike | None = None, overrides: list[str] | None = None,
                 builders: dict | None = None) -> Recipe:
+    """Load and validate a recipe, reusing the result of an identical earlier load (see
+    recipe_cache.py): a no-op `make` then skips YAML parsing and schema validation."""
+    from recbuild import recipe_cache
+
+    cached = recipe_cache.lookup(path or DEFAULT_RECIPE, overrides or [])
+    if cached is not None:
+        return cached
+    _trace["files"].clear()
+    _trace["env"].clear()
+    recipe = _load_recipe(path, overrides, builders)
+    from recbuild.builders import builtin_builders
+
+    if all(n.kind == "source" or n.kind in builtin_builders() for n in recipe.nodes.values()):
+        recipe_cache.store(path or DEFAULT_RECIPE, overrides or [], recipe, _trace)  # plugin code is not fingerprinted
+    return recipe
+
+
+def _load_recipe(path, overrides, builders) -> Recipe:
     from recbuild.builders import all_builders
 
     recipe_path = Path(path or DEFAULT_RECIPE)

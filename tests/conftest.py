@@ -5,13 +5,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from recbuild.cli import main
+# Keep the recipe cache of test runs away from the user's ~/.cache.
+os.environ.setdefault("RECBUILD_CACHE_DIR", tempfile.mkdtemp(prefix="recbuild-test-cache-"))
+
+from recbuild.cli import main  # noqa: E402
 
 
 @dataclass

@@ -295,11 +295,13 @@ def test_concurrent_makes_do_not_corrupt_state(project):
     project.recipe("""
         version: 1
         artifacts:
-          a: {kind: command, cmd: "sleep 1; echo a > ${out}/a"}
+          a: {kind: command, cmd: "touch started; sleep 1; echo a > ${out}/a"}
           b: {kind: command, deps: [a], cmd: "cat ${deps.a}/a > ${out}/b"}
     """)
-    first, second = project.spawn("make"), None
-    time.sleep(0.4)
+    first = project.spawn("make")
+    deadline = time.time() + 60
+    while not (project.path / "started").exists() and time.time() < deadline:
+        time.sleep(0.05)
     second = project.spawn("make")
     out2, err2 = second.communicate(timeout=60)
     out1, err1 = first.communicate(timeout=60)
