@@ -449,6 +449,16 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        term.error(f"{exc.strerror or exc}{where}")
+        return 1
+    except Exception as exc:  # a bug: one line for the user, the traceback on request
+        if os.environ.get("RECBUILD_DEBUG"):
+            raise
+        term.error(f"internal error: {type(exc).__name__}: {exc} (rerun with RECBUILD_DEBUG=1 for the "
+                   "traceback, and please report it)")
+        return 1
 
 
 def entry() -> None:

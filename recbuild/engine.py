@@ -92,18 +92,20 @@ class Engine:
         try:
             self.ws.forget_scan(name)
             scan = self.ws.scan(name)
-        except BuildError as exc:
-            return self._fail(name, str(exc), TaskFailed)
-        old = self.ws.manifest(name)
-        if old is not None and old.get("digest") == scan.digest:
-            self.outcomes[name] = (UP_TO_DATE, "")
-            return None
-        folder = self.ws.folder(name)
-        folder.mkdir(parents=True, exist_ok=True)
-        node = self.graph.nodes[name]
-        manifest = {"kind": "source", "key": scan.digest, "hash": "xxh3_128", "digest": scan.digest,
-                    "files": scan.entries, "inputs": {}, "params": {"path": node.params["path"]}}
-        write_manifest(folder, manifest)
+            old = self.ws.manifest(name)
+            if old is not None and old.get("digest") == scan.digest:
+                self.outcomes[name] = (UP_TO_DATE, "")
+                return None
+            folder = self.ws.folder(name)
+            folder.mkdir(parents=True, exist_ok=True)
+            node = self.graph.nodes[name]
+            manifest = {"kind": "source", "key": scan.digest, "hash": "xxh3_128", "digest": scan.digest,
+                        "files": scan.entries, "inputs": {}, "params": {"path": node.params["path"]}}
+            write_manifest(folder, manifest)
+        except RecbuildError as exc:
+            return self._fail(name, exc.message)
+        except OSError as exc:
+            return self._fail(name, _os_error_text(exc))
         self.ws.set_manifest(name, manifest)
         self.outcomes[name] = (HASHED, f"{len(scan.entries)} files")
         return None
@@ -141,6 +143,9 @@ class Engine:
             publish(staged, ws.folder(name), ws.tmp_dir)
         except RecbuildError as exc:
             return self._fail(name, exc.message, TaskFailed, log)
+        except OSError as exc:  # disk full, unwritable workdir, input vanished mid-build
+            log.error("%s", traceback.format_exc())
+            return self._fail(name, _os_error_text(exc), TaskFailed, log)
         except Exception as exc:  # a bug or an unexpected library error: keep the traceback in the log
             log.error("%s", traceback.format_exc())
             detail = f"{type(exc).__name__}: {exc}".strip()
@@ -383,6 +388,12 @@ class _Reporter:
 
     def complete_run(self):
         pass
+
+
+def _os_error_text(exc: OSError) -> str:
+    where = f": {exc.filename}" if exc.filename else ""
+    return (f"{exc.strerror or exc}{where} (check free space and permissions; "
+            "the previous artifact is kept)")
 
 
 def _close_logger(logger: logging.Logger) -> None:

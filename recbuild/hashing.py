@@ -129,7 +129,7 @@ def expand_local(path: Path) -> tuple[Path, list[Path]]:
         return root, sorted(set(files))
     if path.is_dir():
         return path, list_files(path)
-    return path.parent, [path]
+    return path.parent, [path] if path.exists() else []
 
 
 def tree_entries(root: Path, files: list[Path], cache: StatCache) -> dict[str, dict]:
