@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(metrics)
 
     schema = sub.add_parser("schema", help="print the recipe JSON schema")
+    schema.add_argument("--markdown", action="store_true", help="print the recipe reference instead")
     _common(schema, recipe=False)
     return parser
 
@@ -321,9 +322,9 @@ def cmd_init(args, term) -> int:
 
 def cmd_schema(args, term) -> int:
     from recbuild.builders import all_builders
-    from recbuild.schema import schema_text
+    from recbuild.schema import reference_markdown, schema_text
 
-    sys.stdout.write(schema_text(all_builders()))
+    sys.stdout.write(reference_markdown(all_builders()) if args.markdown else schema_text(all_builders()))
     return 0
 
 

@@ -205,3 +205,58 @@ def _explain(error, base: KeyPath, locate) -> list[tuple[int, str]]:
         loc: Loc = locate(where)
         out.append((loc.line, problem(loc, where, message)))
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the recipe reference (docs/reference.md), generated from the same schemas
+
+
+def _type_text(prop: dict) -> str:
+    if "enum" in prop:
+        return " \\| ".join(f"`{v}`" for v in prop["enum"])
+    if "const" in prop:
+        return f"`{prop['const']}`"
+    kind = prop.get("type")
+    if isinstance(kind, list):
+        return " or ".join(kind)
+    if kind == "array" and isinstance(prop.get("items"), dict):
+        inner = _type_text(prop["items"])
+        return f"list of {inner}" if inner else "list"
+    if kind:
+        return kind
+    for key in ("oneOf", "anyOf"):
+        if key in prop:
+            return " or ".join(_type_text(p) for p in prop[key])
+    return ""
+
+
+def reference_markdown(builders: dict) -> str:
+    lines = ["# Recipe reference", "",
+             "Generated from the builders' schemas by `recbuild schema --markdown` "
+             "(a test keeps it current). Rules and decisions: [recipes.md](recipes.md).", "",
+             "## Top level", "", "| key | type | default | description |", "|---|---|---|---|"]
+    for key, prop in top_level_schema()["properties"].items():
+        default = f"`{json.dumps(prop['default'])}`" if "default" in prop else ""
+        lines.append(f"| `{key}` | {_type_text(prop)} | {default} | {prop.get('description', '')} |")
+    lines += ["", "A source is either `{path: PATH}` (file, folder, glob or fsspec URL) or an entry with a "
+              "`kind` (e.g. `sample_data`). Every artifact has `kind` plus the params below.", ""]
+    for kind in sorted(builders):
+        cls = builders[kind]
+        lines += [f"## `{kind}`", ""]
+        if cls.description:
+            lines += [cls.description, ""]
+        refs = ", ".join(f"`{r}`" for r in cls.reference_fields) or "none"
+        lines += [f"References (names of other sources/artifacts): {refs}.", ""]
+        props = cls.schema.get("properties", {})
+        if not props:
+            lines += ["No params.", ""]
+            continue
+        required = set(cls.schema.get("required", []))
+        lines += ["| param | type | default | description |", "|---|---|---|---|"]
+        for name, prop in props.items():
+            default = "*required*" if name in required else (
+                f"`{json.dumps(prop['default'])}`" if "default" in prop else "")
+            description = str(prop.get("description", "")).replace("\n", " ").replace("|", "\\|")
+            lines.append(f"| `{name}` | {_type_text(prop)} | {default} | {description} |")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"

@@ -18,6 +18,23 @@ def test_committed_schema_is_up_to_date():
         "schemas/recipe.schema.json is stale: run `recbuild schema > schemas/recipe.schema.json`"
 
 
+def test_committed_reference_is_up_to_date():
+    from recbuild.schema import reference_markdown
+
+    committed = (REPO / "docs" / "reference.md").read_text(encoding="utf-8")
+    assert committed == reference_markdown(all_builders()), \
+        "docs/reference.md is stale: run `recbuild schema --markdown > docs/reference.md`"
+
+
+def test_readme_test_command_is_what_ci_runs():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
+    command = 'python -m pytest -m "not slow" -p no:cacheprovider'
+    assert command in readme
+    assert "\n" + command + "\n" in ci
+    assert "pip install torch==2.13.0" in readme and "pip install torch==2.13.0" in ci
+
+
 def test_schema_has_one_def_per_kind():
     schema = json.loads(schema_text(all_builders()))
     for kind in all_builders():
