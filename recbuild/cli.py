@@ -88,6 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     metrics.add_argument("--diff", action="store_true", help="show the change since the previous build")
     _common(metrics)
 
+    serve = sub.add_parser("serve-check", help="load a serving bundle alone and answer one query end to end")
+    serve.add_argument("target", nargs="?", metavar="TARGET", help="serving_bundle artifact (default: the first)")
+    serve.add_argument("--bundle", metavar="PATH", help="a bundle folder instead of a recipe artifact")
+    serve.add_argument("--query", metavar="JSON", help='user features, e.g. \'{"user_id": 7, "age_level": 3}\' '
+                                                      "(default: 1 for every id feature, 0.0 for numeric ones)")
+    serve.add_argument("-k", type=int, default=10, help="how many items to print (default 10)")
+    _common(serve)
+
     schema = sub.add_parser("schema", help="print the recipe JSON schema")
     schema.add_argument("--markdown", action="store_true", help="print the recipe reference instead")
     _common(schema, recipe=False)
@@ -378,7 +386,9 @@ def _flatten(value, prefix: str = "") -> dict[str, float]:
 def _fmt_metric(value: float | None) -> str:
     if value is None:
         return "-"
-    return f"{value:.4f}" if abs(value) < 1000 else f"{value:,.0f}"
+    if float(value).is_integer() and abs(value) >= 1:
+        return f"{value:,.0f}"
+    return f"{value:.4f}"
 
 
 def cmd_metrics(args, term) -> int:
@@ -414,10 +424,47 @@ def cmd_metrics(args, term) -> int:
     return 0
 
 
+def cmd_serve_check(args, term) -> int:
+    import json
+
+    from recbuild.errors import BuildError
+    from recbuild.retrieval.bundle import serve_check
+
+    if args.bundle:
+        bundle = Path(args.bundle)
+    else:
+        graph, builders = _load(args)
+        bundles = [n for n in graph.order if graph.nodes[n].kind == "serving_bundle"]
+        name = args.target or (bundles[0] if bundles else None)
+        if name is None or name not in bundles:
+            raise UsageError(f"recbuild serve-check: {name or 'the recipe'} has no serving_bundle artifact "
+                             f"named {name!r}; bundles: {', '.join(bundles) or 'none'}")
+        bundle = graph.recipe.workdir / name
+        if not (bundle / "MANIFEST.json").is_file():
+            raise BuildError(f"{name} is not built yet; run `recbuild make {name}` first")
+    if args.query:
+        try:
+            query = json.loads(args.query)
+        except ValueError as exc:
+            raise UsageError(f"recbuild serve-check: --query is not JSON: {exc}") from None
+    else:
+        fg = json.loads((bundle / "user" / "fg.json").read_text(encoding="utf-8")) \
+            if (bundle / "user" / "fg.json").is_file() else {"features": []}
+        query = {}
+        for feature in fg.get("features", []):
+            column = feature.get("expression", "user:" + feature["feature_name"]).split(":", 1)[-1]
+            kind = feature.get("feature_type")
+            query[column] = 0.0 if kind == "raw_feature" else ([1] if kind == "sequence_id_feature" else 1)
+    items = serve_check(bundle, query, args.k)
+    term.info(f"{bundle}: query {json.dumps(query, sort_keys=True)}")
+    term.out(" ".join(items))
+    return 0
+
+
 COMMANDS = {"make": cmd_make, "status": cmd_status, "explain": cmd_explain, "list": cmd_list,
             "graph": cmd_graph, "clean": cmd_clean, "validate": cmd_validate, "init": cmd_init,
             "templates": cmd_templates, "schema": cmd_schema, "cache": cmd_cache,
-            "metrics": cmd_metrics}
+            "metrics": cmd_metrics, "serve-check": cmd_serve_check}
 
 
 def _raise_interrupt(signum, frame):
