@@ -1,0 +1,101 @@
+"""`kind: towers` — split a two-tower export into `user/` and `item/` exported modules.
+
+Each folder: model.pt2 / scripted_model.pt (the formats asked for), fg.json with only its own
+features, pipeline.yaml (model config + tower + the export's checkpoint). The model config and the
+weights come from the export artifact (pipeline.yaml + model.pt).
+
+Before exporting, each tower is traced with *every* feature of the model as input and the graph is
+walked back from its output: a user tower whose output depends on an item feature (or the reverse)
+fails the build (EasyRec issue 460: a "split" user tower that still needs product_id leaks the label).
+"""
+
+from __future__ import annotations
+
+from recbuild.builders.base import BuildContext, Builder
+from recbuild.errors import BuildError
+
+TOWERS = (("user", "user_tower_emb"), ("item", "item_tower_emb"))
+
+
+def check_tower_inputs(tower, tower_name: str, specs, group: str) -> None:
+    """Raise if the tower's output depends on a feature of the other group."""
+    from recbuild.exporter import inputs_reaching_outputs
+    from recbuild.models.features import example_inputs
+
+    try:
+        reached = inputs_reaching_outputs(tower, example_inputs(specs, 4, seed=0))
+    except BuildError:
+        raise
+    except Exception as exc:
+        raise BuildError(f"{tower_name}: tracing with torch.export failed ({type(exc).__name__}: "
+                         f"{str(exc).strip()[:600]}); the tower cannot be checked or exported") from None
+    foreign = sorted(s.name for s in specs if s.group != group and s.name in reached)
+    if foreign:
+        other = "item" if group == "user" else "user"
+        raise BuildError(
+            f"the {group} tower ({tower_name}) reads {other} feature(s) {', '.join(foreign)}: its "
+            f"exported module would need them at serving time and its embeddings would leak "
+            f"{other}-side information (EasyRec issue 460). Move the feature(s) to group: {group} "
+            f"or stop the {group} tower from using them.")
+
+
+class TowersBuilder(Builder):
+    kind = "towers"
+    version = "1"
+    reference_fields = ("model",)
+    description = "split a two-tower export into user/ and item/ exported modules"
+    schema = {
+        "type": "object",
+        "properties": {
+            "model": {"type": "string", "description": "an export artifact of a two-tower model"},
+            "formats": {"type": "array", "minItems": 1, "uniqueItems": True,
+                        "items": {"enum": ["torch_export", "torchscript", "aoti"]},
+                        "default": ["torch_export", "torchscript"]},
+            "tolerance": {"type": "number", "exclusiveMinimum": 0, "default": 1e-4},
+        },
+        "required": ["model"],
+    }
+
+    def build(self, ctx: BuildContext) -> None:
+        from recbuild.exporter import (instantiate, load_state_dict, read_pipeline_yaml, verify_formats,
+                                       write_formats, write_pipeline_yaml)
+        from recbuild.feature_io import write_fg
+        from recbuild.models import tower_attributes
+        from recbuild.models.features import example_inputs, group_features, io_specs, parse_features
+
+        export = ctx.input("model")
+        pipeline = read_pipeline_yaml(export.path)
+        config = pipeline["model"]
+        specs = parse_features(config)
+        weights = export.path / "model.pt"
+        if not weights.is_file():
+            raise BuildError(f"{export.name}: model.pt not found in the export folder; rebuild it "
+                             "with kind: export")
+        label = f"{export.name}/model.pt"
+        model = instantiate(config, load_state_dict(weights, label), label, ctx.recipe_dir)
+        formats = list(ctx.params.get("formats", ["torch_export", "torchscript"]))
+        tolerance = float(ctx.params.get("tolerance", 1e-4))
+        attributes = dict(zip(("user", "item"), tower_attributes(config)))
+        diffs = {}
+        for group, output in TOWERS:
+            tower = getattr(model, attributes[group], None)
+            if tower is None:
+                raise BuildError(f"{export.name}: the model has no attribute {attributes[group]!r}; "
+                                 "towers needs a two-tower model (set model.towers for entry models)")
+            tower.eval()
+            check_tower_inputs(tower, attributes[group], specs, group)
+            own = group_features(specs, group)
+            probe = example_inputs(own, 2, seed=0)
+            outputs = tower(probe)
+            if output not in outputs:
+                raise BuildError(f"the {group} tower outputs {sorted(outputs)}; it must output {output!r}")
+            folder = ctx.out / group
+            folder.mkdir()
+            write_formats(tower, example_inputs(own, 4, seed=0), folder, formats)
+            diffs[group] = verify_formats(tower, example_inputs(own, 7, seed=1), folder, formats, tolerance)
+            write_fg(folder, io_specs(own))
+            write_pipeline_yaml(folder, config, {"tower": group, "output": output,
+                                                 "checkpoint": pipeline.get("checkpoint", {}),
+                                                 "formats": formats})
+        ctx.meta["max_abs_diff"] = diffs
+        ctx.meta["features"] = {group: [s.name for s in group_features(specs, group)] for group, _ in TOWERS}

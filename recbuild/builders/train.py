@@ -1,0 +1,69 @@
+"""`kind: train` — trains the recipe's model on parquet; writes checkpoints and eval results."""
+
+from __future__ import annotations
+
+from recbuild.builders.base import BuildContext, Builder, InputArtifact
+from recbuild.errors import InputError
+
+
+def parquet_inputs(artifact: InputArtifact) -> list:
+    """Local parquet files of a source or artifact input (sorted)."""
+    from recbuild.training import parquet_files
+
+    if artifact.url and not artifact.files:
+        raise InputError(f"{artifact.name}: remote input {artifact.url} is not supported for "
+                         "training; copy it locally or make it a local source")
+    return parquet_files(artifact.path, artifact.files)
+
+
+class TrainBuilder(Builder):
+    kind = "train"
+    version = "1"
+    uses_model = True
+    reference_fields = ("data", "eval_data", "tree")
+    description = "train the recipe's model (seeded, CPU); checkpoints + train_eval_result_v2.txt"
+    schema = {
+        "type": "object",
+        "properties": {
+            "data": {"type": "string", "description": "training parquet (source or artifact)"},
+            "eval_data": {"type": "string", "description": "evaluation parquet; omit to skip eval"},
+            "epochs": {"type": "integer", "minimum": 1, "default": 1},
+            "batch_size": {"type": "integer", "minimum": 2, "default": 512},
+            "lr": {"type": "number", "exclusiveMinimum": 0, "default": 0.003},
+            "eval_every": {"type": "integer", "minimum": 0, "default": 0,
+                           "description": "steps between checkpoints + evals; 0 = end of each epoch"},
+            "seed": {"type": "integer", "minimum": 0, "default": 42},
+            "k": {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1,
+                  "default": [10, 50, 200], "description": "retrieval: recall@k cut-offs"},
+            "label_column": {"type": "string", "default": "label"},
+            "eval_batch_size": {"type": "integer", "minimum": 1, "default": 4096},
+            "logq_correction": {"type": "boolean", "default": True,
+                                "description": "retrieval: subtract log item frequency from in-batch logits"},
+            "tree": {"type": "string", "description": "tdm: the tdm_tree artifact to sample nodes from"},
+            "negatives_per_level": {"type": "integer", "minimum": 1, "default": 6,
+                                    "description": "tdm: negative nodes per positive on every level"},
+            "threads": {"type": "integer", "minimum": 1,
+                        "description": "torch threads (default: the engine's per-job threads); small "
+                                       "models train faster on 1 thread when the machine is busy"},
+        },
+        "required": ["data"],
+    }
+
+    def build(self, ctx: BuildContext) -> None:
+        from recbuild.training import Trainer, TrainSettings
+
+        p = ctx.params
+        settings = TrainSettings(
+            epochs=p.get("epochs", 1), batch_size=p.get("batch_size", 512), lr=p.get("lr", 0.003),
+            eval_every=p.get("eval_every", 0), seed=p.get("seed", 42),
+            k=list(p.get("k", [10, 50, 200])), label_column=p.get("label_column", "label"),
+            eval_batch_size=p.get("eval_batch_size", 4096),
+            logq_correction=p.get("logq_correction", True),
+            negatives_per_level=p.get("negatives_per_level", 6), threads=p.get("threads", ctx.threads))
+        train_files = parquet_inputs(ctx.input("data"))
+        eval_files = parquet_inputs(ctx.input("eval_data")) if ctx.inputs.get("eval_data") else []
+        tree = ctx.input("tree").path if ctx.inputs.get("tree") else None
+        trainer = Trainer(ctx.model, settings, ctx.out, log=ctx.log, search_path=ctx.recipe_dir,
+                          progress_factory=ctx.progress, tree_dir=tree)
+        meta = trainer.run(train_files, eval_files)
+        ctx.meta.update(meta)

@@ -1,0 +1,721 @@
+"""Seeded CPU training of a recipe's model on parquet, with periodic evaluation and checkpoints.
+
+Layout written into the output folder (TorchEasyRec's model_dir shape):
+  model.ckpt-<step>/model.pt      state_dict (torch.save, pickle protocol 2, CPU tensors)
+  train_eval_result_v2.txt        one JSON object per evaluation: global_step first, then metrics
+                                  sorted by name
+  train_meta.json                 task, final_step, steps per epoch, row counts (no times)
+
+Tasks (from the model, see ``recbuild.models.task_of``):
+  retrieval  trained on label-1 rows (all rows without a label column) with an in-batch sampled
+             softmax over cosine / temperature; same-item collisions in a batch are masked and the
+             logits get a logQ correction from the training item frequencies (so popular items are
+             not over-penalised as negatives). Evaluated by exact-search recall@K of eval positives
+             against every item seen in train or eval data, beside a popularity baseline.
+  ranking    binary cross-entropy on the label; evaluated by AUC on the eval rows.
+
+Data is streamed with ``pyarrow.parquet.ParquetFile.iter_batches`` and re-cut into exact
+``batch_size`` batches in file order (shuffle the data upstream if it is sorted).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from recbuild.errors import BuildError, InputError
+
+EVAL_FILE = "train_eval_result_v2.txt"
+META_FILE = "train_meta.json"
+CHECKPOINT_PREFIX = "model.ckpt-"
+WEIGHTS_FILE = "model.pt"
+# Fixed so checkpoint bytes do not depend on torch's default; 2 is what the weights_only
+# unpickler of torch.load fully supports.
+PICKLE_PROTOCOL = 2
+
+
+@dataclass
+class TrainSettings:
+    epochs: int = 1
+    batch_size: int = 512
+    lr: float = 0.003
+    eval_every: int = 0  # steps; 0 = at the end of every epoch
+    seed: int = 42
+    k: list[int] = field(default_factory=lambda: [10, 50, 200])
+    label_column: str = "label"
+    eval_batch_size: int = 4096
+    logq_correction: bool = True
+    negatives_per_level: int = 6  # tdm
+    threads: int = 2
+
+
+def checkpoint_dir(out: Path, step: int) -> Path:
+    return out / f"{CHECKPOINT_PREFIX}{step}"
+
+
+def save_state_dict(state_dict: dict, path: Path) -> None:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cpu = {name: tensor.detach().to("cpu").contiguous() for name, tensor in state_dict.items()}
+    torch.save(cpu, str(path), pickle_protocol=PICKLE_PROTOCOL)
+
+
+def format_eval_line(step: int, metrics: dict[str, float]) -> str:
+    record = {"global_step": int(step)}
+    for name in sorted(metrics):
+        record[name] = round(float(metrics[name]), 6)
+    return json.dumps(record)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+def parquet_files(location: Path, files: Iterable[Path] = ()) -> list[Path]:
+    """The parquet files of an input: its listed files, else the *.parquet under its folder."""
+    listed = sorted(Path(f) for f in files if str(f).endswith(".parquet"))
+    if listed:
+        return listed
+    location = Path(location)
+    if location.is_file():
+        return [location]
+    found = sorted(location.rglob("*.parquet"))
+    if not found:
+        raise InputError(f"{location}: no parquet files found")
+    return found
+
+
+def iter_tables(files: list[Path], columns: list[str], batch_size: int,
+                row_filter: Callable | None = None) -> Iterator:
+    """Yield pyarrow Tables of exactly ``batch_size`` rows (the last may be shorter), in file order."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pending: list = []
+    pending_rows = 0
+    for path in files:
+        parquet = pq.ParquetFile(str(path))
+        missing = [c for c in columns if c not in parquet.schema_arrow.names]
+        if missing:
+            raise InputError(f"{path}: missing column(s) {', '.join(missing)}; present: "
+                             f"{', '.join(parquet.schema_arrow.names)}")
+        for batch in parquet.iter_batches(batch_size=batch_size, columns=columns):
+            if row_filter is not None:
+                batch = row_filter(batch)
+            if batch.num_rows == 0:
+                continue
+            pending.append(batch)
+            pending_rows += batch.num_rows
+            while pending_rows >= batch_size:
+                table = pa.Table.from_batches(pending)
+                yield table.slice(0, batch_size)
+                rest = table.slice(batch_size)
+                pending = rest.to_batches() if rest.num_rows else []
+                pending_rows = rest.num_rows
+    if pending_rows:
+        yield pa.Table.from_batches(pending)
+
+
+def positives_only(label_column: str) -> Callable:
+    import pyarrow.compute as pc
+
+    def keep(batch):
+        return batch.filter(pc.equal(batch.column(label_column), 1))
+
+    return keep
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC by the rank-sum formula, ties get their average rank. NaN without both classes."""
+    labels = np.asarray(labels).astype(bool)
+    positives = int(labels.sum())
+    negatives = len(labels) - positives
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = np.asarray(scores)[order]
+    ranks = np.empty(len(scores), dtype=np.float64)
+    # Average rank within runs of equal scores.
+    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
+    starts = np.concatenate([[0], boundaries])
+    ends = np.concatenate([boundaries, [len(scores)]])
+    run_rank = (starts + ends + 1) / 2.0  # 1-based average rank of each run
+    ranks[order] = np.repeat(run_rank, ends - starts)
+    return float((ranks[labels].sum() - positives * (positives + 1) / 2.0) / (positives * negatives))
+
+
+def recall_at_k(top_items: np.ndarray, truth_query: np.ndarray, truth_item: np.ndarray,
+                n_items: int) -> float:
+    """Micro-averaged recall: hits over unique (query, item) ground-truth pairs.
+
+    top_items: [Q, K] candidate indexes per query; truth_*: unique pairs (query index, item index).
+    """
+    if len(truth_query) == 0:
+        return float("nan")
+    recalled = (np.arange(top_items.shape[0])[:, None] * n_items + top_items).ravel()
+    truth = truth_query.astype(np.int64) * n_items + truth_item
+    return float(np.isin(truth, recalled).sum() / len(truth))
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation sets
+
+
+def _key_matrix(arrays: dict[str, np.ndarray], names: list[str]) -> np.ndarray:
+    """Rows of all inputs as one int64 matrix (floats by bit pattern) so np.unique can dedupe them."""
+    parts = []
+    for name in names:
+        value = arrays[name]
+        if value.dtype == np.float32:
+            value = value.view(np.int32).astype(np.int64)
+        parts.append(value.reshape(len(value), -1).astype(np.int64, copy=False))
+    return np.concatenate(parts, axis=1)
+
+
+@dataclass
+class ItemCatalog:
+    """Every distinct item seen (first occurrence wins), its inputs and training click counts."""
+
+    keys: np.ndarray  # [N, W] int64 rows, sorted (np.unique order)
+    inputs: dict[str, np.ndarray]
+    train_counts: np.ndarray  # [N] label-1 training rows per item
+
+    def index_of(self, key_rows: np.ndarray) -> np.ndarray:
+        view_all = _row_view(self.keys)
+        found = np.searchsorted(view_all, _row_view(key_rows))
+        return found
+
+
+def _row_view(matrix: np.ndarray) -> np.ndarray:
+    """Rows of an int64 matrix as comparable scalars (lexicographic order of np.unique(axis=0))."""
+    matrix = np.ascontiguousarray(matrix)
+    return matrix.view([(f"c{i}", np.int64) for i in range(matrix.shape[1])]).ravel()
+
+
+def _unique_rows(matrix: np.ndarray):
+    return np.unique(matrix, axis=0, return_index=True, return_inverse=True)
+
+
+class _Reader:
+    """Converts parquet tables into numpy inputs for a list of model features (feature_io)."""
+
+    def __init__(self, specs):
+        from recbuild.models.features import io_specs
+
+        self.specs = specs
+        self.io_specs = io_specs(specs)
+        self.names = [s.name for s in specs]
+        self.columns = sorted({s.column for s in specs})
+
+    def numpy(self, table, row_offset: int = 0) -> dict[str, np.ndarray]:
+        from recbuild.feature_io import batch_to_numpy
+
+        return batch_to_numpy(table, self.io_specs, row_offset)
+
+
+def _take(arrays: dict[str, np.ndarray], index: np.ndarray) -> dict[str, np.ndarray]:
+    return {name: value[index] for name, value in arrays.items()}
+
+
+def _concat(chunks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
+
+
+def build_item_catalog(train_files, eval_files, item_reader: _Reader, label_column: str | None,
+                       batch_size: int) -> ItemCatalog:
+    """One streaming pass over train and eval data collecting distinct items and click counts."""
+    chunks, keys, counted = [], [], []
+    for files, count in ((train_files, True), (eval_files, False)):
+        columns = item_reader.columns + ([label_column] if label_column else [])
+        for table in iter_tables(files, sorted(set(columns)), batch_size):
+            arrays = item_reader.numpy(table)
+            key = _key_matrix(arrays, item_reader.names)
+            unique, first, inverse = _unique_rows(key)
+            chunks.append(_take(arrays, first))
+            keys.append(unique)
+            if count:
+                clicked = (table.column(label_column).to_numpy() == 1) if label_column else \
+                    np.ones(table.num_rows, dtype=bool)
+                counted.append((unique, np.bincount(inverse.ravel()[clicked], minlength=len(unique))))
+    all_keys = np.concatenate(keys)
+    unique, first, _ = _unique_rows(all_keys)
+    inputs = _take(_concat(chunks), first)
+    catalog = ItemCatalog(keys=unique, inputs=inputs, train_counts=np.zeros(len(unique), dtype=np.int64))
+    for chunk_keys, chunk_counts in counted:
+        np.add.at(catalog.train_counts, catalog.index_of(chunk_keys), chunk_counts)
+    return catalog
+
+
+@dataclass
+class RetrievalEvalSet:
+    user_inputs: dict[str, np.ndarray]  # [Q] unique queries
+    truth_query: np.ndarray  # unique (query, item) pairs
+    truth_item: np.ndarray
+
+
+def build_retrieval_eval_set(eval_files, user_reader: _Reader, item_reader: _Reader,
+                             catalog: ItemCatalog, label_column: str | None,
+                             batch_size: int) -> RetrievalEvalSet:
+    """Eval positives grouped into unique queries (identical user inputs) and unique truths."""
+    row_filter = positives_only(label_column) if label_column else None
+    columns = sorted(set(user_reader.columns + item_reader.columns + ([label_column] if label_column else [])))
+    user_chunks, item_index = [], []
+    for table in iter_tables(eval_files, columns, batch_size, row_filter):
+        user_chunks.append(user_reader.numpy(table))
+        item_arrays = item_reader.numpy(table)
+        item_index.append(catalog.index_of(_key_matrix(item_arrays, item_reader.names)))
+    if not user_chunks:
+        raise InputError("eval_data holds no positive rows (label == 1): recall cannot be computed")
+    users = _concat(user_chunks)
+    _, first, inverse = _unique_rows(_key_matrix(users, user_reader.names))
+    pairs = np.unique(np.stack([inverse.ravel(), np.concatenate(item_index)], axis=1), axis=0)
+    return RetrievalEvalSet(user_inputs=_take(users, first), truth_query=pairs[:, 0],
+                            truth_item=pairs[:, 1])
+
+
+# ---------------------------------------------------------------------------------------------
+# TDM: layer-wise samples over a tree
+
+
+class TreeSampler:
+    """Turns clicked items into TDM training samples over a tdm_tree artifact.
+
+    For a clicked item (a leaf), its ancestor on every level 1..depth is a positive and
+    ``negatives`` other nodes of the same level, drawn uniformly, are negatives (tzrec's
+    layer_num_sample, one count for every level, capped at the level's size - 1). Node inputs
+    (the node id as the item id feature, other item features) come from the tree's node_feature
+    table, so training sees exactly what beam search will feed the model.
+    """
+
+    def __init__(self, tree_dir: Path, item_reader: "_Reader", negatives: int):
+        import pyarrow.parquet as pq
+
+        from recbuild.retrieval.tree_io import NODE_FEATURE, SERVING_TREE, read_serving_tree
+
+        tree_dir = Path(tree_dir)
+        tree = read_serving_tree(tree_dir / SERVING_TREE)
+        nodes = pq.read_table(str(tree_dir / NODE_FEATURE))
+        if nodes.num_rows != len(tree.codes):
+            raise InputError(f"{tree_dir}: node_feature has {nodes.num_rows} rows but serving_tree "
+                             f"{len(tree.codes)} nodes; rebuild the tree")
+        self.id_feature = _id_feature(item_reader.specs)
+        self.node_inputs = item_reader.numpy(nodes.select(item_reader.columns))
+        self.negatives = negatives
+        self.depth = tree.depth
+        levels = tree.levels
+        self.level_start = np.searchsorted(levels, np.arange(tree.depth + 1))
+        self.level_count = np.bincount(levels, minlength=tree.depth + 1)
+        leaves = np.flatnonzero(tree.leaf_mask)
+        leaf_keys = self.node_inputs[self.id_feature][leaves]
+        order = np.argsort(leaf_keys, kind="stable")
+        self.leaf_keys, self.leaves = leaf_keys[order], leaves[order]
+        # ancestors[:, l - 1] = node index of the leaf's ancestor on level l (l = depth: the leaf)
+        parent = tree.parent_index()
+        self.ancestors = np.empty((len(self.leaves), tree.depth), dtype=np.int64)
+        current = self.leaves
+        for level in range(tree.depth, 0, -1):
+            self.ancestors[:, level - 1] = current
+            current = parent[current]
+
+    def leaf_rows(self, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(batch rows whose item is a leaf, their position in self.leaves)."""
+        pos = np.minimum(np.searchsorted(self.leaf_keys, item_ids), len(self.leaf_keys) - 1)
+        found = self.leaf_keys[pos] == item_ids
+        return np.flatnonzero(found), pos[found]
+
+    def expand(self, item_ids: np.ndarray, rng: np.random.Generator):
+        """(batch row, node index, label) of every sample for a batch of clicked item ids."""
+        rows, leaf_pos = self.leaf_rows(item_ids)
+        out_rows, out_nodes, out_labels = [], [], []
+        for level in range(1, self.depth + 1):
+            positive = self.ancestors[leaf_pos, level - 1]
+            out_rows.append(rows)
+            out_nodes.append(positive)
+            out_labels.append(np.ones(len(rows), dtype=np.float32))
+            start, count = int(self.level_start[level]), int(self.level_count[level])
+            m = min(self.negatives, count - 1)
+            if m <= 0:
+                continue
+            # uniform over the level's other nodes: draw from count - 1 slots, skip the positive
+            draw = rng.integers(0, count - 1, size=(len(rows), m))
+            rank = (positive - start)[:, None]
+            out_rows.append(np.repeat(rows, m))
+            out_nodes.append((start + draw + (draw >= rank)).ravel())
+            out_labels.append(np.zeros(len(rows) * m, dtype=np.float32))
+        return np.concatenate(out_rows), np.concatenate(out_nodes), np.concatenate(out_labels)
+
+    def samples(self, user_arrays: dict[str, np.ndarray], item_ids: np.ndarray, rng) -> tuple[dict, np.ndarray]:
+        rows, nodes, labels = self.expand(item_ids, rng)
+        inputs = {name: value[rows] for name, value in user_arrays.items()}
+        inputs.update({name: value[nodes] for name, value in self.node_inputs.items()})
+        return inputs, labels
+
+
+def _id_feature(item_specs) -> str:
+    """The item feature holding the node id: `item_id` if declared, else the only item id feature."""
+    ids = [s.name for s in item_specs if s.type == "id"]
+    if "item_id" in ids:
+        return "item_id"
+    if len(ids) == 1:
+        return ids[0]
+    raise BuildError(f"tdm: cannot tell which item feature is the node id among {ids or 'none'}; "
+                     "name it item_id")
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+@contextmanager
+def _torch_settings(threads: int, seed: int):
+    """Seeded, deterministic, fixed thread count; restores the process-wide settings afterwards."""
+    import torch
+
+    previous_threads = torch.get_num_threads()
+    previous_deterministic = torch.are_deterministic_algorithms_enabled()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        torch.set_num_threads(max(1, threads))
+        torch.use_deterministic_algorithms(True)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(previous_threads)
+            torch.use_deterministic_algorithms(previous_deterministic)
+
+
+def _to_tensors(arrays: dict[str, np.ndarray]):
+    from recbuild.feature_io import numpy_to_tensors
+
+    return numpy_to_tensors(arrays)
+
+
+def _batched(arrays: dict[str, np.ndarray], size: int) -> Iterator[dict[str, np.ndarray]]:
+    total = len(next(iter(arrays.values())))
+    for start in range(0, total, size):
+        yield {name: value[start:start + size] for name, value in arrays.items()}
+
+
+def _tower_outputs(model, inputs, output_name: str):
+    import torch
+
+    with torch.no_grad():
+        return model(inputs)[output_name]
+
+
+class Trainer:
+    """One training run: build the model, stream batches, checkpoint and evaluate on schedule."""
+
+    def __init__(self, model_config: dict[str, Any], settings: TrainSettings, out: Path,
+                 log: logging.Logger | None = None, search_path: Path | None = None,
+                 progress_factory: Callable | None = None, tree_dir: Path | None = None):
+        from recbuild.models import resolve
+
+        self.config = resolve(model_config)
+        self.settings = settings
+        self.out = Path(out)
+        self.log = log or logging.getLogger("recbuild.train")
+        self.search_path = search_path
+        self.progress_factory = progress_factory
+        self.eval_files: list[Path] = []
+        self.catalog: ItemCatalog | None = None
+        self.eval_set: RetrievalEvalSet | None = None
+        self.popularity: dict[str, float] | None = None  # constant across evaluations
+        self.eval_lines: list[str] = []
+        self.tree_dir = tree_dir
+        self.sampler: TreeSampler | None = None
+        self.tdm_eval: tuple[dict, np.ndarray] | None = None  # fixed eval samples, same every eval
+
+    # -- public ----------------------------------------------------------------------------------
+    def run(self, train_files: list[Path], eval_files: list[Path] | None) -> dict[str, Any]:
+        """Train; returns the facts written to train_meta.json (plus the last eval line)."""
+        with _torch_settings(self.settings.threads, self.settings.seed):
+            return self._run(train_files, eval_files or [])
+
+    # -- internals -------------------------------------------------------------------------------
+    def _run(self, train_files, eval_files) -> dict[str, Any]:
+        from recbuild.models import ModelConfigError, build_model, task_of
+        from recbuild.models.features import group_features, parse_features
+
+        try:
+            model = build_model(self.config, self.search_path)
+            task = task_of(self.config, model)
+        except ModelConfigError as exc:
+            raise BuildError(str(exc)) from None
+        s = self.settings
+        self.task, self.eval_files = task, eval_files
+        self.label = s.label_column if _has_column(train_files[0], s.label_column) else None
+        if task == "ranking" and self.label is None:
+            raise InputError(f"{train_files[0]}: a ranking model needs the label column "
+                             f"{s.label_column!r}; set label_column")
+        specs = parse_features(self.config)
+        self.reader = _Reader(specs)
+        user_reader = _Reader(group_features(specs, "user"))
+        self.item_reader = _Reader(group_features(specs, "item"))
+        log_q = None
+        if task == "retrieval":
+            self.catalog = build_item_catalog(train_files, eval_files, self.item_reader, self.label,
+                                              s.eval_batch_size)
+            if eval_files:
+                self.eval_set = build_retrieval_eval_set(eval_files, user_reader, self.item_reader,
+                                                         self.catalog, self.label, s.eval_batch_size)
+            if s.logq_correction:
+                counts = self.catalog.train_counts
+                log_q = np.log(np.maximum(counts, 1) / max(int(counts.sum()), 1)).astype(np.float32)
+        if task == "tdm":
+            if self.tree_dir is None:
+                raise BuildError("model family tdm trains over a tree: set `tree:` to a tdm_tree artifact")
+            self.sampler = TreeSampler(self.tree_dir, self.item_reader, s.negatives_per_level)
+            self.user_reader = user_reader
+            self.rng = np.random.default_rng([s.seed, 0x7D4])
+            if eval_files:
+                self.tdm_eval = self._tdm_eval_samples(eval_files)
+
+        optimizer = _make_optimizer(model, s.lr)
+        row_filter = positives_only(self.label) if task in ("retrieval", "tdm") and self.label else None
+        columns = sorted(set(self.reader.columns + ([self.label] if self.label else [])))
+        step, steps_per_epoch, saved = 0, 0, []
+        for _ in range(s.epochs):
+            model.train()
+            epoch_steps = 0
+            progress = self.progress_factory(None, "batches") if self.progress_factory else None
+            for table in iter_tables(train_files, columns, s.batch_size, row_filter):
+                loss = self._loss(model, table, log_q)
+                if loss is None:
+                    continue
+                if not bool(loss.isfinite()):
+                    raise BuildError(f"training diverged at step {step + 1} (loss {loss.item()}); "
+                                     "lower lr")
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                step += 1
+                epoch_steps += 1
+                if progress is not None:
+                    progress.advance(1)
+                if s.eval_every and step % s.eval_every == 0:
+                    self._checkpoint(model, step)
+                    saved.append(step)
+            if progress is not None:
+                progress.close()
+            if epoch_steps == 0:
+                if task == "tdm":
+                    raise InputError("no clicked item of the training data is a leaf of the tree; "
+                                     "build the tree from the same item universe")
+                raise InputError("the training data yielded no rows"
+                                 + (" with label == 1" if row_filter else ""))
+            steps_per_epoch = steps_per_epoch or epoch_steps
+            if not s.eval_every and step not in saved:
+                self._checkpoint(model, step)
+                saved.append(step)
+        if step not in saved:  # the final state is always a checkpoint
+            self._checkpoint(model, step)
+            saved.append(step)
+
+        meta: dict[str, Any] = {"task": task, "final_step": step, "steps_per_epoch": steps_per_epoch,
+                                "epochs": s.epochs, "checkpoints": saved}
+        if self.catalog is not None:
+            meta["items_seen"] = int(len(self.catalog.keys))
+        if self.eval_set is not None:
+            meta["eval_queries"] = int(len(next(iter(self.eval_set.user_inputs.values()))))
+            meta["eval_truth_pairs"] = int(len(self.eval_set.truth_query))
+        (self.out / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        if self.eval_lines:
+            meta["last_eval"] = json.loads(self.eval_lines[-1])
+        return meta
+
+    def _loss(self, model, table, log_q):
+        import torch
+
+        arrays = self.reader.numpy(table)
+        inputs = _to_tensors(arrays)
+        outputs = model(inputs) if self.task != "tdm" else {}
+        labels = None
+        if self.label:
+            labels = torch.from_numpy(table.column(self.label).to_numpy().astype(np.float32))
+        if hasattr(model, "compute_loss"):  # entry models may bring their own loss
+            return model.compute_loss(outputs, inputs, labels)
+        if self.task == "ranking":
+            return torch.nn.functional.binary_cross_entropy_with_logits(outputs["logits"], labels)
+        if self.task == "tdm":
+            user = {n: arrays[n] for n in self.user_reader.names}
+            samples, tdm_labels = self.sampler.samples(user, arrays[self.sampler.id_feature], self.rng)
+            if len(tdm_labels) == 0:
+                return None  # no clicked item of this batch is in the tree
+            logits = model(_to_tensors(samples))["logits"]
+            return torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.from_numpy(tdm_labels))
+        names = self.item_reader.names
+        keys = _key_matrix({n: arrays[n] for n in names}, names)
+        batch_log_q = torch.from_numpy(log_q[self.catalog.index_of(keys)]) if log_q is not None else None
+        return in_batch_softmax_loss(outputs["user_tower_emb"], outputs["item_tower_emb"],
+                                     float(self.config.get("temperature", 0.05)), _row_view(keys),
+                                     batch_log_q)
+
+    def _checkpoint(self, model, step: int) -> None:
+        save_state_dict(model.state_dict(), checkpoint_dir(self.out, step) / WEIGHTS_FILE)
+        if not self.eval_files:
+            return
+        model.eval()
+        if self.task == "retrieval":
+            metrics = self._retrieval_metrics(model)
+        elif self.task == "tdm":
+            metrics = {"auc": self._tdm_auc(model)}
+        else:
+            metrics = {"auc": self._auc(model)}
+        model.train()
+        line = format_eval_line(step, metrics)
+        self.eval_lines.append(line)
+        with open(self.out / EVAL_FILE, "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+        self.log.info("step %d: %s", step, line)
+
+    def _retrieval_metrics(self, model) -> dict[str, float]:
+        import torch
+
+        from recbuild.models import tower_attributes
+
+        s, catalog, eval_set = self.settings, self.catalog, self.eval_set
+        user_attr, item_attr = tower_attributes(self.config)
+        user_tower = getattr(model, user_attr, model)
+        item_tower = getattr(model, item_attr, model)
+        item_emb = torch.cat([_tower_outputs(item_tower, _to_tensors(chunk), "item_tower_emb")
+                              for chunk in _batched(catalog.inputs, s.eval_batch_size)])
+        n_items = item_emb.shape[0]
+        ks = sorted(set(s.k))
+        tops = []
+        for chunk in _batched(eval_set.user_inputs, s.eval_batch_size):
+            user_emb = _tower_outputs(user_tower, _to_tensors(chunk), "user_tower_emb")
+            # exact search; torch.topk breaks score ties by lower index (catalog order)
+            tops.append(torch.topk(user_emb @ item_emb.T, min(ks[-1], n_items), dim=1).indices.numpy())
+        top = np.concatenate(tops)
+        metrics = {f"recall@{k}": recall_at_k(top[:, :k], eval_set.truth_query, eval_set.truth_item, n_items)
+                   for k in ks}
+        if self.popularity is None:
+            # The same K items for every query: the most clicked in training (ties: catalog order).
+            ranked = np.argsort(-catalog.train_counts, kind="stable")
+            self.popularity = {
+                f"popularity_recall@{k}": recall_at_k(
+                    np.broadcast_to(ranked[:k], (len(top), min(k, n_items))),
+                    eval_set.truth_query, eval_set.truth_item, n_items)
+                for k in ks}
+        metrics.update(self.popularity)
+        return metrics
+
+    def _tdm_eval_samples(self, eval_files):
+        """Layer-wise samples of the eval clicks, drawn once so every evaluation sees the same set."""
+        rng = np.random.default_rng([self.settings.seed, 0xE7A1])
+        row_filter = positives_only(self.label) if self.label else None
+        columns = sorted(set(self.reader.columns + ([self.label] if self.label else [])))
+        chunks, labels = [], []
+        for table in iter_tables(eval_files, columns, self.settings.eval_batch_size, row_filter):
+            arrays = self.reader.numpy(table)
+            user = {n: arrays[n] for n in self.user_reader.names}
+            samples, sample_labels = self.sampler.samples(user, arrays[self.sampler.id_feature], rng)
+            chunks.append(samples)
+            labels.append(sample_labels)
+        if not chunks or not sum(len(x) for x in labels):
+            raise InputError("eval_data has no clicked item that is a leaf of the tree: tdm auc "
+                             "cannot be computed")
+        return _concat(chunks), np.concatenate(labels)
+
+    def _tdm_auc(self, model) -> float:
+        import torch
+
+        inputs, labels = self.tdm_eval
+        scores = []
+        for chunk in _batched(inputs, self.settings.eval_batch_size):
+            with torch.no_grad():
+                scores.append(model(_to_tensors(chunk))["logits"].numpy())
+        return auc(labels, np.concatenate(scores))
+
+    def _auc(self, model) -> float:
+        import torch
+
+        scores, labels = [], []
+        columns = sorted(set(self.reader.columns + [self.label]))
+        for table in iter_tables(self.eval_files, columns, self.settings.eval_batch_size):
+            with torch.no_grad():
+                scores.append(model(_to_tensors(self.reader.numpy(table)))["logits"].numpy())
+            labels.append(table.column(self.label).to_numpy())
+        return auc(np.concatenate(labels), np.concatenate(scores))
+
+
+def _has_column(path: Path, column: str) -> bool:
+    import pyarrow.parquet as pq
+
+    return column in pq.ParquetFile(str(path)).schema_arrow.names
+
+
+SPARSE_TABLE_ROWS = 20000  # tables at least this large get sparse gradients + SparseAdam
+
+
+class _Optimizers:
+    """Lazy (sparse) Adam for large embedding tables, Adam for the rest.
+
+    A dense Adam step touches every row of every table each step (most of the step time with
+    100k-bucket tables); sparse gradients update only the rows the batch looked up. Small tables
+    stay dense: coalescing a sparse gradient with many repeated rows (TDM's few internal nodes)
+    costs more than updating the whole table.
+    """
+
+    def __init__(self, optimizers):
+        self.optimizers = optimizers
+
+    def zero_grad(self):
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+
+    def step(self):
+        for opt in self.optimizers:
+            opt.step()
+
+
+def _make_optimizer(model, lr: float) -> _Optimizers:
+    import torch
+
+    sparse_params, sparse_ids = [], set()
+    for module in model.modules():
+        if not isinstance(module, torch.nn.Embedding) or module.num_embeddings < SPARSE_TABLE_ROWS:
+            continue
+        module.sparse = True  # training only: the flag is not part of the state_dict
+        if id(module.weight) not in sparse_ids:
+            sparse_ids.add(id(module.weight))
+            sparse_params.append(module.weight)
+    dense_params = [p for p in model.parameters() if id(p) not in sparse_ids]
+    optimizers = []
+    if sparse_params:
+        optimizers.append(torch.optim.SparseAdam(sparse_params, lr=lr))
+    if dense_params:
+        optimizers.append(torch.optim.Adam(dense_params, lr=lr))
+    return _Optimizers(optimizers)
+
+
+def in_batch_softmax_loss(user_emb, item_emb, temperature: float, item_keys=None, log_q=None):
+    """Softmax over the batch's items for each user; the diagonal is the positive.
+
+    item_keys: per-row item identity; other rows holding the same item are not negatives (masked).
+    log_q: per-row log sampling probability of the item (logQ correction, Yi et al. 2019).
+    """
+    import torch
+
+    logits = user_emb @ item_emb.T / temperature
+    if log_q is not None:
+        logits = logits - log_q.unsqueeze(0)
+    if item_keys is not None:
+        keys = torch.from_numpy(np.unique(item_keys, return_inverse=True)[1].ravel().astype(np.int64))
+        same = keys.unsqueeze(0) == keys.unsqueeze(1)
+        same.fill_diagonal_(False)
+        logits = logits.masked_fill(same, float("-inf"))
+    targets = torch.arange(logits.shape[0])
+    return torch.nn.functional.cross_entropy(logits, targets)
