@@ -1,5 +1,8 @@
 """`kind: towers` — split a two-tower export into `user/` and `item/` exported modules.
 
+For a `tdm` export it writes `item/` only: the node embedding (TorchEasyRec's `export/embedding`),
+output `item_tower_emb`, which `item_embeddings` runs over the item table to feed a learnt tree.
+
 Each folder: model.pt2 / scripted_model.pt (the formats asked for), fg.json with only its own
 features, pipeline.yaml (model config + tower + the export's checkpoint). The model config and the
 weights come from the export artifact (pipeline.yaml + model.pt).
@@ -60,7 +63,6 @@ class TowersBuilder(Builder):
         from recbuild.exporter import (instantiate, load_state_dict, read_pipeline_yaml, verify_formats,
                                        write_formats, write_pipeline_yaml)
         from recbuild.feature_io import write_fg
-        from recbuild.models import tower_attributes
         from recbuild.models.features import example_inputs, group_features, io_specs, parse_features
 
         export = ctx.input("model")
@@ -75,15 +77,10 @@ class TowersBuilder(Builder):
         model = instantiate(config, load_state_dict(weights, label), label, ctx.recipe_dir)
         formats = list(ctx.params.get("formats", ["torch_export", "torchscript"]))
         tolerance = float(ctx.params.get("tolerance", 1e-4))
-        attributes = dict(zip(("user", "item"), tower_attributes(config)))
         diffs = {}
-        for group, output in TOWERS:
-            tower = getattr(model, attributes[group], None)
-            if tower is None:
-                raise BuildError(f"{export.name}: the model has no attribute {attributes[group]!r}; "
-                                 "towers needs a two-tower model (set model.towers for entry models)")
+        for group, output, tower_name, tower in self._towers(model, config, export.name):
             tower.eval()
-            check_tower_inputs(tower, attributes[group], specs, group)
+            check_tower_inputs(tower, tower_name, specs, group)
             own = group_features(specs, group)
             probe = example_inputs(own, 2, seed=0)
             outputs = tower(probe)
@@ -98,4 +95,21 @@ class TowersBuilder(Builder):
                                                  "checkpoint": pipeline.get("checkpoint", {}),
                                                  "formats": formats})
         ctx.meta["max_abs_diff"] = diffs
-        ctx.meta["features"] = {group: [s.name for s in group_features(specs, group)] for group, _ in TOWERS}
+        ctx.meta["features"] = {group: [s.name for s in group_features(specs, group)] for group in diffs}
+
+    @staticmethod
+    def _towers(model, config, export_name: str):
+        """(group, output key, attribute name, module) of each tower to write."""
+        from recbuild.models import tower_attributes
+
+        if config.get("family") == "tdm":
+            return [("item", "item_tower_emb", "node_embedding", model.node_embedding())]
+        attributes = dict(zip(("user", "item"), tower_attributes(config)))
+        towers = []
+        for group, output in TOWERS:
+            tower = getattr(model, attributes[group], None)
+            if tower is None:
+                raise BuildError(f"{export_name}: the model has no attribute {attributes[group]!r}; "
+                                 "towers needs a two-tower model (set model.towers for entry models)")
+            towers.append((group, output, attributes[group], tower))
+        return towers

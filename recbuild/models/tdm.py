@@ -45,5 +45,23 @@ class TDM(nn.Module):
         return {"logits": logits, "probs": torch.sigmoid(logits)}
 
 
+    def node_embedding(self) -> "NodeEmbedding":
+        """The item/node embedding alone (TorchEasyRec's export/embedding): it predicts the item
+        vectors a learnt tree is clustered from. Shares this model's parameters."""
+        return NodeEmbedding(self.item_embedding, self.item_names)
+
+
+class NodeEmbedding(nn.Module):
+    """Item features -> the concatenated node field embeddings, as ``item_tower_emb``."""
+
+    def __init__(self, item_embedding: nn.Module, item_names: List[str]):
+        super().__init__()
+        self.item_embedding = item_embedding
+        self.item_names = list(item_names)
+
+    def forward(self, inputs: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        return {"item_tower_emb": concat_fields(self.item_embedding(inputs), self.item_names)}
+
+
 def build(config: Dict[str, Any]) -> TDM:
     return TDM(parse_features(config), int(config["emb_dim"]), list(config["hidden"]))
