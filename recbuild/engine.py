@@ -275,7 +275,12 @@ class Engine:
                                   "was abandoned (its previous artifact is intact)") from None
             finally:
                 self.ws.cache.close()
-            stats = {"seconds": time.perf_counter() - started,
+            sizes = {}
+            for name in names:
+                manifest = self.ws._manifests.get(name)
+                if manifest:
+                    sizes[name] = sum(entry["size"] for entry in manifest.get("files", {}).values())
+            stats = {"seconds": time.perf_counter() - started, "sizes": sizes,
                      "files_hashed": self.ws.cache.stats.files_hashed,
                      "bytes_hashed": self.ws.cache.stats.bytes_hashed,
                      "failed": len(self.failures)}

@@ -130,10 +130,20 @@ class BuildEvents:
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress,
                                        SpinnerColumn, TextColumn, TimeElapsedColumn)
 
+            from rich.progress import ProgressColumn
+            from rich.text import Text
+
+            class RateColumn(ProgressColumn):
+                def render(self, task):
+                    unit = task.fields.get("unit") or ""
+                    if not unit or not task.speed:
+                        return Text("")
+                    return Text(f"{task.speed:,.0f} {unit}/s", style="cyan")
+
             self._progress = RichProgress(
                 SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
-                MofNCompleteColumn(), TextColumn("{task.fields[unit]}"), TimeElapsedColumn(),
-                console=self.term._console, transient=True)
+                MofNCompleteColumn(), TextColumn("{task.fields[unit]}"), RateColumn(),
+                TimeElapsedColumn(), console=self.term._console, transient=True)
             self._progress.start()
 
     def _line(self, status: str, name: str, kind: str, seconds: float | None, detail: str = "") -> None:
@@ -204,6 +214,10 @@ class BuildEvents:
             self._progress = None
         if self.term.verbosity < 1:
             return
+        sizes = stats.get("sizes", {})
+        if self.term.rich and self.rows:
+            self.term.table(["artifact", "kind", "result", "time", "size"],
+                            [row + [fmt_bytes(sizes[row[0]]) if row[0] in sizes else "-"] for row in self.rows])
         parts = [f"{count} {outcome}" for outcome, count in sorted(self.counts.items())]
         summary = ", ".join(parts) if parts else "nothing to do"
         self.term.out(f"{summary} in {_fmt_seconds(stats['seconds'])}")
