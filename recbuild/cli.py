@@ -115,6 +115,15 @@ def _load(args):
     return build_graph(recipe, builders), builders
 
 
+def _load_targets(args):
+    """(graph, builders, names): the recipe's graph and the targets named on the command line,
+    checked, or every artifact when none is named."""
+    graph, builders = _load(args)
+    _check_targets(graph, args.targets)
+    names = args.targets or [n for n in graph.order if not graph.nodes[n].is_file_source]
+    return graph, builders, names
+
+
 def _check_targets(graph, targets: list[str]) -> None:
     from recbuild.schema import did_you_mean
 
@@ -260,11 +269,9 @@ def cmd_clean(args, term) -> int:
     from recbuild.lock import WorkdirLock
     from recbuild.workspace import Workspace
 
-    graph, builders = _load(args)
-    _check_targets(graph, args.targets)
+    graph, builders, names = _load_targets(args)
     ws = Workspace(graph, builders)
     ws.cache.close()
-    names = args.targets or [n for n in graph.order if not graph.nodes[n].is_file_source]
     removed = 0
     with WorkdirLock(ws.state_dir):
         for name in names:
@@ -342,13 +349,11 @@ def cmd_cache(args, term) -> int:
     from recbuild.lock import WorkdirLock
     from recbuild.workspace import Workspace
 
-    graph, builders = _load(args)
-    _check_targets(graph, args.targets)
+    graph, builders, names = _load_targets(args)
     cache = open_cache(graph.recipe, args.cache)
     if cache is None:
         raise UsageError("recbuild cache: no cache configured; add `cache: URL` to the recipe or pass --cache URL")
     ws = Workspace(graph, builders)
-    names = args.targets or [n for n in graph.order if not graph.nodes[n].is_file_source]
     try:
         if args.action == "status":
             rows = cache_ops.status(ws, cache, names)
@@ -396,11 +401,9 @@ def cmd_metrics(args, term) -> int:
 
     from recbuild.workspace import Workspace
 
-    graph, builders = _load(args)
-    _check_targets(graph, args.targets)
+    graph, builders, names = _load_targets(args)
     ws = Workspace(graph, builders)
     ws.cache.close()
-    names = args.targets or [n for n in graph.order if not graph.nodes[n].is_file_source]
     rows = []
     for name in names:
         path = ws.folder(name) / "metrics.json"

@@ -35,6 +35,13 @@ artifacts:
 """
 
 
+def wait_for(path, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while not path.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert path.exists(), f"{path} never appeared"
+
+
 @pytest.fixture
 def chain(project):
     project.write("data/raw.txt", "hello world\n")
@@ -258,9 +265,7 @@ def test_sigkill_mid_command_keeps_old_artifact(project):
     project.recipe(recipe)
     project.write("data/raw.txt", "v2\n")
     proc = project.spawn("make")
-    deadline = time.time() + 30
-    while not (project.path / "started").exists() and time.time() < deadline:
-        time.sleep(0.05)
+    wait_for(project.path / "started")
     time.sleep(0.2)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -279,9 +284,7 @@ def test_sigterm_exits_130_and_keeps_completed_steps(project):
           slow: {kind: command, deps: [quick], cmd: "touch started; sleep 30; echo s > ${out}/s"}
     """)
     proc = project.spawn("make")
-    deadline = time.time() + 30
-    while not (project.path / "started").exists() and time.time() < deadline:
-        time.sleep(0.05)
+    wait_for(project.path / "started")
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=20)
     assert proc.returncode == 130, err
@@ -299,9 +302,7 @@ def test_concurrent_makes_do_not_corrupt_state(project):
           b: {kind: command, deps: [a], cmd: "cat ${deps.a}/a > ${out}/b"}
     """)
     first = project.spawn("make")
-    deadline = time.time() + 60
-    while not (project.path / "started").exists() and time.time() < deadline:
-        time.sleep(0.05)
+    wait_for(project.path / "started")
     second = project.spawn("make")
     out2, err2 = second.communicate(timeout=60)
     out1, err1 = first.communicate(timeout=60)
