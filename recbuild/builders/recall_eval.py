@@ -1,0 +1,336 @@
+"""`kind: recall_eval` — recall@k / hitrate@k of a faiss_index against ground truth, beside exact search,
+or of a TDM tree searched with its model.
+
+Two-tower (faiss) mode: `index`, and queries either from a `user_embeddings` table (user vectors + a
+ground-truth column) or from running the user tower of `towers` over a `queries` table.
+TDM mode: `tree` + `model` (an exported TDM model: user features + node id `item_id` -> `probs`) +
+`queries`: layer-wise beam search (recbuild.retrieval.recall.tdm_beam_search); item features the
+model reads besides the id come from the tree's node_feature table.
+
+metrics.json is deterministic (the artifact must rebuild to identical bytes, DESIGN.md section 4),
+so it holds no wall-clock time. Query latency is measured and written to the build log instead;
+metrics.json carries a deterministic proxy, ``search.distances_per_query`` (faiss's own count of
+distance computations), which moves with nprobe / ef_search exactly as latency does.
+"""
+
+from __future__ import annotations
+
+from recbuild.builders.base import BuildContext, Builder
+from recbuild.errors import BuildError, InputError
+
+
+class RecallEvalBuilder(Builder):
+    kind = "recall_eval"
+    version = "1"
+    description = "recall@k / hitrate@k of a FAISS index (vs exact search) or of a TDM tree + model"
+    reference_fields = ("user_embeddings", "towers", "queries", "index", "item_embeddings", "tree", "model")
+    schema = {
+        "type": "object",
+        "properties": {
+            "index": {"type": "string", "description": "faiss_index artifact"},
+            "user_embeddings": {"type": "string",
+                                "description": "table with user vectors and the gt column"},
+            "towers": {"type": "string", "description": "towers artifact: its user/ tower embeds `queries`"},
+            "queries": {"type": "string", "description": "table the user tower reads (with the gt column)"},
+            "item_embeddings": {"type": "string",
+                                "description": "item vectors for the exact baseline (default: the "
+                                               "vectors stored in the index, when it keeps them)"},
+            "k": {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1,
+                  "default": [10, 50, 200]},
+            "gt_column": {"type": "string", "default": "item_id",
+                          "description": "ground-truth item id(s): an id, a list, or a delimited string"},
+            "gt_delimiter": {"type": "string", "minLength": 1, "default": ","},
+            "request_column": {"type": ["string", "null"], "default": "user_id",
+                               "description": "rows sharing it form one request; null: each row is one"},
+            "label_column": {"type": ["string", "null"], "default": "label",
+                             "description": "rows with label <= 0 are not ground truth; ignored when "
+                                            "the table has no such column"},
+            "embedding_column": {"type": "string", "default": "user_tower_emb"},
+            "item_id_column": {"type": "string", "default": "item_id"},
+            "item_embedding_column": {"type": "string", "default": "item_tower_emb"},
+            "nprobe": {"type": ["integer", "null"], "minimum": 1, "default": None,
+                       "description": "IVF lists probed (default: the index's own)"},
+            "ef_search": {"type": ["integer", "null"], "minimum": 1, "default": None,
+                          "description": "HNSW search breadth (default: the index's own)"},
+            "batch_size": {"type": "integer", "minimum": 1, "default": 4096},
+            "tree": {"type": "string", "description": "TDM mode: tdm_tree artifact"},
+            "model": {"type": "string", "description": "TDM mode: exported TDM model (outputs probs)"},
+            "tdm_retrieval_num": {"type": "integer", "minimum": 1, "default": 200,
+                                  "description": "TDM mode: leaves retrieved per request"},
+            "beam_width": {"type": ["integer", "null"], "minimum": 1, "default": None,
+                           "description": "TDM mode: nodes kept per level (default 2 x tdm_retrieval_num)"},
+        },
+    }
+
+    def check(self, params):
+        if params.get("tree") or params.get("model"):
+            problems = [(f, "TDM mode (tree + model + queries) needs it")
+                        for f in ("tree", "model", "queries") if not params.get(f)]
+            problems += [(f, "is for the two-tower mode, not TDM (tree + model)")
+                         for f in ("index", "user_embeddings", "towers", "item_embeddings") if params.get(f)]
+            return problems
+        if not params.get("index"):
+            return [("index", "recall_eval needs index (two-tower) or tree + model (TDM)")]
+        has_table = bool(params.get("user_embeddings"))
+        has_tower = bool(params.get("towers")) or bool(params.get("queries"))
+        if has_table and has_tower:
+            return [("user_embeddings", "give either user_embeddings, or towers + queries, not both")]
+        if not has_table and not (params.get("towers") and params.get("queries")):
+            missing = "queries" if params.get("towers") else "towers" if params.get("queries") else \
+                "user_embeddings"
+            return [(missing, "recall_eval needs user_embeddings, or towers + queries")]
+        return []
+
+    def build(self, ctx: BuildContext) -> None:
+        import json
+        import time
+
+        import numpy as np
+
+        from recbuild.retrieval import faiss_index as fi
+        from recbuild.retrieval import recall
+
+        p = ctx.params
+        for path, message in self.check(p):
+            raise BuildError(f"{path}: {message}")
+        if p.get("tree"):
+            return _tdm_recall(ctx, p)
+        ks = sorted(set(p.get("k", [10, 50, 200])))
+        index_input = ctx.input("index")
+        index, id_mapping = fi.load_index(index_input.path)
+        meta = fi.read_meta(index_input.path)
+        requests = _collect_requests(ctx, p)
+        queries, gt, skipped, _ = requests.finished()
+        if queries.shape[1] != index.d:
+            raise InputError(f"user vectors have dimension {queries.shape[1]} but the index "
+                             f"{index_input.name!r} has {index.d}; they come from different models")
+        top = min(max(ks), index.ntotal)
+        fi.set_search_params(index, p.get("nprobe"), p.get("ef_search"))
+        fi.tune_blas_threshold(index.d)
+        started = time.perf_counter()
+        _, approx = index.search(queries, top)
+        elapsed = time.perf_counter() - started
+        metrics = recall.hit_metrics(recall.map_ids(approx, id_mapping), gt, ks)
+
+        exact_vectors, baseline = _exact_vectors(ctx, p, index, id_mapping)
+        exact_metrics = None
+        if exact_vectors is not None:
+            flat = fi.new_index(fi.IndexSpec(index_type="Flat", metric=meta["metric"]), index.d)
+            flat.add(exact_vectors)
+            _, exact = flat.search(queries, top)
+            exact_metrics = recall.hit_metrics(recall.map_ids(exact, id_mapping), gt, ks)
+            metrics.update(recall.overlap_at_k(approx, exact, ks))
+        search = {"index_type": meta["type"], "metric": meta["metric"], "top_k": int(top),
+                  "distances_per_query": recall.search_cost(index, queries, top)}
+        if hasattr(index, "nprobe"):
+            search["nprobe"] = int(index.nprobe)
+        if fi.index_kind(index) == "HNSWFlat":
+            search["ef_search"] = int(index.hnsw.efSearch)
+        doc = {**metrics, "exact": exact_metrics, "exact_baseline": baseline, "k": ks,
+               "requests": len(gt), "requests_without_gt": skipped,
+               "gt_items": int(sum(len(g) for g in gt)), "search": search}
+        (ctx.out / "metrics.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n",
+                                              encoding="utf-8")
+        ctx.meta.update({k: v for k, v in metrics.items()})
+        single = _single_query_ms(index, queries, top)
+        ctx.log.info("recall_eval %s: %d requests, top-%d batch search %.2f ms/query (%.0f QPS), "
+                     "single query p50 %.2f ms; %s", ctx.name, len(gt), top,
+                     1e3 * elapsed / len(gt), len(gt) / max(elapsed, 1e-9), single,
+                     ", ".join(f"{k}={v}" for k, v in metrics.items()))
+
+
+def _collect_requests(ctx: BuildContext, p):
+    """Read user vectors (from a table or by running the user tower) and group rows into requests."""
+    from recbuild.retrieval import recall
+    from recbuild.retrieval.embeddings_io import (embedding_matrix, iter_batches, parquet_files,
+                                                  require_columns, table_info)
+
+    gt_column = p.get("gt_column", "item_id")
+    request_column = p.get("request_column", "user_id")
+    label_column = p.get("label_column", "label")
+    from_table = bool(p.get("user_embeddings"))
+    source = ctx.input("user_embeddings" if from_table else "queries")
+    where = f"{'user_embeddings' if from_table else 'queries'} {source.name!r}"
+    info = table_info(parquet_files(source), where)
+    if label_column and label_column not in info.schema.names:
+        ctx.log.info("recall_eval %s: no %r column in %s; every row counts as ground truth",
+                     ctx.name, label_column, source.name)
+        label_column = None
+    wanted = [gt_column] + ([request_column] if request_column else []) + \
+        ([label_column] if label_column else [])
+    tower = None
+    if from_table:
+        wanted.append(p.get("embedding_column", "user_tower_emb"))
+    else:
+        from recbuild import predictor
+
+        towers = ctx.input("towers")
+        tower = predictor.load_tower(towers.path / "user")
+        wanted += [s.column for s in tower.specs]
+    columns = list(dict.fromkeys(wanted))
+    require_columns(info, columns, where)
+    requests = recall.Requests()
+    for offset, batch in iter_batches(info, columns, p.get("batch_size", 4096)):
+        if from_table:
+            vectors = embedding_matrix(batch.column(p.get("embedding_column", "user_tower_emb")),
+                                       where, offset)
+        else:
+            vectors = _run_tower(tower, batch, where, offset)
+        keys = batch.column(request_column).cast("string").to_pylist() if request_column else None
+        positive = None
+        if label_column:
+            positive = batch.column(label_column).fill_null(0).to_numpy(zero_copy_only=False) > 0
+        requests.add(keys, recall.gt_lists(batch.column(gt_column), p.get("gt_delimiter", ",")),
+                     vectors, positive, offset)
+    return requests
+
+
+def _run_tower(tower, batch, where: str, offset: int):
+    import numpy as np
+    import torch
+
+    from recbuild import feature_io
+
+    with torch.inference_mode():
+        out = tower.module(feature_io.batch_to_inputs(batch, tower.specs, offset))
+    if "user_tower_emb" not in out:
+        raise BuildError(f"the user tower returned {sorted(out)}, not user_tower_emb; rebuild the towers")
+    vectors = out["user_tower_emb"].detach().cpu().numpy().astype(np.float32, copy=False)
+    if not np.isfinite(vectors).all():
+        raise InputError(f"{where}: the user tower gave NaN/inf from row {offset}")
+    return vectors
+
+
+def _exact_vectors(ctx: BuildContext, p, index, id_mapping):
+    """Item vectors for the exact baseline, in faiss-id order, and where they came from."""
+    import numpy as np
+
+    from recbuild.retrieval import faiss_index as fi
+    from recbuild.retrieval.embeddings_io import EmbeddingTable, ids_as_strings
+
+    if p.get("item_embeddings"):
+        source = ctx.input("item_embeddings")
+        table = EmbeddingTable(source, p.get("item_id_column", "item_id"),
+                               p.get("item_embedding_column", "item_tower_emb"),
+                               where=f"item_embeddings {source.name!r}")
+        ids, matrix, _ = table.read_all()
+        id_strings = np.array(ids_as_strings(ids), dtype=object)
+        if len(id_strings) != len(id_mapping) or not np.array_equal(id_strings, id_mapping):
+            raise InputError(f"item_embeddings {source.name!r} does not hold the same ids in the same "
+                             "order as the index's id_mapping; build the index from these embeddings")
+        return matrix, "item_embeddings"
+    vectors = fi.vectors_of(index)
+    if vectors is None:
+        ctx.log.info("recall_eval %s: %s index stores compressed vectors; give item_embeddings for "
+                     "the exact baseline", ctx.name, fi.index_kind(index))
+        return None, None
+    return vectors, "index_vectors"
+
+
+def _single_query_ms(index, queries, k: int) -> float:
+    """Median wall time of one-query searches (for the log only)."""
+    import statistics
+    import time
+
+    times = []
+    for row in range(min(len(queries), 50)):
+        started = time.perf_counter()
+        index.search(queries[row:row + 1], k)
+        times.append(time.perf_counter() - started)
+    return 1e3 * statistics.median(times)
+
+
+def _tdm_recall(ctx: BuildContext, p) -> None:
+    """Beam-search the tree with the TDM model for every request; write metrics.json."""
+    import json
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+
+    from recbuild import feature_io, predictor
+    from recbuild.retrieval import recall, tree_io
+    from recbuild.retrieval.embeddings_io import iter_batches, parquet_files, require_columns, table_info
+
+    tree_dir = ctx.input("tree").path
+    tree = tree_io.read_serving_tree(tree_dir / tree_io.SERVING_TREE)
+    nodes = pq.read_table(tree_dir / tree_io.NODE_FEATURE)
+    if nodes.num_rows != len(tree.codes):
+        raise InputError(f"{tree_dir}: node_feature has {nodes.num_rows} rows, serving_tree "
+                         f"{len(tree.codes)} nodes; rebuild the tree")
+    model = predictor.load_tower(ctx.input("model").path)
+    user_specs = [s for s in model.specs if s.group == "user"]
+    item_specs = [s for s in model.specs if s.group == "item"]
+    only = item_specs[0] if len(item_specs) == 1 else None
+    id_spec = next((s for s in item_specs if s.name == "item_id"), only)
+    if id_spec is None:
+        raise InputError("the TDM model has no item feature named item_id (the node id it scores)")
+    node_columns = {id_spec.column: nodes.column(0)}  # node_feature's first column is the node id
+    for spec in item_specs:
+        if spec is not id_spec:
+            if spec.column not in nodes.column_names:
+                raise InputError(f"the TDM model reads item feature {spec.column!r}, which the tree's "
+                                 f"node_feature lacks (has {nodes.column_names}); add it to attr_columns")
+            node_columns[spec.column] = nodes.column(spec.column)
+    node_table = pa.table(node_columns)
+
+    source = ctx.input("queries")
+    where = f"queries {source.name!r}"
+    info = table_info(parquet_files(source), where)
+    gt_column, request_column = p.get("gt_column", "item_id"), p.get("request_column", "user_id")
+    label_column = p.get("label_column", "label")
+    if label_column and label_column not in info.schema.names:
+        label_column = None
+    user_columns = list(dict.fromkeys(s.column for s in user_specs))
+    columns = list(dict.fromkeys([gt_column, *user_columns] + ([request_column] if request_column else [])
+                                 + ([label_column] if label_column else [])))
+    require_columns(info, columns, where)
+    requests = recall.Requests()
+    user_batches = []
+    for offset, batch in iter_batches(info, columns, p.get("batch_size", 4096)):
+        keys = batch.column(request_column).cast("string").to_pylist() if request_column else None
+        positive = None
+        if label_column:
+            positive = batch.column(label_column).fill_null(0).to_numpy(zero_copy_only=False) > 0
+        requests.add(keys, recall.gt_lists(batch.column(gt_column), p.get("gt_delimiter", ",")), None,
+                     positive, offset)
+        user_batches.append(batch.select(user_columns))
+    _, gt, skipped, first_rows = requests.finished()
+    users = pa.Table.from_batches(user_batches).take(pa.array(first_rows))
+    scored = [0]
+
+    def score(query_index, node_index):
+        out = np.empty(len(query_index), dtype=np.float64)
+        chunk = 65536
+        for lo in range(0, len(query_index), chunk):
+            q, n = query_index[lo:lo + chunk], node_index[lo:lo + chunk]
+            batch = users.take(pa.array(q))
+            for name, column in zip(node_table.column_names, node_table.columns):
+                batch = batch.append_column(name, column.take(pa.array(n)))
+            with torch.inference_mode():
+                result = model.module(feature_io.batch_to_inputs(batch, model.specs))
+            if "probs" not in result:
+                raise InputError(f"the TDM model returned {sorted(result)}, not probs")
+            out[lo:lo + len(q)] = result["probs"].detach().cpu().numpy().reshape(-1)
+        scored[0] += len(query_index)
+        return out
+
+    n_ret = p.get("tdm_retrieval_num", 200)
+    beam = p.get("beam_width") or 2 * n_ret
+    found = recall.tdm_beam_search(tree, score, len(gt), n_ret, beam)
+    retrieved = np.full((len(gt), n_ret), None, dtype=object)
+    for row, ids in enumerate(found):
+        retrieved[row, :len(ids)] = [str(v) for v in ids.tolist()]
+    # leaves come best first, so recall@k for k <= retrieval_num is a prefix of the same search
+    ks = sorted({min(int(k), n_ret) for k in p.get("k", [10, 50, 200])})
+    metrics = recall.hit_metrics(retrieved, gt, ks)
+    doc = {**metrics, "k": ks, "requests": len(gt), "requests_without_gt": skipped,
+           "gt_items": int(sum(len(g) for g in gt)),
+           "search": {"type": "tdm_beam_search", "retrieval_num": n_ret, "beam_width": beam,
+                      "levels": tree.num_levels, "n_cluster": tree.k,
+                      "scored_per_query": round(scored[0] / len(gt), 2)}}
+    (ctx.out / "metrics.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    ctx.meta.update(metrics)
+    ctx.log.info("recall_eval %s (TDM): %d requests, %s", ctx.name, len(gt),
+                 ", ".join(f"{k}={v}" for k, v in metrics.items()))

@@ -1,0 +1,143 @@
+"""`kind: tdm_tree` — a TDM tree in TorchEasyRec's formats, all leaves on one level for any n_cluster.
+
+mode init:    items ordered by (category, id), cut into contiguous slices (reference field `items`)
+mode learnt:  balanced k-means over item embeddings, level by level (reference field `embeddings`)
+
+Output: serving_tree, node_table.txt, edge_table.txt, predict_edge_table.txt,
+node_feature/part-0.parquet (formats: recbuild/retrieval/tree_io.py).
+"""
+
+from __future__ import annotations
+
+from recbuild.builders.base import BuildContext, Builder
+from recbuild.errors import BuildError
+
+_NAMES = {"type": "array", "items": {"type": "string"}, "default": []}
+
+
+class TdmTreeBuilder(Builder):
+    kind = "tdm_tree"
+    version = "1"
+    description = "TDM tree (init by category, or learnt by balanced k-means) in TorchEasyRec's formats"
+    reference_fields = ("items", "embeddings")
+    schema = {
+        "type": "object",
+        "properties": {
+            "mode": {"enum": ["init", "learnt"],
+                     "description": "default: learnt when `embeddings` is given, init when `items` is"},
+            "items": {"type": "string", "description": "init mode: item table (source or artifact)"},
+            "embeddings": {"type": "string", "description": "learnt mode: item embeddings artifact"},
+            "n_cluster": {"type": "integer", "minimum": 2, "default": 2,
+                          "description": "branching factor; every leaf ends on the same level"},
+            "item_id_column": {"type": "string", "default": "item_id"},
+            "cate_id_column": {"type": "string", "default": "cate_id", "description": "init mode only"},
+            "embedding_column": {"type": "string", "default": "item_tower_emb",
+                                 "description": "learnt mode only"},
+            "attr_columns": {**_NAMES, "description": "categorical item features (mode over leaves)"},
+            "raw_attr_columns": {**_NAMES, "description": "numeric item features (mean over leaves)"},
+            "attr_delimiter": {"type": "string", "minLength": 1, "default": ","},
+            "id_hash": {"type": "boolean", "default": False,
+                        "description": "string item ids (tzrec hash mode): internal ids nonleaf#<code>"},
+            "kmeans_iters": {"type": "integer", "minimum": 1, "default": 10, "description": "learnt mode"},
+            "seed": {"type": "integer", "minimum": 0, "default": 42, "description": "learnt mode"},
+        },
+    }
+
+    @staticmethod
+    def mode_of(params) -> str | None:
+        if params.get("mode"):
+            return params["mode"]
+        if params.get("embeddings") and not params.get("items"):
+            return "learnt"
+        if params.get("items") and not params.get("embeddings"):
+            return "init"
+        return None
+
+    def check(self, params):
+        mode = self.mode_of(params)
+        if mode is None:
+            return [("mode", "give `items` (mode: init) or `embeddings` (mode: learnt), or set mode")]
+        problems = []
+        needed = "items" if mode == "init" else "embeddings"
+        other = "embeddings" if mode == "init" else "items"
+        if not params.get(needed):
+            problems.append((needed, f"mode {mode} needs `{needed}`"))
+        if params.get(other):
+            problems.append((other, f"is not used by mode {mode}; remove it"))
+        if mode == "init" and "embedding_column" in params and params["embedding_column"] != "item_tower_emb":
+            problems.append(("embedding_column", "applies to mode learnt only"))
+        columns = [*params.get("attr_columns", []), *params.get("raw_attr_columns", [])]
+        dup = sorted({c for c in columns if columns.count(c) > 1})
+        if dup:
+            problems.append(("attr_columns", f"column(s) listed twice: {', '.join(dup)}"))
+        return problems
+
+    def build(self, ctx: BuildContext) -> None:
+        import numpy as np
+        import pyarrow as pa
+
+        from recbuild.retrieval import tdm_tree as tt
+        from recbuild.retrieval import tree_io
+        from recbuild.retrieval.embeddings_io import (EmbeddingTable, iter_batches, parquet_files,
+                                                      require_columns, table_info)
+
+        p = ctx.params
+        for path, message in self.check(p):
+            raise BuildError(f"{path}: {message}")
+        mode = self.mode_of(p)
+        k = p.get("n_cluster", 2)
+        id_column = p.get("item_id_column", "item_id")
+        attrs = list(p.get("attr_columns", []))
+        raws = list(p.get("raw_attr_columns", []))
+        hash_ids = p.get("id_hash", False)
+
+        if mode == "init":
+            source = ctx.input("items")
+            where = f"items {source.name!r}"
+            cate_column = p.get("cate_id_column", "cate_id")
+            info = table_info(parquet_files(source), where)
+            columns = list(dict.fromkeys([id_column, cate_column, *attrs, *raws]))
+            require_columns(info, columns, where)
+            table = pa.Table.from_batches([b for _, b in iter_batches(info, columns)],
+                                          schema=_select_schema(info.schema, columns))
+            if table.num_rows == 0:
+                raise BuildError(f"{where}: the table has no rows")
+            ids = tt.validate_item_ids(table.column(id_column), where, hash_ids)
+            sort_ids = pa.array(ids, type=pa.string()) if hash_ids else pa.array(ids, type=pa.int64())
+            order = tt.init_order(sort_ids, table.column(cate_column))
+            depth = tt.tree_depth(table.num_rows, k)
+            leaf_codes = tt.init_leaf_codes(table.num_rows, k, depth)  # in sorted order
+            leaf_table = table.take(pa.array(order))
+            leaf_ids = [ids[i] for i in order] if hash_ids else ids[order]
+        else:
+            source = ctx.input("embeddings")
+            where = f"embeddings {source.name!r}"
+            table_reader = EmbeddingTable(source, id_column, p.get("embedding_column", "item_tower_emb"),
+                                          where, extra_columns=[*attrs, *raws])
+            id_array, vectors, extra = table_reader.read_all()
+            leaf_ids = tt.validate_item_ids(id_array, where, hash_ids)
+            depth = tt.tree_depth(len(vectors), k)
+            bar = ctx.progress(depth, "levels")
+            try:
+                leaf_codes = tt.learnt_leaf_codes(vectors, k, iters=p.get("kmeans_iters", 10),
+                                                  seed=p.get("seed", 42), threads=ctx.threads,
+                                                  progress=bar.advance, overwrite=True)
+            finally:
+                bar.close()
+            del vectors
+            leaf_table = extra if extra is not None else pa.table({"_": pa.nulls(len(leaf_codes))})
+
+        tree = tt.assemble_tree(leaf_codes, leaf_ids, k, depth, hash_ids)
+        features = tree_io.node_features(tree, np.asarray(leaf_codes), leaf_table, id_column, attrs, raws)
+        tree_io.write_all(tree, features, attrs, raws, ctx.out, p.get("attr_delimiter", ","))
+        n_items = int(tree.leaf_mask.sum())
+        ctx.meta.update({"mode": mode, "n_cluster": k, "items": n_items, "levels": tree.num_levels,
+                         "nodes": int(len(tree.codes))})
+        ctx.log.info("tdm_tree %s: %d items, %d levels, n_cluster %d (%s)", ctx.name, n_items,
+                     tree.num_levels, k, mode)
+
+
+def _select_schema(schema, columns):
+    import pyarrow as pa
+
+    return pa.schema([schema.field(c) for c in columns])

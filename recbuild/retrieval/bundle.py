@@ -1,0 +1,102 @@
+"""The serving bundle: assemble one deployable folder, and answer a query from it alone.
+
+Layout (TorchEasyRec's where it has one, tzrec_formats.md sections 1.1 and 7):
+  model/               the exported model (+ serving_tree, as tzrec ships it via --asset_files)
+  user/                the user tower + faiss_index + id_mapping (+ index_meta.json)
+  item/                the item tower
+  tree/                serving_tree and node_feature/ (for the feature store)
+  serving_config.json  faiss_nprobe, faiss_neigh_num, tdm_retrieval_num, outputs (+ faiss_ef_search)
+
+:func:`serve_check` reads nothing outside the bundle: if it answers, the folder is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from recbuild.errors import InputError
+
+CONFIG_FILE = "serving_config.json"
+INDEX_FILES = ("faiss_index", "id_mapping", "index_meta.json")
+TREE_FILES = ("serving_tree", "node_feature/part-0.parquet")
+SKIP = {"MANIFEST.json"}  # the upstream's manifest; the engine writes the bundle's own
+
+
+def copy_tree(source: Path, target: Path, skip: Iterable[str] = SKIP) -> list[str]:
+    """Copy every file under ``source`` into ``target`` (content only, sorted); returns relpaths."""
+    source, target = Path(source), Path(target)
+    skip = set(skip)
+    copied = []
+    for path in sorted(p for p in source.rglob("*") if p.is_file()):
+        rel = path.relative_to(source).as_posix()
+        if rel in skip:
+            continue
+        destination = target / rel
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, destination)
+        copied.append(rel)
+    return copied
+
+
+def copy_files(source: Path, names: Iterable[str], target: Path, what: str) -> None:
+    for name in names:
+        path = Path(source) / name
+        if not path.is_file():
+            raise InputError(f"{what}: {path} is missing; rebuild it")
+        destination = Path(target) / name
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, destination)
+
+
+def write_config(bundle: Path, config: dict[str, Any]) -> None:
+    (Path(bundle) / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n",
+                                            encoding="utf-8")
+
+
+def read_config(bundle: Path) -> dict[str, Any]:
+    path = Path(bundle) / CONFIG_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path} not found: not a serving bundle") from None
+
+
+def serve_check(bundle_dir: str | Path, query_row: dict[str, Any], k: int | None = None) -> list[str]:
+    """Answer one query end to end from the bundle alone: user tower -> faiss -> item ids.
+
+    ``query_row`` maps the user tower's input columns (see ``user/fg.json``) to values, e.g.
+    ``{"user_id": 42, "age": 31.0, "click_seq": [3, 17]}``. Returns up to ``k`` (default the
+    bundle's ``faiss_neigh_num``) item ids, best first, as written in ``id_mapping``.
+    """
+    import pyarrow as pa
+    import torch
+
+    from recbuild import feature_io, predictor
+    from recbuild.retrieval import faiss_index as fi
+
+    bundle = Path(bundle_dir)
+    config = read_config(bundle)
+    user = bundle / "user"
+    if not (user / "faiss_index").is_file():
+        raise InputError(f"{bundle}: no user/faiss_index; the bundle was built without towers + index")
+    tower = predictor.load_tower(user)
+    missing = [s.column for s in tower.specs if s.column not in query_row]
+    if missing:
+        raise InputError(f"the query lacks {', '.join(map(repr, missing))}; the user tower reads "
+                         f"{', '.join(s.column for s in tower.specs)}")
+    batch = pa.RecordBatch.from_pylist([{s.column: query_row[s.column] for s in tower.specs}])
+    with torch.inference_mode():
+        out = tower.module(feature_io.batch_to_inputs(batch, tower.specs))
+    if "user_tower_emb" not in out:
+        raise InputError(f"{user}: the tower returned {sorted(out)}, not user_tower_emb")
+    vector = out["user_tower_emb"].detach().cpu().numpy().astype(np.float32).reshape(1, -1)
+    index, ids = fi.load_index(user)
+    top = int(k or config.get("faiss_neigh_num") or 200)
+    _, found = fi.search(index, vector, min(top, index.ntotal), nprobe=config.get("faiss_nprobe"),
+                         ef_search=config.get("faiss_ef_search"))
+    return [str(ids[i]) for i in found[0] if i >= 0]

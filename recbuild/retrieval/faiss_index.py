@@ -1,0 +1,373 @@
+"""Build, write and search FAISS indexes, deterministically and with bounded memory.
+
+The build streams the embedding table twice at most: once to collect a seeded training sample
+(IVF types only), once to add every vector in record batches. Only the sample and one batch are in
+memory, besides the index itself.
+
+Determinism (same table + same params => byte-identical ``faiss_index``):
+  - the training sample is a seeded choice of row positions, known before reading (row counts come
+    from parquet metadata);
+  - faiss k-means is seeded (``ClusteringParameters.seed``, for the coarse quantizer and the PQ);
+  - IVF add is deterministic with any thread count (each list is filled in id order);
+  - HNSW insertion with several threads races on the neighbour lists, so HNSW is built with one
+    thread unless ``deterministic`` is False. (Measured identical at 100k x 32 with 2 threads, but
+    nothing in faiss guarantees it.)
+
+``faiss.cvar.distance_compute_blas_threshold`` is lowered wherever we search (see
+:func:`tune_blas_threshold`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from recbuild.errors import BuildError, InputError
+from recbuild.retrieval.embeddings_io import EmbeddingTable, id_strings, write_lines
+from recbuild.retrieval.threads import threads_for_load
+
+INDEX_TYPES = ("Flat", "IVFFlat", "HNSWFlat", "IVFPQ")
+METRICS = ("ip", "l2")
+INDEX_FILE = "faiss_index"
+ID_MAPPING_FILE = "id_mapping"
+META_FILE = "index_meta.json"
+# faiss trains k-means on at most this many points per centroid; a larger sample is wasted reading.
+POINTS_PER_CENTROID = 256
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    index_type: str = "IVFFlat"
+    metric: str = "ip"
+    nlist: int = 1024  # IVF*: coarse clusters
+    m: int = 16  # IVFPQ: sub-quantizers (must divide dim)
+    nbits: int = 8  # IVFPQ: bits per sub-quantizer code
+    hnsw_m: int = 32  # HNSWFlat: graph degree M
+    ef_construction: int = 200  # HNSWFlat
+    nprobe: int = 16  # IVF*: default lists probed at search, stored in the index
+    ef_search: int = 64  # HNSWFlat: default search breadth, stored in the index
+    train_size: int | None = None  # IVF*: training sample rows; None = what faiss would use
+    seed: int = 42
+    deterministic: bool = True
+
+    def __post_init__(self) -> None:
+        if self.index_type not in INDEX_TYPES:
+            raise BuildError(f"index_type must be one of {', '.join(INDEX_TYPES)}, got {self.index_type!r}")
+        if self.metric not in METRICS:
+            raise BuildError(f"metric must be ip or l2, got {self.metric!r}")
+
+    @property
+    def is_ivf(self) -> bool:
+        return self.index_type in ("IVFFlat", "IVFPQ")
+
+    def resolved_train_size(self, count: int) -> int:
+        if not self.is_ivf:
+            return 0
+        if self.train_size is not None:
+            return min(self.train_size, count)
+        wanted = POINTS_PER_CENTROID * self.nlist
+        if self.index_type == "IVFPQ":
+            wanted = max(wanted, POINTS_PER_CENTROID * (1 << self.nbits))
+        return min(wanted, count)
+
+    def used_params(self) -> dict[str, Any]:
+        """The params that shape this index type (for index_meta.json)."""
+        keys = {"Flat": (), "IVFFlat": ("nlist", "nprobe"), "IVFPQ": ("nlist", "nprobe", "m", "nbits"),
+                "HNSWFlat": ("hnsw_m", "ef_construction", "ef_search")}[self.index_type]
+        params = {k: v for k, v in asdict(self).items() if k in keys}
+        if self.is_ivf:
+            params["seed"] = self.seed
+        return params
+
+
+def tune_blas_threshold(dim: int) -> None:
+    """Let faiss use BLAS from 20 queries on (faiss 1.15's default waits for 2000 at d=64).
+
+    On this 2-core class of machine the default makes batched flat/IVF search about 10x slower
+    (perf_baselines.md section 3). The threshold is in units of nq * d.
+    """
+    import faiss
+
+    faiss.cvar.distance_compute_blas_threshold = 20 * max(int(dim), 1)
+
+
+def _faiss_metric(metric: str):
+    import faiss
+
+    return faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
+
+
+def new_index(spec: IndexSpec, dim: int):
+    """An empty (untrained) faiss index for ``spec``, with seeded clustering."""
+    import faiss
+
+    metric = _faiss_metric(spec.metric)
+    if spec.index_type == "Flat":
+        return faiss.IndexFlatIP(dim) if spec.metric == "ip" else faiss.IndexFlatL2(dim)
+    if spec.index_type == "HNSWFlat":
+        index = faiss.IndexHNSWFlat(dim, spec.hnsw_m, metric)
+        index.hnsw.efConstruction = spec.ef_construction
+        index.hnsw.efSearch = spec.ef_search
+        return index
+    quantizer = faiss.IndexFlatIP(dim) if spec.metric == "ip" else faiss.IndexFlatL2(dim)
+    if spec.index_type == "IVFFlat":
+        index = faiss.IndexIVFFlat(quantizer, dim, spec.nlist, metric)
+    else:
+        if dim % spec.m:
+            raise InputError(f"IVFPQ: m={spec.m} must divide the embedding dimension {dim}; "
+                             f"pick m among {[d for d in range(1, dim + 1) if dim % d == 0]}")
+        index = faiss.IndexIVFPQ(quantizer, dim, spec.nlist, spec.m, spec.nbits, metric)
+        index.pq.cp.seed = spec.seed
+    # (faiss's Python wrapper keeps a reference to the quantizer inside the index object.)
+    index.cp.seed = spec.seed
+    index.nprobe = min(spec.nprobe, spec.nlist)
+    return index
+
+
+def sample_positions(count: int, size: int, seed: int) -> np.ndarray:
+    """Sorted, seeded choice of ``size`` distinct row positions out of ``count``."""
+    if size >= count:
+        return np.arange(count, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(count, size=size, replace=False)).astype(np.int64)
+
+
+@dataclass
+class BuildResult:
+    dim: int
+    count: int
+    train_size: int
+
+
+class _ThreadLimit:
+    """Temporarily cap faiss's OpenMP threads (restored on exit)."""
+
+    def __init__(self, threads: int | None):
+        self.threads = threads
+        self.previous = None
+
+    def __enter__(self):
+        import faiss
+
+        if self.threads:
+            self.previous = faiss.omp_get_max_threads()
+            faiss.omp_set_num_threads(self.threads)
+        return self
+
+    def __exit__(self, *exc):
+        import faiss
+
+        if self.previous is not None:
+            faiss.omp_set_num_threads(self.previous)
+
+
+def build_index(table: EmbeddingTable, spec: IndexSpec, out_dir: Path, *, batch_rows: int = 65536,
+                threads: int | None = None, allow_duplicate_ids: bool = False,
+                progress: Callable[[int], None] | None = None) -> BuildResult:
+    """Build the index of ``table`` into ``out_dir`` (faiss_index, id_mapping, index_meta.json)."""
+    import faiss
+
+    count = table.num_rows
+    if spec.is_ivf and spec.nlist > count:
+        raise InputError(f"nlist={spec.nlist} is larger than the table ({count} rows); "
+                         f"use nlist <= {count} (about sqrt(rows) = {max(1, int(count ** 0.5))} is usual)")
+    train_size = spec.resolved_train_size(count)
+    if spec.is_ivf and train_size < spec.nlist:
+        raise InputError(f"train_size={train_size} is smaller than nlist={spec.nlist}; "
+                         "k-means needs at least one training point per list")
+
+    check_ids_before_work(table, allow_duplicate_ids)
+    threads = threads_for_load(threads)  # speed only: see recbuild/retrieval/threads.py
+    hnsw_threads = 1 if spec.index_type == "HNSWFlat" and spec.deterministic else threads
+    index = None
+    dim = None
+    if spec.is_ivf:
+        positions = sample_positions(count, train_size, spec.seed)
+        sample = table.vectors_at(positions, batch_rows)
+        dim = sample.shape[1]
+        index = new_index(spec, dim)
+        tune_blas_threshold(dim)
+        with _ThreadLimit(threads):
+            index.train(sample)
+        del sample
+
+    out_dir = Path(out_dir)
+    with open(out_dir / ID_MAPPING_FILE, "wb") as mapping, \
+            _ThreadLimit(hnsw_threads):
+        for part in table.batches(batch_rows, dim=dim):
+            if index is None:
+                dim = part.vectors.shape[1]
+                index = new_index(spec, dim)
+                tune_blas_threshold(dim)
+            index.add(part.vectors)
+            write_lines(mapping, id_strings(part.ids))
+            if progress:
+                progress(len(part.vectors))
+    assert index is not None and index.ntotal == count
+
+    faiss.write_index(index, str(out_dir / INDEX_FILE))
+    meta = {
+        "type": spec.index_type,
+        "metric": spec.metric,
+        "dim": int(dim),
+        "count": int(count),
+        "params": spec.used_params(),
+        "train_size": int(train_size),
+        "id_column": table.id_column,
+        "embedding_column": table.embedding_column,
+        "faiss_version": faiss.__version__,
+    }
+    write_json(out_dir / META_FILE, meta)
+    return BuildResult(int(dim), int(count), int(train_size))
+
+
+def check_ids_before_work(table: EmbeddingTable, allow_duplicate_ids: bool) -> None:
+    """One pass over the id column only (cheap next to the vectors): nulls, line breaks (id_mapping
+    holds one id per line) and, unless allowed, duplicate ids - all before any training or adding."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from recbuild.retrieval.embeddings_io import check_ids, iter_batches
+
+    chunks, keys = [], []
+    for offset, batch in iter_batches(table.info, [table.id_column]):
+        ids = batch.column(0)
+        check_ids(ids, table.where, offset)
+        text = id_strings(ids)
+        if pc.any(pc.match_substring_regex(text, "[\r\n]")).as_py():
+            raise InputError(f"{table.where}: an id contains a line break; id_mapping holds one id per line")
+        if not allow_duplicate_ids:
+            chunks.append(text)
+            keys.append(_id_keys(ids))
+    if allow_duplicate_ids or not keys:
+        return
+    keys_all = np.concatenate(keys)
+    order = np.argsort(keys_all, kind="stable")
+    sorted_keys = keys_all[order]
+    same = np.nonzero(sorted_keys[1:] == sorted_keys[:-1])[0]
+    if not len(same):
+        return
+    # Keys of string ids are 63-bit hashes: confirm a duplicate on the ids themselves.
+    text_all = pa.chunked_array(chunks)
+    examples = []
+    for j in same[:1000]:
+        a, b = int(order[j]), int(order[j + 1])
+        if text_all[a] == text_all[b]:
+            examples.append(f"{text_all[a].as_py()!r} at rows {a} and {b}")
+        if len(examples) == 3:
+            break
+    if examples:
+        raise InputError(f"{table.where}: duplicate item ids ({'; '.join(examples)}); an id must map to one "
+                         "vector (set allow_duplicate_ids: true to keep them, as TorchEasyRec does)")
+
+
+def _id_keys(ids) -> np.ndarray:
+    """int64 keys to find duplicate ids cheaply: the ids themselves, or a 63-bit hash of strings."""
+    import pyarrow as pa
+
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.combine_chunks()
+    if pa.types.is_dictionary(ids.type):
+        ids = ids.dictionary_decode()
+    if pa.types.is_integer(ids.type):
+        return ids.cast(pa.int64()).to_numpy(zero_copy_only=False)
+    from recbuild.feature_io import hash_string_ids
+
+    return hash_string_ids(ids.cast(pa.string()))
+
+
+def write_json(path: Path, doc: Any) -> None:
+    Path(path).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+# -- reading and searching ---------------------------------------------------------------------
+def read_meta(folder: Path) -> dict[str, Any]:
+    path = Path(folder) / META_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path} not found: the input is not a faiss_index artifact") from None
+
+
+def read_id_mapping(path: Path) -> np.ndarray:
+    """Line i of id_mapping = item id of faiss id i, as an object array of str."""
+    text = Path(path).read_text(encoding="utf-8")
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return np.array(lines, dtype=object)
+
+
+def load_index(folder: Path):
+    """(faiss index, id array) of a folder holding faiss_index and id_mapping."""
+    import faiss
+
+    folder = Path(folder)
+    for name in (INDEX_FILE, ID_MAPPING_FILE):
+        if not (folder / name).is_file():
+            raise InputError(f"{folder / name} not found: expected a faiss_index artifact or bundle")
+    index = faiss.read_index(str(folder / INDEX_FILE))
+    ids = read_id_mapping(folder / ID_MAPPING_FILE)
+    if len(ids) != index.ntotal:
+        raise InputError(f"{folder}: id_mapping has {len(ids)} lines but the index holds "
+                         f"{index.ntotal} vectors; rebuild the index")
+    return index, ids
+
+
+def index_kind(index) -> str:
+    """faiss class -> our type name (the index may have been loaded from disk)."""
+    import faiss
+
+    for cls, name in ((faiss.IndexIVFPQ, "IVFPQ"), (faiss.IndexIVFFlat, "IVFFlat"),
+                      (faiss.IndexHNSWFlat, "HNSWFlat"), (faiss.IndexFlat, "Flat")):
+        if isinstance(index, cls):
+            return name
+    return type(index).__name__
+
+
+def set_search_params(index, nprobe: int | None = None, ef_search: int | None = None) -> None:
+    import faiss
+
+    if nprobe is not None and isinstance(index, faiss.IndexIVF):
+        index.nprobe = min(int(nprobe), index.nlist)
+    if ef_search is not None and isinstance(index, faiss.IndexHNSW):
+        index.hnsw.efSearch = int(ef_search)
+
+
+def search(index, queries: np.ndarray, k: int, nprobe: int | None = None,
+           ef_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, faiss ids) of the top ``k``; ids are -1 where fewer than k results exist."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if queries.ndim != 2 or queries.shape[1] != index.d:
+        raise InputError(f"query vectors have shape {queries.shape}, the index expects dimension {index.d}")
+    set_search_params(index, nprobe, ef_search)
+    tune_blas_threshold(index.d)
+    return index.search(queries, int(k))
+
+
+def vectors_of(index) -> np.ndarray | None:
+    """Every stored vector, exactly, when the index keeps them uncompressed (Flat, IVFFlat, HNSWFlat).
+
+    Returns None for IVFPQ (its reconstructions are lossy, so no exact baseline from them).
+    """
+    import faiss
+
+    kind = index_kind(index)
+    if kind == "IVFPQ":
+        return None
+    if kind == "IVFFlat":
+        invlists = index.invlists
+        out = np.empty((index.ntotal, index.d), dtype=np.float32)
+        for list_no in range(index.nlist):
+            size = invlists.list_size(list_no)
+            if not size:
+                continue
+            ids = faiss.rev_swig_ptr(invlists.get_ids(list_no), size).copy()
+            codes = faiss.rev_swig_ptr(invlists.get_codes(list_no), size * index.code_size)
+            out[ids] = np.frombuffer(codes.tobytes(), dtype=np.float32).reshape(size, index.d)
+        return out
+    return index.reconstruct_n(0, index.ntotal)

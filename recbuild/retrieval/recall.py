@@ -1,0 +1,184 @@
+"""Offline retrieval metrics: recall@k / hitrate@k against ground truth, index-vs-exact recall, and a
+TDM beam search over a tree with any scoring function.
+
+Definitions (TorchEasyRec's hitrate, tzrec_formats.md section 4.2, with ids compared as strings):
+  - a *request* is a group of rows sharing the request column (e.g. user_id); its ground truth is
+    the set of unique gt ids over its rows (rows with a non-positive label excluded); requests
+    without ground truth are skipped;
+  - ``hitrate@k`` = sum over requests of |top-k ∩ gt| / sum of |gt|   (micro average, tzrec)
+  - ``recall@k``  = mean over requests of |top-k ∩ gt| / |gt|         (macro average)
+  - ``index_recall@k`` = mean over requests of |index top-k ∩ exact top-k| / |exact top-k|, where
+    exact = IndexFlat with the same metric over the same item vectors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from recbuild.errors import InputError
+
+ROUND = 6  # digits kept in metrics.json (the values are deterministic; this keeps them readable)
+
+
+# -- ground truth ------------------------------------------------------------------------------
+def gt_lists(column, delimiter: str = ",") -> list[list[str]]:
+    """A gt column of one batch -> per row, its gt ids as strings.
+
+    Accepts a scalar id column (int or string: one id per row), a list column, or a string of
+    ids joined by ``delimiter``. Nulls give an empty list.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()
+    t = column.type
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return [[str(v) for v in row if v is not None] if row is not None else []
+                for row in column.to_pylist()]
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        parts = pc.split_pattern(column, delimiter).to_pylist()
+        return [[s.strip() for s in row if s.strip()] if row is not None else [] for row in parts]
+    values = column.cast(pa.string()).to_pylist()
+    return [[v] if v is not None else [] for v in values]
+
+
+@dataclass
+class Requests:
+    """Ground truth per request, and the request's first row (its query vector, its features)."""
+
+    keys: list[str] = field(default_factory=list)
+    gt: list[set[str]] = field(default_factory=list)
+    vectors: list[np.ndarray] = field(default_factory=list)
+    first_rows: list[int] = field(default_factory=list)
+    _index: dict[str, int] = field(default_factory=dict)
+
+    def add(self, keys: Sequence[str] | None, gts: Sequence[Sequence[str]], vectors: np.ndarray | None,
+            positive: np.ndarray | None = None, row_offset: int = 0) -> None:
+        """Add one batch. ``keys`` None: every row is its own request."""
+        for row in range(len(gts)):
+            key = keys[row] if keys is not None else f"#{row_offset + row}"
+            slot = self._index.get(key)
+            if slot is None:
+                slot = len(self.keys)
+                self._index[key] = slot
+                self.keys.append(key)
+                self.gt.append(set())
+                self.first_rows.append(row_offset + row)
+                if vectors is not None:
+                    self.vectors.append(vectors[row])
+            if positive is None or positive[row]:
+                self.gt[slot].update(gts[row])
+
+    def finished(self) -> tuple[np.ndarray | None, list[set[str]], int, np.ndarray]:
+        """(query matrix or None, gt sets, requests skipped, first row of each kept request), for
+        the requests that have ground truth."""
+        keep = [i for i, g in enumerate(self.gt) if g]
+        if not keep:
+            raise InputError("no request has ground truth: check gt_column / label_column")
+        matrix = None
+        if self.vectors:
+            matrix = np.ascontiguousarray(np.stack([self.vectors[i] for i in keep]), dtype=np.float32)
+        rows = np.array([self.first_rows[i] for i in keep], dtype=np.int64)
+        return matrix, [self.gt[i] for i in keep], len(self.gt) - len(keep), rows
+
+
+# -- metrics -----------------------------------------------------------------------------------
+def hit_metrics(retrieved: np.ndarray, gt: Sequence[set[str]], ks: Sequence[int]) -> dict[str, float]:
+    """recall@k (macro) and hitrate@k (micro) for each k. ``retrieved``: [requests, >=max k] of id
+    strings (None where the index returned fewer)."""
+    out: dict[str, float] = {}
+    total_gt = sum(len(g) for g in gt)
+    for k in ks:
+        hits = np.array([len(g.intersection(v for v in row[:k] if v is not None))
+                         for row, g in zip(retrieved, gt)], dtype=np.float64)
+        sizes = np.array([len(g) for g in gt], dtype=np.float64)
+        out[f"recall@{k}"] = round(float(np.mean(hits / sizes)), ROUND)
+        out[f"hitrate@{k}"] = round(float(hits.sum() / total_gt), ROUND)
+    return out
+
+
+def overlap_at_k(approx: np.ndarray, exact: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
+    """index_recall@k: share of the exact top-k (faiss ids, -1 = none) the index also returned."""
+    out = {}
+    for k in ks:
+        scores = []
+        for a, e in zip(approx[:, :k], exact[:, :k]):
+            truth = set(e[e >= 0].tolist())
+            if truth:
+                scores.append(len(truth.intersection(a[a >= 0].tolist())) / len(truth))
+        out[f"index_recall@{k}"] = round(float(np.mean(scores)), ROUND) if scores else 0.0
+    return out
+
+
+def map_ids(faiss_ids: np.ndarray, id_mapping: np.ndarray) -> np.ndarray:
+    """faiss ids -> item id strings (None for -1)."""
+    out = np.empty(faiss_ids.shape, dtype=object)
+    valid = faiss_ids >= 0
+    out[valid] = id_mapping[faiss_ids[valid]]
+    return out
+
+
+def search_cost(index, queries: np.ndarray, k: int) -> float:
+    """Mean distance computations per query: a deterministic stand-in for latency in metrics.json."""
+    import faiss
+
+    from recbuild.retrieval.faiss_index import index_kind
+
+    kind = index_kind(index)
+    if kind == "Flat":
+        return float(index.ntotal)
+    stats = faiss.cvar.hnsw_stats if kind == "HNSWFlat" else faiss.cvar.indexIVF_stats
+    stats.reset()
+    index.search(queries, k)
+    return round(float(stats.ndis) / max(len(queries), 1), 2)
+
+
+# -- TDM beam search ---------------------------------------------------------------------------
+def tdm_beam_search(tree, score: Callable[[np.ndarray, np.ndarray], np.ndarray], n_queries: int,
+                    retrieval_num: int, beam_width: int | None = None) -> list[np.ndarray]:
+    """Layer-wise beam search over a TDM tree (tzrec's retrieval, vectorised over queries).
+
+    ``score(query_index, node_index)`` returns one score per (query, node) pair (larger = better);
+    ``node_index`` indexes ``tree.codes`` / ``tree.ids`` (the TDM model reads ``tree.ids[node_index]``
+    as ``item_id``) and the rows of node_feature (same level order). On every level the
+    children of the beam are candidates; when a query has more than ``beam_width`` (default
+    2 * retrieval_num, as tzrec) they are scored and the best kept; on the leaf level every
+    candidate is scored and the best ``retrieval_num`` leaves are returned, best first.
+    Returns, per query, the leaf ids.
+    """
+    beam_width = beam_width or 2 * retrieval_num
+    # beam: (query, node index) pairs, starting at the root (node index 0)
+    queries = np.arange(n_queries, dtype=np.int64)
+    nodes = np.zeros(n_queries, dtype=np.int64)
+    for level in range(1, tree.depth + 1):
+        owner, children = tree.children_index(nodes)
+        queries, nodes = queries[owner], children
+        last = level == tree.depth
+        counts = np.bincount(queries, minlength=n_queries)
+        keep = retrieval_num if last else beam_width
+        if not last and counts.max(initial=0) <= keep:
+            continue  # nothing to prune on this level: no scoring needed
+        scores = np.asarray(score(queries, nodes), dtype=np.float64)
+        if scores.shape != queries.shape:
+            raise ValueError(f"score() returned shape {scores.shape}, expected {queries.shape}")
+        # best first within each query; ties keep code order (stable)
+        order = np.lexsort((-scores, queries))
+        queries, nodes = queries[order], nodes[order]
+        start = np.searchsorted(queries, np.arange(n_queries))
+        rank = np.arange(len(queries)) - start[queries]
+        selected = rank < keep
+        queries, nodes = queries[selected], nodes[selected]
+    bounds = np.searchsorted(queries, np.arange(n_queries + 1))
+    return [tree.ids[nodes[bounds[q]:bounds[q + 1]]] for q in range(n_queries)]
+
+
+def tdm_recall(retrieved: Sequence[np.ndarray], gt: Sequence[set[str]]) -> float:
+    """tzrec's TDM retrieval recall: share of rows whose gt item is among the retrieved ids."""
+    hits = sum(1 for ids, g in zip(retrieved, gt) if g.intersection(str(v) for v in ids))
+    return round(hits / max(len(gt), 1), ROUND)

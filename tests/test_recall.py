@@ -1,0 +1,233 @@
+"""recall_eval on a hand-computed example, index-vs-exact recall, the user-tower path, and the TDM
+beam search with synthetic scorers."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from recbuild.builders.base import BuildContext, InputArtifact
+from recbuild.builders.faiss_index import FaissIndexBuilder
+from recbuild.builders.recall_eval import RecallEvalBuilder
+from recbuild.errors import BuildError
+from recbuild.retrieval import recall
+from recbuild.retrieval import tdm_tree as tt
+
+
+def artifact(name: str, folder: Path) -> InputArtifact:
+    return InputArtifact(name, "artifact", folder, tuple(sorted(folder.glob("*.parquet"))), {})
+
+
+def run_builder(builder, tmp: Path, params: dict, inputs: dict[str, Path]) -> Path:
+    out = Path(tempfile.mkdtemp(dir=tmp, prefix="out-"))
+    ctx = BuildContext(name="x", kind=builder.kind, params={**{f: n for f, n in zip(inputs, inputs)}, **params},
+                       out=out, inputs={f: artifact(f, path) for f, path in inputs.items()},
+                       recipe_dir=tmp, workdir=tmp)
+    builder.build(ctx)
+    return out
+
+
+def write(folder: Path, columns: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(columns), folder / "part-0.parquet")
+    return folder
+
+
+def emb(rows) -> pa.Array:
+    return pa.array(np.asarray(rows, np.float32).tolist(), pa.list_(pa.float32()))
+
+
+ITEMS = {1: [1.0, 0.0], 2: [0.0, 1.0], 3: [0.6, 0.8], 4: [-1.0, 0.0]}
+
+
+@pytest.fixture()
+def hand_example(tmp_path):
+    items = write(tmp_path / "items", {"item_id": list(ITEMS), "item_tower_emb": emb(list(ITEMS.values()))})
+    index = run_builder(FaissIndexBuilder(), tmp_path, {"index_type": "Flat"}, {"embeddings": items})
+    # u1 = [1, 0.1]: ranking 1 (1.0), 3 (0.68), 2 (0.1), 4 (-1.0); gt {3, 4} (3 twice, a label-0 row)
+    # u2 = [-0.1, 1]: ranking 2 (1.0), 3 (0.74), 4 (0.1), 1 (-0.1); gt {2}
+    # u3: only a label-0 row -> no ground truth -> skipped
+    users = write(tmp_path / "users", {
+        "user_id": ["u1", "u1", "u1", "u1", "u2", "u3"],
+        "item_id": [3, 4, 3, 1, 2, 1],
+        "label": [1, 1, 1, 0, 1, 0],
+        "user_tower_emb": emb([[1, .1]] * 4 + [[-.1, 1], [0, 1]]),
+    })
+    return tmp_path, index, items, users
+
+
+def test_hand_computed_metrics(hand_example):
+    tmp, index, items, users = hand_example
+    out = run_builder(RecallEvalBuilder(), tmp, {"k": [1, 2, 4]}, {"index": index, "user_embeddings": users})
+    m = json.loads((out / "metrics.json").read_text())
+    # k=1: u1 [1] hits 0/2, u2 [2] hits 1/1 -> hitrate 1/3, recall (0 + 1)/2
+    # k=2: u1 [1,3] 1/2, u2 [2,3] 1/1 -> hitrate 2/3, recall (0.5 + 1)/2
+    assert m["hitrate@1"] == round(1 / 3, 6) and m["recall@1"] == 0.5
+    assert m["hitrate@2"] == round(2 / 3, 6) and m["recall@2"] == 0.75
+    assert m["hitrate@4"] == 1.0 and m["recall@4"] == 1.0
+    assert m["requests"] == 2 and m["requests_without_gt"] == 1 and m["gt_items"] == 3
+    assert m["exact_baseline"] == "index_vectors" and m["exact"]["hitrate@2"] == m["hitrate@2"]
+    assert m["index_recall@2"] == 1.0  # a Flat index is exact
+    assert m["search"] == {"index_type": "Flat", "metric": "ip", "top_k": 4, "distances_per_query": 4.0}
+    again = run_builder(RecallEvalBuilder(), tmp, {"k": [1, 2, 4]}, {"index": index, "user_embeddings": users})
+    assert (out / "metrics.json").read_bytes() == (again / "metrics.json").read_bytes()
+
+
+def test_list_gt_and_each_row_a_request(hand_example):
+    tmp, index, items, _ = hand_example
+    users = write(tmp / "users2", {"gt": ["3,4", "2"], "user_tower_emb": emb([[1, .1], [-.1, 1]])})
+    out = run_builder(RecallEvalBuilder(), tmp, {"k": [2], "gt_column": "gt", "request_column": None},
+                      {"index": index, "user_embeddings": users, "item_embeddings": items})
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["hitrate@2"] == round(2 / 3, 6) and m["exact_baseline"] == "item_embeddings"
+
+
+def test_index_recall_against_exact(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2000, 8)).astype(np.float32)
+    items = write(tmp_path / "items", {"item_id": np.arange(2000), "item_tower_emb": emb(x)})
+    index = run_builder(FaissIndexBuilder(), tmp_path, {"index_type": "IVFFlat", "nlist": 32, "nprobe": 1},
+                        {"embeddings": items})
+    q = rng.standard_normal((50, 8)).astype(np.float32)
+    gt = np.argsort(-(q @ x.T), axis=1)[:, :3]  # gt = true top-3 -> exact search scores 1.0
+    users = write(tmp_path / "users", {"uid": np.arange(50), "gt": pa.array(gt.tolist()), "user_tower_emb": emb(q)})
+    params = {"k": [10], "gt_column": "gt", "request_column": "uid"}
+    out = run_builder(RecallEvalBuilder(), tmp_path, params, {"index": index, "user_embeddings": users})
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["exact"]["recall@10"] == 1.0
+    assert 0 < m["index_recall@10"] < 1 and m["search"]["nprobe"] == 1
+    assert m["search"]["distances_per_query"] < 2000 / 4  # one list of 32 is scanned, not all
+    wide = run_builder(RecallEvalBuilder(), tmp_path, {**params, "nprobe": 32}, {"index": index, "user_embeddings": users})
+    assert json.loads((wide / "metrics.json").read_text())["index_recall@10"] == 1.0
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_user_tower_path(hand_example):
+    torch = pytest.importorskip("torch")
+    from recbuild import feature_io
+
+    tmp, index, _, users = hand_example
+
+    class UserTower(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.table = torch.nn.Parameter(torch.tensor([[1.0, 0.1], [-0.1, 1.0], [0.0, 1.0]]))
+
+        def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return {"user_tower_emb": self.table[inputs["uid"] % 3]}
+
+    towers = tmp / "towers"
+    (towers / "user").mkdir(parents=True)
+    torch.jit.save(torch.jit.script(UserTower()), str(towers / "user" / "scripted_model.pt"))
+    feature_io.write_fg(towers / "user", [feature_io.FeatureSpec("uid", "id", "user", buckets=3, dim=2)])
+    queries = write(tmp / "queries", {"user_id": ["u1", "u1", "u1", "u1", "u2", "u3"], "uid": [0, 0, 0, 0, 1, 2],
+                                      "item_id": [3, 4, 3, 1, 2, 1], "label": [1, 1, 1, 0, 1, 0]})
+    out = run_builder(RecallEvalBuilder(), tmp, {"k": [1, 2, 4]},
+                      {"index": index, "towers": towers, "queries": queries})
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["hitrate@2"] == round(2 / 3, 6) and m["recall@1"] == 0.5
+
+
+def test_param_checks():
+    b = RecallEvalBuilder()
+    assert b.check({"index": "i"})[0][0] == "user_embeddings"
+    assert b.check({"index": "i", "towers": "t"}) == [("queries", "recall_eval needs user_embeddings, or towers + queries")]
+    assert b.check({"index": "i", "user_embeddings": "u", "towers": "t"})[0][0] == "user_embeddings"
+    with pytest.raises(BuildError):
+        b.build(BuildContext("x", "recall_eval", {"index": "i"}, Path("."), {}, Path("."), Path(".")))
+
+
+def test_gt_parsing():
+    assert recall.gt_lists(pa.array(["1, 2", None, ""]), ",") == [["1", "2"], [], []]
+    assert recall.gt_lists(pa.array([[1, 2], None])) == [["1", "2"], []]
+    assert recall.gt_lists(pa.array([7, None])) == [["7"], []]
+
+
+# -- TDM beam search -------------------------------------------------------------------------------
+def _tree(n: int, k: int):
+    depth = tt.tree_depth(n, k)
+    return tt.assemble_tree(tt.init_leaf_codes(n, k, depth), np.arange(n), k, depth, False)
+
+
+@pytest.mark.parametrize("k,n", [(2, 100), (3, 50), (4, 64)])
+def test_beam_search_is_exact_with_a_max_heap_scorer(k, n):
+    """If a node scores the max of its leaves, beam search returns the true top leaves."""
+    tree = _tree(n, k)
+    rng = np.random.default_rng(k)
+    leaf_scores = rng.random((5, n))  # per query, per item id
+    node_score = np.full((5, len(tree.codes)), -np.inf)
+    leaves = np.flatnonzero(tree.leaf_mask)
+    node_score[:, leaves] = leaf_scores[:, tree.ids[leaves]]
+    parent = tree.parent_index()
+    for node in range(len(tree.codes) - 1, 0, -1):  # children have larger codes than parents
+        node_score[:, parent[node]] = np.maximum(node_score[:, parent[node]], node_score[:, node])
+
+    def score(query_index, node_index):
+        return node_score[query_index, node_index]
+
+    got = recall.tdm_beam_search(tree, score, 5, retrieval_num=4, beam_width=4)
+    for q in range(5):
+        assert got[q].tolist() == np.argsort(-leaf_scores[q])[:4].tolist()
+
+
+def test_beam_search_follows_the_scorer_and_prunes():
+    tree = _tree(1000, 2)
+    target = np.array([3, 500, 999])
+    ancestors_of = {}
+    parent = tree.parent_index()
+    pos = {int(i): p for p, i in enumerate(tree.ids)}
+    for q, t in enumerate(target):
+        node, chain = pos[int(t)], set()
+        while node >= 0:
+            chain.add(int(tree.ids[node]))
+            node = parent[node]
+        ancestors_of[q] = chain
+    calls = []
+
+    def score(query_index, node_index):
+        calls.append(len(node_index))
+        return np.array([1.0 if int(i) in ancestors_of[int(q)] else 0.0
+                         for q, i in zip(query_index, tree.ids[node_index])])
+
+    got = recall.tdm_beam_search(tree, score, 3, retrieval_num=1, beam_width=2)
+    assert [g.tolist() for g in got] == [[3], [500], [999]]
+    assert max(calls) <= 3 * 2 * 2  # never more than beam x k candidates per query
+    assert recall.tdm_recall(got, [{"3"}, {"1"}, {"999"}]) == round(2 / 3, 6)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_tdm_mode_with_an_exported_model(tmp_path):
+    """A TDM model scoring nodes by how close their (mean) position is to the user's target finds
+    the target items by beam search; a wrong ground truth is a miss."""
+    torch = pytest.importorskip("torch")
+    from recbuild import feature_io
+    from recbuild.builders.tdm_tree import TdmTreeBuilder
+
+    class TdmModel(torch.nn.Module):
+        def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            gap = inputs["pos"] - (inputs["uid"].to(torch.float32) * 10.0 + 3.0)
+            return {"probs": torch.exp(-gap * gap / 100.0)}
+
+    model = tmp_path / "model"
+    model.mkdir()
+    torch.jit.save(torch.jit.script(TdmModel()), str(model / "scripted_model.pt"))
+    feature_io.write_fg(model, [feature_io.FeatureSpec("uid", "id", "user", buckets=10, dim=4),
+                                feature_io.FeatureSpec("item_id", "id", "item", buckets=1000, dim=4),
+                                feature_io.FeatureSpec("pos", "numeric", "item")])
+    items = write(tmp_path / "items", {"item_id": np.arange(100), "cate_id": np.zeros(100, np.int64),
+                                       "pos": np.arange(100, dtype=np.float64)})
+    tree = run_builder(TdmTreeBuilder(), tmp_path, {"raw_attr_columns": ["pos"]}, {"items": items})
+    queries = write(tmp_path / "queries", {"user_id": ["a", "b", "c", "d"], "uid": [0, 5, 9, 2],
+                                           "item_id": [3, 53, 93, 80], "label": [1, 1, 1, 1]})
+    params = {"tdm_retrieval_num": 3, "beam_width": 4}
+    out = run_builder(RecallEvalBuilder(), tmp_path, params, {"tree": tree, "model": model, "queries": queries})
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["hitrate@3"] == 0.75 and m["requests"] == 4
+    assert m["search"]["levels"] == 8 and m["search"]["scored_per_query"] <= 4 * 2 * 7
+    assert RecallEvalBuilder().check({"tree": "t", "model": "m"}) == [("queries", "TDM mode (tree + model + queries) needs it")]
