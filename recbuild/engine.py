@@ -196,6 +196,8 @@ class Engine:
 
     def _fail(self, name: str, message: str, failed_cls=TaskFailed, log: logging.Logger | None = None):
         node = self.graph.nodes[name]
+        # one error, one line: builders' multi-line texts are folded
+        message = " ".join(part.strip() for part in message.splitlines() if part.strip())
         located = f"{node.loc}: {message}"
         self.failures[name] = located
         if log is not None:

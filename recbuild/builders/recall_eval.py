@@ -104,7 +104,10 @@ class RecallEvalBuilder(Builder):
         if queries.shape[1] != index.d:
             raise InputError(f"user vectors have dimension {queries.shape[1]} but the index "
                              f"{index_input.name!r} has {index.d}; they come from different models")
-        top = min(max(ks), index.ntotal)
+        if max(ks) > index.ntotal:
+            raise InputError(f"k={max(ks)} is larger than the {index.ntotal} items in index "
+                             f"{ctx.input('index').name!r}; lower k (recall@k needs at least k items)")
+        top = max(ks)
         fi.set_search_params(index, p.get("nprobe"), p.get("ef_search"))
         fi.tune_blas_threshold(index.d)
         started = time.perf_counter()

@@ -1,0 +1,116 @@
+"""``item_embeddings`` and ``user_embeddings``: run a tower of a ``towers`` artifact over a parquet table.
+
+Output folder: ``part-0.parquet``, ``part-1.parquet``, ... with the id column, the other reserved
+columns (input types kept), then ``item_tower_emb`` / ``user_tower_emb`` as
+``fixed_size_list<float32>[dim]`` (or ``list<double>`` / comma-joined ``string``). Row order is the
+input order (files sorted by path). The work is done by :mod:`recbuild.predictor`; this module only
+maps params and inputs onto it. torch/pyarrow are imported inside ``build`` (the registry imports
+every builder module when a recipe is loaded).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from recbuild.builders.base import Builder, BuildContext, InputArtifact
+from recbuild.errors import BuildError
+
+_FORMATS = ["fixed_size_list", "list_double", "string"]
+_ON_DUPLICATE = ["error", "first", "last"]
+
+
+def _schema(data_field: str, default_id: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {
+            "towers": {"type": "string", "description": "a `towers` artifact (holds item/ and user/)"},
+            data_field: {"type": "string",
+                         "description": "a source or artifact whose files are parquet tables"},
+            "id_column": {"type": "string", "minLength": 1, "default": default_id,
+                          "description": "unique id of each row; always the first output column"},
+            "reserved_columns": {"type": "array", "items": {"type": "string", "minLength": 1},
+                                 "uniqueItems": True, "default": [],
+                                 "description": "input columns copied to the output, after the id"},
+            "batch_size": {"type": "integer", "minimum": 1, "maximum": 1 << 20, "default": 4096},
+            "embedding_format": {"enum": _FORMATS, "default": "fixed_size_list",
+                                 "description": "list_double: TorchEasyRec; string: EasyRec (comma-joined)"},
+            "on_duplicate": {"enum": _ON_DUPLICATE, "default": "error",
+                             "description": "duplicate ids: fail, or keep the first/last row of each id"},
+            "rows_per_file": {"type": "integer", "minimum": 1, "default": 1_000_000,
+                              "description": "a new part-N.parquet starts every this many rows"},
+            "threads": {"type": "integer", "minimum": 1,
+                        "description": "CPU threads for the forward passes (default: the engine's "
+                                       "thread budget); parquet reading and writing run beside them"},
+        },
+        "required": ["towers", data_field],
+        "additionalProperties": False,
+    }
+
+
+class _EmbeddingsBuilder(Builder):
+    side: ClassVar[str] = ""  # "item" | "user": the towers subfolder and the output column prefix
+    data_field: ClassVar[str] = ""
+    version = "1"
+    # The thread count changes speed, not content (CPU inference of the same batches).
+    key_exclude = ("threads",)
+
+    def build(self, ctx: BuildContext) -> None:
+        from recbuild import predictor
+
+        params = ctx.params
+        towers = ctx.input("towers")
+        tower_dir = Path(towers.path) / self.side
+        if not tower_dir.is_dir():
+            raise BuildError(f"{towers.name} has no {self.side}/ folder; `{self.data_field}` needs the "
+                             f"{self.side} tower of a `towers` artifact")
+        result = predictor.predict_embeddings(
+            tower_dir,
+            _parquet_locations(ctx.input(self.data_field)),
+            ctx.out,
+            output_key=f"{self.side}_tower_emb",
+            id_column=params.get("id_column", f"{self.side}_id"),
+            reserved_columns=params.get("reserved_columns", []),
+            batch_size=params.get("batch_size", predictor.DEFAULT_BATCH_SIZE),
+            embedding_format=params.get("embedding_format", "fixed_size_list"),
+            on_duplicate=params.get("on_duplicate", "error"),
+            rows_per_file=params.get("rows_per_file", predictor.DEFAULT_ROWS_PER_FILE),
+            threads=params.get("threads") or ctx.threads,
+            progress=ctx.progress,
+            log=ctx.log,
+        )
+        ctx.meta.update({
+            "rows": result.rows,
+            "dim": result.dim,
+            "output_column": result.output_column,
+            "id_column": params.get("id_column", f"{self.side}_id"),
+            "embedding_format": params.get("embedding_format", "fixed_size_list"),
+            "files": list(result.files),
+            "dropped_duplicates": result.dropped_duplicates,
+            "model_file": result.model_file,
+        })
+
+
+def _parquet_locations(data: InputArtifact) -> list[str]:
+    """Concrete files when the engine listed them, else the source's path or URL (glob, dir)."""
+    if data.files:
+        return [str(f) for f in data.files]
+    return [data.location]
+
+
+class ItemEmbeddingsBuilder(_EmbeddingsBuilder):
+    kind = "item_embeddings"
+    side = "item"
+    data_field = "items"
+    reference_fields = ("towers", "items")
+    schema = _schema("items", "item_id")
+    description = "item tower over a parquet item table -> part-*.parquet with item_tower_emb"
+
+
+class UserEmbeddingsBuilder(_EmbeddingsBuilder):
+    kind = "user_embeddings"
+    side = "user"
+    data_field = "users"
+    reference_fields = ("towers", "users")
+    schema = _schema("users", "user_id")
+    description = "user tower over a parquet user table -> part-*.parquet with user_tower_emb"

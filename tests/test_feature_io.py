@@ -1,0 +1,193 @@
+"""feature_io: fg.json round trip, string-id hashing, column validation, batch -> tensors."""
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+import xxhash
+
+from recbuild.errors import InputError
+from recbuild.feature_io import (PAD_ID, FeatureSpec, batch_to_inputs, hash_string_ids, load_fg,
+                                 validate_columns, write_fg)
+
+SPECS = [
+    FeatureSpec("item_id", "id", "item", buckets=1000, dim=8),
+    FeatureSpec("cate", "id", "item", column="cate_name", value_type="string", buckets=50, dim=4),
+    FeatureSpec("price", "numeric", "item"),
+    FeatureSpec("clicks", "sequence", "user", buckets=1000, dim=8, max_len=3),
+    FeatureSpec("tags", "sequence", "user", value_type="string", max_len=2, delimiter="|"),
+]
+
+
+def expected_hash(value: str) -> int:
+    return xxhash.xxh3_64_intdigest(value.encode("utf-8")) & ((1 << 63) - 1)
+
+
+# -- fg.json ---------------------------------------------------------------------------------------
+def test_fg_round_trip_in_torcheasyrec_shape(tmp_path):
+    write_fg(tmp_path, SPECS)
+    doc = json.loads((tmp_path / "fg.json").read_text())
+    assert doc["features"][1] == {
+        "feature_type": "id_feature", "feature_name": "cate", "expression": "item:cate_name",
+        "value_type": "string", "hash_bucket_size": 50, "embedding_dim": 4}
+    assert doc["features"][2]["feature_type"] == "raw_feature"
+    assert doc["features"][3]["feature_type"] == "sequence_id_feature"
+    assert doc["features"][3]["sequence_length"] == 3
+    assert load_fg(tmp_path) == SPECS
+
+
+def test_fg_accepts_num_buckets_and_defaults():
+    spec = FeatureSpec.from_fg({"feature_type": "id_feature", "feature_name": "shop",
+                                "expression": "item:shop_id", "num_buckets": 10})
+    assert (spec.column, spec.group, spec.value_type, spec.buckets) == ("shop_id", "item", "int64", 10)
+
+
+def test_load_fg_errors(tmp_path):
+    with pytest.raises(InputError, match="fg.json not found"):
+        load_fg(tmp_path)
+    (tmp_path / "fg.json").write_text('{"features": [{"feature_type": "lookup_feature", '
+                                      '"feature_name": "x", "expression": "item:x"}]}')
+    with pytest.raises(InputError, match="unsupported feature_type 'lookup_feature'"):
+        load_fg(tmp_path)
+    (tmp_path / "fg.json").write_text("{not json")
+    with pytest.raises(InputError, match="not valid JSON"):
+        load_fg(tmp_path)
+
+
+def test_spec_validation():
+    with pytest.raises(ValueError, match="positive max_len"):
+        FeatureSpec("s", "sequence", "user")
+    with pytest.raises(ValueError, match="group must be one of"):
+        FeatureSpec("a", "id", "context")
+    with pytest.raises(ValueError, match="numeric feature has value_type 'float'"):
+        FeatureSpec("a", "numeric", "item", value_type="int64")
+
+
+# -- hashing ---------------------------------------------------------------------------------------
+def test_hash_is_xxh3_of_utf8_masked_to_63_bits():
+    values = ["a", "b", "a", "ünïcode", ""]
+    got = hash_string_ids(pa.array(values))
+    assert got.dtype == np.int64
+    assert got.tolist() == [expected_hash(v) for v in values]
+    assert (got >= 0).all()
+
+
+def test_hash_same_for_every_input_form():
+    values = ["x1", "y2", "x1"]
+    reference = hash_string_ids(pa.array(values))
+    forms = [np.array(values), np.array(values, dtype=object), pa.array(values, pa.large_string()),
+             pa.array([v.encode() for v in values], pa.binary()), pa.array(values).dictionary_encode(),
+             pa.chunked_array([pa.array(values[:1]), pa.array(values[1:])]), values]
+    for form in forms:
+        np.testing.assert_array_equal(hash_string_ids(form), reference)
+
+
+def test_hash_nulls_become_padding():
+    assert hash_string_ids(pa.array(["a", None])).tolist() == [expected_hash("a"), PAD_ID]
+
+
+# -- validation ------------------------------------------------------------------------------------
+def test_validate_lists_every_problem():
+    schema = pa.schema([("item_idd", pa.int64()), ("cate_name", pa.int64()), ("price", pa.string()),
+                        ("clicks", pa.list_(pa.string())), ("tags", pa.float32())])
+    with pytest.raises(InputError) as err:
+        validate_columns(schema, SPECS, where="items.parquet")
+    message = str(err.value)
+    assert message.startswith("items.parquet does not match")
+    assert "column 'item_id' (feature 'item_id', id) is missing; did you mean 'item_idd'?" in message
+    assert "'cate_name' (feature 'cate') has type int64" in message
+    assert "'price' (feature 'price') has type string: a numeric feature needs" in message
+    assert "'clicks' (feature 'clicks') has type list<item: string>" in message
+    assert "'tags' (feature 'tags') has type float" in message
+
+
+def test_validate_accepts_every_supported_type():
+    schema = pa.schema([("item_id", pa.int32()), ("cate_name", pa.large_string()),
+                        ("price", pa.float64()), ("clicks", pa.string()),
+                        ("tags", pa.large_list(pa.string()))])
+    validate_columns(schema, SPECS)
+
+
+# -- batch -> tensors ------------------------------------------------------------------------------
+def sample_batch() -> pa.RecordBatch:
+    return pa.record_batch({
+        "item_id": pa.array([5, 6, 7, 8], pa.int32()),
+        "cate_name": pa.array(["shoes", "hats", "shoes", "bags"]),
+        "price": pa.array([1.5, 2.0, 3.25, 0.0], pa.float64()),
+        "clicks": pa.array([[1, 2, 3, 4], [], None, [9]], pa.list_(pa.int64())),
+        "tags": pa.array(["a|b|c", "", None, "d"]),
+        "unused": pa.array(["x"] * 4),
+    })
+
+
+def test_batch_to_inputs_types_shapes_and_values():
+    inputs = batch_to_inputs(sample_batch(), SPECS)
+    assert set(inputs) == {s.name for s in SPECS}
+    assert inputs["item_id"].dtype == torch.int64 and inputs["item_id"].tolist() == [5, 6, 7, 8]
+    assert inputs["cate"].tolist() == [expected_hash(v) for v in ["shoes", "hats", "shoes", "bags"]]
+    assert inputs["price"].dtype == torch.float32
+    assert inputs["price"].tolist() == [1.5, 2.0, 3.25, 0.0]
+    # truncated to the first max_len values, padded with -1; empty and null lists are all padding
+    assert inputs["clicks"].tolist() == [[1, 2, 3], [-1, -1, -1], [-1, -1, -1], [9, -1, -1]]
+    a, b, d = (expected_hash(x) for x in "abd")
+    assert inputs["tags"].tolist() == [[a, b], [-1, -1], [-1, -1], [d, -1]]
+
+
+def test_sliced_batches_give_the_rows_of_the_slice():
+    batch = sample_batch()
+    whole = batch_to_inputs(batch, SPECS)
+    for offset, length in [(1, 3), (2, 1), (3, 1)]:
+        part = batch_to_inputs(batch.slice(offset, length), SPECS)
+        for name in whole:
+            assert torch.equal(part[name], whole[name][offset:offset + length]), name
+
+
+def test_sequence_from_delimited_int_string_and_null_elements():
+    specs = [FeatureSpec("seq", "sequence", "user", max_len=4),
+             FeatureSpec("lst", "sequence", "user", max_len=2)]
+    batch = pa.record_batch({"seq": pa.array(["10;20", "7", "", "1;2;3;4;5"]),
+                             "lst": pa.array([[1, None], [None, 3], [4], []], pa.list_(pa.int32()))})
+    inputs = batch_to_inputs(batch, specs)
+    assert inputs["seq"].tolist() == [[10, 20, -1, -1], [7, -1, -1, -1], [-1] * 4, [1, 2, 3, 4]]
+    assert inputs["lst"].tolist() == [[1, -1], [-1, 3], [4, -1], [-1, -1]]
+
+
+def test_non_integer_token_in_int_sequence():
+    spec = FeatureSpec("seq", "sequence", "user", max_len=2)
+    with pytest.raises(InputError, match=r"'seq'.*not an integer.*delimiter \(';'\)"):
+        batch_to_inputs(pa.record_batch({"seq": pa.array(["1,2"])}), [spec])
+
+
+def test_nulls_in_id_and_numeric_columns_name_the_row():
+    spec_id, spec_num = SPECS[0], SPECS[2]
+    with pytest.raises(InputError, match=r"'item_id'.*null at row 12"):
+        batch_to_inputs(pa.record_batch({"item_id": pa.array([1, None])}), [spec_id], row_offset=11)
+    with pytest.raises(InputError, match=r"'price'.*null at row 0"):
+        batch_to_inputs(pa.record_batch({"price": pa.array([None, 1.0])}), [spec_num])
+
+
+def test_batch_to_inputs_rejects_mistyped_column():
+    batch = pa.record_batch({"item_id": pa.array(["5"])})
+    with pytest.raises(InputError, match="trained on int64 ids"):
+        batch_to_inputs(batch, [SPECS[0]])
+
+
+def test_uint64_beyond_int64_is_an_error():
+    batch = pa.record_batch({"item_id": pa.array([2**63 + 1], pa.uint64())})
+    with pytest.raises(InputError, match="do not fit int64"):
+        batch_to_inputs(batch, [SPECS[0]])
+
+
+def test_tensors_are_writable_and_own_their_memory():
+    inputs = batch_to_inputs(sample_batch(), SPECS)
+    inputs["item_id"][0] = 99  # would fail (or warn) on a read-only Arrow view
+    assert inputs["item_id"][0] == 99
+
+
+def test_table_with_several_chunks():
+    table = pa.Table.from_batches([sample_batch(), sample_batch()])
+    inputs = batch_to_inputs(table, SPECS)
+    assert inputs["clicks"].shape == (8, 3)
+    assert inputs["item_id"].tolist() == [5, 6, 7, 8] * 2
