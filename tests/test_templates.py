@@ -44,6 +44,13 @@ def test_template_builds_end_to_end(project, template):
         answer = project.run("serve-check", *args)
         assert answer.code == 0, answer.err
         assert len(answer.out.strip().splitlines()[-1].split()) == 10
+        # a serving-time param rebuilds the bundle only
+        nprobe = project.run("make", *args, "--set", "artifacts.serving.nprobe=4")
+        assert nprobe.built == ["serving"]
+        # an index param rebuilds index, recall and bundle, not the embeddings
+        nlist = project.run("make", *args, "--set", "artifacts.serving.nprobe=4", "--set", "artifacts.index.nlist=4")
+        assert sorted(nlist.built) == ["index", "recall", "serving"]
+        project.run("make", *args)
     # determinism: a second clean build gives byte-identical manifests
     shutil.rmtree(project.path / "build")
     assert project.run("make", *args).code == 0
