@@ -1,0 +1,41 @@
+"""Helpers shared by the benchmarks (run them as `python bench/NAME.py`)."""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+
+import numpy as np
+
+SEED = 12345
+
+
+def wait_for_quiet(max_wait: float, threshold: float = 1.0) -> float:
+    """Wait up to ``max_wait`` s for the 1-minute load average to drop below ``threshold`` (other
+    jobs on a 2-core machine skew every figure); returns the load average it measured at."""
+    deadline = time.time() + max_wait
+    while max_wait > 0 and os.getloadavg()[0] >= threshold and time.time() < deadline:
+        time.sleep(5)
+    return os.getloadavg()[0]
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS. VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork + exec,
+    so a worker would report the (large) parent's size."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def clustered_embeddings(n, d, nq=0, seed=SEED, ncent=1000, sigma=1.5):
+    """The reference generator (reference/bench/_common.py)."""
+    rng = np.random.default_rng(seed)
+    cent = rng.standard_normal((ncent, d), dtype=np.float32)
+    lab = rng.integers(0, ncent, n + nq)
+    x = cent[lab]
+    x += sigma * rng.standard_normal((n + nq, d), dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return np.ascontiguousarray(x[:n]), np.ascontiguousarray(x[n:])
