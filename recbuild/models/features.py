@@ -136,13 +136,7 @@ class IdLookup(nn.Module):
         return self.embedding(bucketize(inputs[self.name], self.buckets))
 
 
-class SequenceLookup(nn.Module):
-    def __init__(self, spec: FeatureSpec, dim: int):
-        super().__init__()
-        self.name = spec.name
-        self.buckets = spec.buckets
-        self.embedding = nn.Embedding(spec.buckets, dim)
-
+class SequenceLookup(IdLookup):
     def forward(self, inputs: Dict[str, Tensor]) -> Tensor:
         ids = inputs[self.name]
         mask = (ids >= 0).to(torch.float32).unsqueeze(-1)
