@@ -113,8 +113,7 @@ class Engine:
     def run_artifact(self, name: str, force: bool):
         node = self.graph.nodes[name]
         ws = self.ws
-        ws.set_manifest(name, None)
-        ws._manifests.pop(name, None)
+        ws.forget_manifest(name)
         material = ws.key_material(name)
         if material is None:
             return self._fail(name, "an input is missing; build its upstream first", TaskFailed)
@@ -279,7 +278,7 @@ class Engine:
                 self.ws.cache.close()
             sizes = {}
             for name in names:
-                manifest = self.ws._manifests.get(name)
+                manifest = self.ws.loaded_manifest(name)
                 if manifest:
                     sizes[name] = sum(entry["size"] for entry in manifest.get("files", {}).values())
             stats = {"seconds": time.perf_counter() - started, "sizes": sizes,

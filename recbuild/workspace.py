@@ -15,7 +15,6 @@ from typing import Any
 
 import xxhash
 
-from recbuild import __version__
 from recbuild.builders.base import InputArtifact
 from recbuild.errors import BuildError
 from recbuild.graph import Graph
@@ -207,6 +206,14 @@ class Workspace:
     def set_manifest(self, name: str, manifest: dict | None) -> None:
         self._manifests[name] = manifest
 
+    def forget_manifest(self, name: str) -> None:
+        """Read the manifest from disk again next time (something else may have replaced it)."""
+        self._manifests.pop(name, None)
+
+    def loaded_manifest(self, name: str) -> dict | None:
+        """The manifest if this run has read it already; never touches the disk."""
+        return self._manifests.get(name)
+
     def current_digest(self, name: str) -> str | None:
         """What a dependent sees of ``name`` now: the digest of its files."""
         if self.is_file_source(name):
@@ -346,14 +353,3 @@ class Workspace:
         if builder_cls.uses_model:
             extras["model"] = copy.deepcopy(self.recipe.model)
         return extras
-
-
-def recbuild_version() -> str:
-    return __version__
-
-
-def relpath(path: Path) -> str:
-    try:
-        return os.path.relpath(path)
-    except ValueError:
-        return str(path)
