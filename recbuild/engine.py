@@ -25,7 +25,7 @@ from doit.task import dict_to_task
 
 from recbuild.builders.base import BuildContext, Progress
 from recbuild.cache import ArtifactCache, CacheError, CorruptEntry
-from recbuild.errors import BuildError, Interrupted, RecbuildError
+from recbuild.errors import Interrupted, RecbuildError
 from recbuild.graph import Graph
 from recbuild.lock import WorkdirLock
 from recbuild.manifest import MANIFEST_NAME, make_manifest, publish, write_manifest
