@@ -6,10 +6,16 @@ columns (input types kept), then ``item_tower_emb`` / ``user_tower_emb`` as
 input order (files sorted by path). The work is done by :mod:`recbuild.predictor`; this module only
 maps params and inputs onto it. torch/pyarrow are imported inside ``build`` (the registry imports
 every builder module when a recipe is loaded).
+
+``executor: ray`` runs the same work on a Ray cluster (:mod:`recbuild.ray_executor`, the optional
+``recbuild[ray]`` extra) and writes byte-identical files, so ``executor`` and ``ray`` are left out of
+the artifact key. Whether Ray is installed is checked at validation with ``importlib.util.find_spec``
+(ray is never imported here).
 """
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -18,6 +24,27 @@ from recbuild.errors import BuildError
 
 _FORMATS = ["fixed_size_list", "list_double", "string"]
 _ON_DUPLICATE = ["error", "first", "last"]
+_EXECUTORS = ["local", "ray"]
+RAY_MISSING = 'executor: ray needs Ray, which is not installed: pip install "recbuild[ray]"'
+_RAY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "settings of executor: ray (ignored by executor: local)",
+    "properties": {
+        "address": {"type": "string", "default": "auto",
+                    "pattern": r"^(auto|local|ray://\S+|[^\s/]+:[0-9]+)$",
+                    "description": "auto: the running cluster (RAY_ADDRESS or `ray start` on this "
+                                   "machine); ray://head:10001: a remote cluster; host:port: a "
+                                   "cluster's GCS; local: start a private Ray on this machine"},
+        "concurrency": {"type": "integer", "minimum": 1,
+                        "description": "tower actors (default: the cluster's CPUs / num_cpus_per_worker)"},
+        "num_cpus_per_worker": {"type": "integer", "minimum": 1, "default": 1,
+                                "description": "CPUs (and torch threads) of each tower actor"},
+        "batch_size": {"type": "integer", "minimum": 1, "maximum": 1 << 24, "default": 65536,
+                       "description": "rows per Ray task, rounded up to a multiple of batch_size; "
+                                      "the forward batches stay batch_size rows"},
+    },
+    "additionalProperties": False,
+}
 
 
 def _schema(data_field: str, default_id: str) -> dict[str, Any]:
@@ -42,6 +69,10 @@ def _schema(data_field: str, default_id: str) -> dict[str, Any]:
             "threads": {"type": "integer", "minimum": 1,
                         "description": "CPU threads for the forward passes (default: the engine's "
                                        "thread budget); parquet reading and writing run beside them"},
+            "executor": {"enum": _EXECUTORS, "default": "local",
+                         "description": "local: this process; ray: an actor pool on a Ray cluster "
+                                        "(pip install \"recbuild[ray]\"), same output bytes"},
+            "ray": _RAY_SCHEMA,
         },
         "required": ["towers", data_field],
         "additionalProperties": False,
@@ -52,8 +83,14 @@ class _EmbeddingsBuilder(Builder):
     side: ClassVar[str] = ""  # "item" | "user": the towers subfolder and the output column prefix
     data_field: ClassVar[str] = ""
     version = "1"
-    # The thread count changes speed, not content (CPU inference of the same batches).
-    key_exclude = ("threads",)
+    # The thread count and the executor change speed, not content (CPU inference of the same
+    # batches; the ray executor keeps the local batch boundaries and writer).
+    key_exclude = ("threads", "executor", "ray")
+
+    def check(self, params: dict[str, Any]) -> list[tuple[str, str]]:
+        if params.get("executor") == "ray" and importlib.util.find_spec("ray") is None:
+            return [("executor", RAY_MISSING)]
+        return []
 
     def build(self, ctx: BuildContext) -> None:
         from recbuild import predictor
@@ -64,10 +101,7 @@ class _EmbeddingsBuilder(Builder):
         if not tower_dir.is_dir():
             raise BuildError(f"{towers.name} has no {self.side}/ folder; `{self.data_field}` needs the "
                              f"{self.side} tower of a `towers` artifact")
-        result = predictor.predict_embeddings(
-            tower_dir,
-            _parquet_locations(ctx.input(self.data_field)),
-            ctx.out,
+        common = dict(
             output_key=f"{self.side}_tower_emb",
             id_column=params.get("id_column", f"{self.side}_id"),
             reserved_columns=params.get("reserved_columns", []),
@@ -75,10 +109,21 @@ class _EmbeddingsBuilder(Builder):
             embedding_format=params.get("embedding_format", "fixed_size_list"),
             on_duplicate=params.get("on_duplicate", "error"),
             rows_per_file=params.get("rows_per_file", predictor.DEFAULT_ROWS_PER_FILE),
-            threads=params.get("threads") or ctx.threads,
             progress=ctx.progress,
             log=ctx.log,
         )
+        locations = _parquet_locations(ctx.input(self.data_field))
+        if params.get("executor", "local") == "ray":
+            if importlib.util.find_spec("ray") is None:  # uninstalled since the recipe was validated
+                raise BuildError(RAY_MISSING)
+            from recbuild import ray_executor
+
+            result = ray_executor.predict_embeddings_ray(
+                tower_dir, locations, ctx.out, ray_options=params.get("ray") or {},
+                local_cpus=params.get("threads") or ctx.threads, **common)
+        else:
+            result = predictor.predict_embeddings(
+                tower_dir, locations, ctx.out, threads=params.get("threads") or ctx.threads, **common)
         ctx.meta.update({
             "rows": result.rows,
             "dim": result.dim,
