@@ -30,6 +30,7 @@ SET_FILE = "--set"
 _REF = re.compile(r"\$\{([^}]*)\}")
 _NAME_RE = re.compile(NAME_PATTERN)
 RESERVED_NAMES = {"MANIFEST.json"}
+RECIPE_WIDE_DEFAULTS = ("executor", "ray")
 
 
 @dataclass
@@ -331,6 +332,9 @@ def build_nodes(data: dict, locations: dict, file: str, builders: dict) -> tuple
         loc = where(path)
         problems.append((loc.line, problem(loc, path, message)))
 
+    # Recipe-wide defaults for the kinds that have such a param (e.g. `executor: ray` once for all
+    # embedding steps); an artifact's own value wins.
+    recipe_defaults = {key: data[key] for key in RECIPE_WIDE_DEFAULTS if key in data}
     nodes: dict[str, NodeSpec] = {}
     file_source_checker = SchemaChecker(__import__("recbuild.schema", fromlist=["x"]).FILE_SOURCE_SCHEMA)
     kind_checkers: dict[str, SchemaChecker] = {}
@@ -363,6 +367,11 @@ def build_nodes(data: dict, locations: dict, file: str, builders: dict) -> tuple
                                        f"kinds: {', '.join(kinds)}")
                 continue
             builder_cls = builders[kind]
+            for key, value in recipe_defaults.items():
+                if key not in spec and key in builder_cls.schema.get("properties", {}):
+                    spec = {**spec, key: copy.deepcopy(value)}
+                    for inherited in [k for k in locations if k[:1] == (key,)]:
+                        locations[path + inherited] = locations[inherited]  # errors point at the default
             checker = kind_checkers.get(kind)
             if checker is None:
                 checker = kind_checkers[kind] = SchemaChecker(kind_schema(builder_cls))

@@ -65,6 +65,11 @@ def top_level_schema() -> dict:
             "artifacts": {"type": "object", "additionalProperties": {"type": "object"}},
             "default": {"type": "array", "items": {"type": "string"}},
             "cache": CACHE_SCHEMA,
+            "executor": {"enum": ["local", "ray"],
+                         "description": "Default `executor` of the kinds that have one (item_embeddings, "
+                                        "user_embeddings); an artifact's own setting wins."},
+            "ray": {"type": "object",
+                    "description": "Default `ray` settings of those kinds; an artifact's own setting wins."},
         },
         "additionalProperties": False,
     }

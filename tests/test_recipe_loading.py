@@ -121,3 +121,40 @@ def test_graph_and_list(project):
     assert "digraph recbuild" in dot.out and "n0 -> n1;" in dot.out
     listing = project.run("list")
     assert "raw" in listing.out and "recbuild.yaml:5:3" in listing.out
+
+
+def test_recipe_wide_executor_default(project):
+    project.recipe("""
+        version: 1
+        executor: ray
+        ray: {address: local}
+        sources:
+          items: {path: items.parquet}
+          towers: {path: towers}
+        artifacts:
+          a: {kind: item_embeddings, towers: towers, items: items}
+          b: {kind: item_embeddings, towers: towers, items: items, executor: local}
+          c: {kind: command, cmd: "true"}
+    """)
+    (project.path / "towers").mkdir()
+    (project.path / "items.parquet").write_text("x")
+    recipe = load_recipe(project.path / "recbuild.yaml")
+    assert recipe.nodes["a"].params["executor"] == "ray"
+    assert recipe.nodes["a"].params["ray"] == {"address": "local"}
+    assert recipe.nodes["b"].params["executor"] == "local"
+    assert "executor" not in recipe.nodes["c"].params
+
+
+def test_recipe_wide_default_errors_point_at_it(project):
+    project.recipe("""
+        version: 1
+        ray: {adress: local}
+        sources:
+          items: {path: items.parquet}
+          towers: {path: towers}
+        artifacts:
+          a: {kind: item_embeddings, towers: towers, items: items}
+    """)
+    result = project.run("validate")
+    assert result.code == 2
+    assert "recbuild.yaml:2:7: artifacts.a.ray.adress: unknown key 'adress' (did you mean 'address'?)" in result.err
