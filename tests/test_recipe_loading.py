@@ -158,3 +158,11 @@ def test_recipe_wide_default_errors_point_at_it(project):
     result = project.run("validate")
     assert result.code == 2
     assert "recbuild.yaml:2:7: artifacts.a.ray.adress: unknown key 'adress' (did you mean 'address'?)" in result.err
+
+
+def test_readme_graph_is_the_dssm_templates(project):
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    drawn = readme.split("```mermaid\n")[1].split("```")[0].strip()
+    result = project.run("graph", "-f", str(REPO / "recipes" / "dssm.yaml"))
+    assert result.code == 0
+    assert result.out.strip() == drawn, "README's graph is stale: paste `recbuild graph -f recipes/dssm.yaml`"
