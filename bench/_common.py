@@ -39,3 +39,14 @@ def clustered_embeddings(n, d, nq=0, seed=SEED, ncent=1000, sigma=1.5):
     x += sigma * rng.standard_normal((n + nq, d), dtype=np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return np.ascontiguousarray(x[:n]), np.ascontiguousarray(x[n:])
+
+
+def print_table(headers, rows, title):
+    print(f"\n### {title}\n")
+    cols = [[str(h)] + [str(r[i]) for r in rows] for i, h in enumerate(headers)]
+    widths = [max(len(c) for c in col) for col in cols]
+    print("| " + " | ".join(str(h).ljust(w) for h, w in zip(headers, widths)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in rows:
+        print("| " + " | ".join(str(v).ljust(w) for v, w in zip(r, widths)) + " |")
+

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import clustered_embeddings, peak_rss_mb, wait_for_quiet
+from _common import clustered_embeddings, peak_rss_mb, print_table, wait_for_quiet
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -191,16 +191,6 @@ def main() -> None:
     print_table(["index", "n", "path", "build s (median)", "ratio vs direct", "peak RSS MB", "R@10", "R@200",
                  "max load avg before runs"],
                 rows, f"faiss_index build, {args.d}-d, reps={args.reps}, params {PARAMS}")
-
-
-def print_table(headers, rows, title):
-    print(f"\n### {title}\n")
-    cols = [[str(h)] + [str(r[i]) for r in rows] for i, h in enumerate(headers)]
-    widths = [max(len(c) for c in col) for col in cols]
-    print("| " + " | ".join(str(h).ljust(w) for h, w in zip(headers, widths)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for r in rows:
-        print("| " + " | ".join(str(v).ljust(w) for v, w in zip(r, widths)) + " |")
 
 
 if __name__ == "__main__":

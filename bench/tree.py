@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import clustered_embeddings, peak_rss_mb, wait_for_quiet
+from _common import clustered_embeddings, peak_rss_mb, print_table, wait_for_quiet
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -256,16 +256,6 @@ def main() -> None:
         print(f"\nWhole tdm_tree builder at {N:,} items (parquet in, 5 files out): "
               f"{builder_row['seconds']:.1f} s, peak RSS {builder_row['peak_mb']:.0f} MB "
               f"(embedding matrix alone: {X.nbytes / 2**20:.0f} MB)")
-
-
-def print_table(headers, rows, title):
-    print(f"\n### {title}\n")
-    cols = [[str(h)] + [str(r[i]) for r in rows] for i, h in enumerate(headers)]
-    widths = [max(len(c) for c in col) for col in cols]
-    print("| " + " | ".join(str(h).ljust(w) for h, w in zip(headers, widths)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for r in rows:
-        print("| " + " | ".join(str(v).ljust(w) for v, w in zip(r, widths)) + " |")
 
 
 if __name__ == "__main__":

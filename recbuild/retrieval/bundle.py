@@ -12,7 +12,6 @@ Layout (TorchEasyRec's where it has one, tzrec_formats.md sections 1.1 and 7):
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any, Iterable
@@ -20,6 +19,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from recbuild.errors import InputError
+from recbuild.retrieval.faiss_index import read_json, write_json
 
 CONFIG_FILE = "serving_config.json"
 INDEX_FILES = ("faiss_index", "id_mapping", "index_meta.json")
@@ -54,16 +54,11 @@ def copy_files(source: Path, names: Iterable[str], target: Path, what: str) -> N
 
 
 def write_config(bundle: Path, config: dict[str, Any]) -> None:
-    (Path(bundle) / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n",
-                                            encoding="utf-8")
+    write_json(Path(bundle) / CONFIG_FILE, config)
 
 
 def read_config(bundle: Path) -> dict[str, Any]:
-    path = Path(bundle) / CONFIG_FILE
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path} not found: not a serving bundle") from None
+    return read_json(Path(bundle) / CONFIG_FILE, "not a serving bundle")
 
 
 def serve_check(bundle_dir: str | Path, query_row: dict[str, Any], k: int | None = None) -> list[str]:

@@ -285,12 +285,16 @@ def write_json(path: Path, doc: Any) -> None:
 
 
 # -- reading and searching ---------------------------------------------------------------------
-def read_meta(folder: Path) -> dict[str, Any]:
-    path = Path(folder) / META_FILE
+def read_json(path: Path, missing: str) -> Any:
+    """A JSON file we wrote; ``missing`` says what its absence means."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise InputError(f"{path} not found: the input is not a faiss_index artifact") from None
+        raise InputError(f"{path} not found: {missing}") from None
+
+
+def read_meta(folder: Path) -> dict[str, Any]:
+    return read_json(Path(folder) / META_FILE, "the input is not a faiss_index artifact")
 
 
 def read_id_mapping(path: Path) -> np.ndarray:
