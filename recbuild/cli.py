@@ -513,7 +513,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    sys.exit(main())
+    code = main()
+    if code == Interrupted.exit_code:
+        # CPython remembers a KeyboardInterrupt that left exec()'d source (a dataclass or namedtuple
+        # being created by a lazy import when SIGTERM arrived) even though main() handled it, and
+        # under `python -m` then kills itself with SIGINT at exit instead of returning 130.
+        # Evaluating any source clears that flag.
+        exec("None")
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -125,3 +125,25 @@ def test_interrupted_builds_recover(tmp_path):
 @pytest.mark.slow
 def test_interrupted_builds_recover_full(tmp_path):
     assert _run_trials(tmp_path, 20) == 20
+
+
+PROBE = '''
+import recbuild.cli as cli
+
+def interrupted_inside_exec(argv=None):
+    try:
+        exec("raise KeyboardInterrupt")  # as when SIGTERM lands while a lazy import builds a dataclass
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+cli.main = interrupted_inside_exec
+cli.entry()
+'''
+
+
+def test_interrupt_exit_code_survives_python_m(tmp_path):
+    # CI once saw `python -m recbuild.cli make` die by SIGINT (-2) after printing the interrupt line
+    (tmp_path / "interrupt_probe.py").write_text(PROBE)
+    proc = subprocess.run([sys.executable, "-m", "interrupt_probe"], cwd=tmp_path, capture_output=True)
+    assert proc.returncode == 130, proc.stderr
