@@ -92,14 +92,13 @@ def build_direct(data: Path, out: Path, index_type: str) -> None:
     (out / "id_mapping").write_text("".join(f"{i}\n" for i in ids))
 
 
-def build_ours(data: Path, out: Path, index_type: str, deterministic: bool) -> None:
+def build_ours(data: Path, out: Path, index_type: str) -> None:
     from recbuild.builders.base import BuildContext, InputArtifact
     from recbuild.builders.faiss_index import FaissIndexBuilder
 
     out.mkdir(parents=True, exist_ok=True)
     files = tuple(sorted(data.glob("*.parquet")))
-    params = {"embeddings": "emb", "index_type": index_type, "metric": "ip", **PARAMS[index_type],
-              "deterministic": deterministic}
+    params = {"embeddings": "emb", "index_type": index_type, "metric": "ip", **PARAMS[index_type]}
     ctx = BuildContext(name="index", kind="faiss_index", params=params, out=out,
                        inputs={"embeddings": InputArtifact("emb", "source", data, files, {})},
                        recipe_dir=out, workdir=out, threads=os.cpu_count() or 2)
@@ -111,7 +110,7 @@ def worker(args) -> None:
     if args.worker == "direct":
         build_direct(Path(args.data), Path(args.out), args.type)
     else:
-        build_ours(Path(args.data), Path(args.out), args.type, args.worker == "ours")
+        build_ours(Path(args.data), Path(args.out), args.type)
     seconds = time.perf_counter() - started
     print(json.dumps({"seconds": seconds,
                       "peak_mb": peak_rss_mb()}))
@@ -171,10 +170,9 @@ def main() -> None:
             del flat
         for index_type, n in sizes.items():
             data, gt = datasets[n]
-            variants = ["direct", "ours"] + (["ours-nondeterministic"] if index_type == "HNSWFlat" else [])
-            reps = 1 if index_type == "HNSWFlat" else args.reps
+            variants = ["direct", "ours"]
             results = {v: [] for v in variants}
-            for rep in range(reps):
+            for rep in range(args.reps):
                 for v in variants:  # alternate, so load changes hit both paths alike
                     out = scratch / f"{index_type}-{v}-{rep}"
                     load = wait_for_quiet(args.wait_quiet)

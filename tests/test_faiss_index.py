@@ -46,16 +46,17 @@ def write_embeddings(folder: Path, ids, vectors: np.ndarray, fmt: str = "fixed",
     return folder
 
 
-def make_ctx(tmp: Path, params: dict, embeddings: Path, name: str = "index") -> BuildContext:
+def make_ctx(tmp: Path, params: dict, embeddings: Path, name: str = "index",
+             threads: int | None = None) -> BuildContext:
     out = Path(tempfile.mkdtemp(dir=tmp, prefix=f"{name}-"))  # like the engine's tmp folder
     files = tuple(sorted(embeddings.glob("*.parquet")))
     inputs = {"embeddings": InputArtifact("item_embeddings", "item_embeddings", embeddings, files, {})}
     return BuildContext(name=name, kind="faiss_index", params={"embeddings": "item_embeddings", **params},
-                        out=out, inputs=inputs, recipe_dir=tmp, workdir=tmp)
+                        out=out, inputs=inputs, recipe_dir=tmp, workdir=tmp, threads=threads)
 
 
-def build(tmp: Path, params: dict, embeddings: Path, name: str = "index") -> Path:
-    ctx = make_ctx(tmp, params, embeddings, name)
+def build(tmp: Path, params: dict, embeddings: Path, name: str = "index", threads: int | None = None) -> Path:
+    ctx = make_ctx(tmp, params, embeddings, name, threads)
     FaissIndexBuilder().build(ctx)
     return ctx.out
 
@@ -129,7 +130,9 @@ def test_approximate_types_reach_recall(tmp_path, index_type, params, min_recall
 
 
 @pytest.mark.parametrize("index_type", ["Flat", "IVFFlat", "HNSWFlat", "IVFPQ"])
-def test_bytes_repeat(tmp_path, index_type):
+def test_bytes_repeat_with_any_thread_count(tmp_path, index_type, monkeypatch):
+    # the load-based limiter must not quietly turn the 2-thread build into a 1-thread one
+    monkeypatch.setattr(fi, "threads_for_load", lambda requested: requested)
     x = clustered(1200)
     emb = write_embeddings(tmp_path / "emb", np.arange(1200), x, parts=2)
     params = {"index_type": index_type, "nbits": 4, "batch_size": 500}
@@ -137,8 +140,8 @@ def test_bytes_repeat(tmp_path, index_type):
         params["nlist"] = 8
     if index_type == "IVFPQ":
         params["m"] = 4
-    a = build(tmp_path, params, emb, "a")
-    b = build(tmp_path, params, emb, "b")
+    a = build(tmp_path, params, emb, "a", threads=1)
+    b = build(tmp_path, params, emb, "b", threads=2)
     for name in ("faiss_index", "id_mapping", "index_meta.json"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
 
@@ -214,3 +217,14 @@ def test_module_import_stays_light():
             "print(sorted(m for m in ('faiss', 'torch', 'pyarrow') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_hnsw_graph_is_thread_count_independent(tmp_path, monkeypatch):
+    # faiss adds HNSW points in parallel only in batches of > 100 (2% of the table), hence 8000 rows
+    monkeypatch.setattr(fi, "threads_for_load", lambda requested: requested)
+    x = clustered(8000)
+    emb = write_embeddings(tmp_path / "emb", np.arange(8000), x)
+    params = {"index_type": "HNSWFlat", "M": 8, "ef_construction": 40, "batch_size": 8000}
+    one = build(tmp_path, params, emb, "one", threads=1)
+    two = build(tmp_path, params, emb, "two", threads=2)
+    assert (one / "faiss_index").read_bytes() == (two / "faiss_index").read_bytes()

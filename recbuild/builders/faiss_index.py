@@ -60,8 +60,6 @@ class FaissIndexBuilder(Builder):
             "embedding_column": {"type": "string", "default": "item_tower_emb"},
             "batch_size": {"type": "integer", "minimum": 1, "default": 65536,
                            "description": "rows read and added per step (bounds memory)"},
-            "deterministic": {"type": "boolean", "default": True,
-                              "description": "HNSW: insert with one thread so the bytes repeat"},
             "allow_duplicate_ids": {"type": "boolean", "default": False},
         },
         "required": ["embeddings"],
@@ -99,7 +97,7 @@ class FaissIndexBuilder(Builder):
             index_type=index_type, metric=p.get("metric", "ip"), nlist=nlist, m=m or 16,
             nbits=p.get("nbits", 8), hnsw_m=p.get("M", 32), ef_construction=p.get("ef_construction", 200),
             nprobe=p.get("nprobe", 32), ef_search=p.get("ef_search", 64), train_size=p.get("train_size"),
-            seed=p.get("seed", 42), deterministic=p.get("deterministic", True))
+            seed=p.get("seed", 42))
         bar = ctx.progress(table.num_rows, "rows")
         try:
             result = build_index(table, spec, ctx.out, batch_rows=p.get("batch_size", 65536),

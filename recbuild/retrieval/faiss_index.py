@@ -9,9 +9,10 @@ Determinism (same table + same params => byte-identical ``faiss_index``):
     from parquet metadata);
   - faiss k-means is seeded (``ClusteringParameters.seed``, for the coarse quantizer and the PQ);
   - IVF add is deterministic with any thread count (each list is filled in id order);
-  - HNSW insertion with several threads races on the neighbour lists, so HNSW is built with one
-    thread unless ``deterministic`` is False. (Measured identical at 100k x 32 with 2 threads, but
-    nothing in faiss guarantees it.)
+  - HNSW add is deterministic with any thread count from faiss 1.15 on: its ``add()`` builds the
+    graph in batches against a frozen snapshot and merges reverse links in a fixed order
+    (``faiss.hnsw_add_vertices_deterministic``, after ParlayANN). pyproject requires that faiss,
+    and tests/test_faiss_index.py checks 1 and 2 threads give the same bytes.
 
 ``faiss.cvar.distance_compute_blas_threshold`` is lowered wherever we search (see
 :func:`tune_blas_threshold`).
@@ -52,7 +53,6 @@ class IndexSpec:
     ef_search: int = 64  # HNSWFlat: default search breadth, stored in the index
     train_size: int | None = None  # IVF*: training sample rows; None = what faiss would use
     seed: int = 42
-    deterministic: bool = True
 
     def __post_init__(self) -> None:
         if self.index_type not in INDEX_TYPES:
@@ -182,7 +182,6 @@ def build_index(table: EmbeddingTable, spec: IndexSpec, out_dir: Path, *, batch_
 
     check_ids_before_work(table, allow_duplicate_ids)
     threads = threads_for_load(threads)  # speed only: see recbuild/retrieval/threads.py
-    hnsw_threads = 1 if spec.index_type == "HNSWFlat" and spec.deterministic else threads
     index = None
     dim = None
     if spec.is_ivf:
@@ -196,8 +195,7 @@ def build_index(table: EmbeddingTable, spec: IndexSpec, out_dir: Path, *, batch_
         del sample
 
     out_dir = Path(out_dir)
-    with open(out_dir / ID_MAPPING_FILE, "wb") as mapping, \
-            _ThreadLimit(hnsw_threads):
+    with open(out_dir / ID_MAPPING_FILE, "wb") as mapping, _ThreadLimit(threads):
         for part in table.batches(batch_rows, dim=dim):
             if index is None:
                 dim = part.vectors.shape[1]
