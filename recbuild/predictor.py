@@ -444,7 +444,7 @@ class PredictResult:
     model_file: str
 
 
-def _check_output(out: Any, output_key: str, rows: int, dim: int | None, tower_dir: Path) -> "np.ndarray":
+def check_output(out: Any, output_key: str, rows: int, dim: int | None, tower_dir: Path) -> "np.ndarray":
     import torch
 
     if not isinstance(out, dict) or output_key not in out:
@@ -464,7 +464,7 @@ def _check_output(out: Any, output_key: str, rows: int, dim: int | None, tower_d
     return emb.numpy()
 
 
-def _raise_non_finite(matrix: np.ndarray, batch: pa.RecordBatch, inputs: Dict[str, Any],
+def raise_non_finite(matrix: np.ndarray, batch: pa.RecordBatch, inputs: Dict[str, Any],
                       specs: Sequence[FeatureSpec], plan: InputPlan, id_column: str,
                       global_rows: np.ndarray, output_key: str) -> None:
     bad = int(np.flatnonzero(~np.isfinite(matrix).all(axis=1))[0])
@@ -477,7 +477,7 @@ def _raise_non_finite(matrix: np.ndarray, batch: pa.RecordBatch, inputs: Dict[st
                      f"{plan.locate(int(global_rows[bad]))}; {hint}")
 
 
-def _filtered_batches(source: ParquetInput, plan: InputPlan, batch_size: int
+def filtered_batches(source: ParquetInput, plan: InputPlan, batch_size: int
                       ) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
     """Input batches in order with dropped duplicate rows removed, plus their global row numbers."""
     offset = 0
@@ -570,7 +570,7 @@ class _Worker(threading.Thread):
             self._stop_event.set()
 
 
-class _EmbeddingSink:
+class EmbeddingSink:
     """Formats (batch, embedding matrix) pairs into output batches and hands them to PartWriter."""
 
     def __init__(self, out_dir: Path, plan: InputPlan, output_key: str, embedding_format: str,
@@ -668,16 +668,16 @@ def predict_embeddings(tower_dir: str | Path, inputs: str | Path | Sequence[str 
         batch, global_rows, arrays, tensors = item
         out = tower.module(tensors)
         clk.lap("forward")
-        matrix = _check_output(out, output_key, batch.num_rows, dims[0] if dims else None, tower_dir)
+        matrix = check_output(out, output_key, batch.num_rows, dims[0] if dims else None, tower_dir)
         if not dims:
             dims.append(matrix.shape[1])
         if not np.isfinite(matrix).all():
-            _raise_non_finite(matrix, batch, arrays, tower.specs, plan, id_column, global_rows,
+            raise_non_finite(matrix, batch, arrays, tower.specs, plan, id_column, global_rows,
                               output_key)
         clk.lap("check")
         return batch, matrix
 
-    sink = _EmbeddingSink(out_dir, plan, output_key, embedding_format, rows_per_file)
+    sink = EmbeddingSink(out_dir, plan, output_key, embedding_format, rows_per_file)
     thread_stats: list[dict[str, float]] = []
 
     def thread_clock() -> StageClock:  # one per thread: clocks are not shared between threads
@@ -699,7 +699,7 @@ def predict_embeddings(tower_dir: str | Path, inputs: str | Path | Sequence[str 
                                 compute_workers=budget)
             else:
                 clk = thread_clock()
-                for batch, global_rows in _filtered_batches(source, plan, batch_size):
+                for batch, global_rows in filtered_batches(source, plan, batch_size):
                     clk.lap("read")
                     batch, matrix = compute(prepare(batch, global_rows, clk), clk)
                     sink.write(batch, matrix, clk)
@@ -725,7 +725,7 @@ def predict_embeddings(tower_dir: str | Path, inputs: str | Path | Sequence[str 
 
 
 def _run_overlapped(source: ParquetInput, plan: InputPlan, batch_size: int, prepare, compute,
-                    sink: _EmbeddingSink, bar, thread_clock, compute_workers: int) -> None:
+                    sink: EmbeddingSink, bar, thread_clock, compute_workers: int) -> None:
     """reader thread -> ``compute_workers`` forward threads -> writer thread, via bounded pipes.
 
     Each forward thread runs whole batches with one torch thread: the cores are shared by
@@ -748,7 +748,7 @@ def _run_overlapped(source: ParquetInput, plan: InputPlan, batch_size: int, prep
 
     def read_body() -> None:
         clk = thread_clock()
-        for seq, (batch, global_rows) in enumerate(_filtered_batches(source, plan, batch_size)):
+        for seq, (batch, global_rows) in enumerate(filtered_batches(source, plan, batch_size)):
             clk.lap("read")
             item = prepare(batch, global_rows, clk)
             to_compute.put((seq, item))

@@ -12,10 +12,10 @@ decides the bytes is shared with it:
   the Ray tasks are **windows of whole local batches**: rows ``[k*W, (k+1)*W)`` of one file with
   ``W`` a multiple of ``batch_size`` (``ray.batch_size`` rounded up). An actor reads its window's row
   groups, slices it into the very same batches, applies the same drops, and runs the tower
-  (:func:`predictor._check_output`, :func:`predictor._raise_non_finite`: same errors);
-* the writing: the driver streams the id and reserved columns with :func:`predictor._filtered_batches`
+  (:func:`predictor.check_output`, :func:`predictor.raise_non_finite`: same errors);
+* the writing: the driver streams the id and reserved columns with :func:`predictor.filtered_batches`
   (the local batches themselves), pairs each with its embedding matrix coming back from Ray in input
-  order (``preserve_order``), and hands them to the local path's :class:`predictor._EmbeddingSink`
+  order (``preserve_order``), and hands them to the local path's :class:`predictor.EmbeddingSink`
   (format + :class:`predictor.PartWriter`), so part files, row groups and schema are the same.
 
 Why not ``ray.data.read_parquet`` + ``map_batches(batch_size=...)``: Ray's blocks follow row groups
@@ -107,7 +107,7 @@ class TowerActor:
             batch = part.to_batches()[0] if part.num_rows else None
             first = w.file_offset + w.start + lo
             rows = np.arange(first, first + part.num_rows, dtype=np.int64)
-            if len(drops):  # as predictor._filtered_batches
+            if len(drops):  # as predictor.filtered_batches
                 keep = ~np.isin(rows, drops)
                 if not keep.all():
                     batch, rows = batch.filter(pa.array(keep)), rows[keep]
@@ -119,9 +119,9 @@ class TowerActor:
                 raise InputError(f"at {self.plan.locate(int(rows[0]))} (batch start): {exc}") from None
             with torch.inference_mode():
                 result = self.tower.module(feature_io.numpy_to_tensors(arrays))
-            matrix = predictor._check_output(result, self.output_key, batch.num_rows, None, self.tower_dir)
+            matrix = predictor.check_output(result, self.output_key, batch.num_rows, None, self.tower_dir)
             if not np.isfinite(matrix).all():
-                predictor._raise_non_finite(matrix, batch, arrays, self.tower.specs, self.plan,
+                predictor.raise_non_finite(matrix, batch, arrays, self.tower.specs, self.plan,
                                             self.id_column, rows, self.output_key)
             matrix = np.ascontiguousarray(matrix, dtype=np.float32)
             out.append((int(rows[0]), matrix.shape[0], matrix.shape[1], matrix.tobytes()))
@@ -228,7 +228,7 @@ def predict_embeddings_ray(tower_dir: str | Path, inputs: str | Path | Sequence[
     out_dir.mkdir(parents=True, exist_ok=True)
     # The driver's side: the local batches of id + reserved columns, in input order.
     light = dataclasses.replace(plan, read_columns=list(plan.passthrough_schema.names))
-    sink = predictor._EmbeddingSink(out_dir, plan, output_key, embedding_format, rows_per_file)
+    sink = predictor.EmbeddingSink(out_dir, plan, output_key, embedding_format, rows_per_file)
     clock = predictor.StageClock(None)
     bar = progress(expected_rows, "rows") if callable(progress) else progress
     started = _connect(address, local_cpus)
@@ -257,7 +257,7 @@ def predict_embeddings_ray(tower_dir: str | Path, inputs: str | Path | Sequence[
                 fn_constructor_kwargs=dict(tower_dir=str(tower_dir), source=source, plan=actor_plan,
                                            batch_size=batch_size, output_key=output_key,
                                            id_column=id_column, threads=cpus_per_worker))
-        local = predictor._filtered_batches(source, light, batch_size)
+        local = predictor.filtered_batches(source, light, batch_size)
         dim = None
         try:
             for block in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2):
