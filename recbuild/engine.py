@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 import time
 import traceback
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Iterator, Protocol
 
 from doit.cmd_base import TaskLoader2
 from doit.dependency import FileChangedChecker
@@ -133,7 +135,8 @@ class Engine:
                 inputs=ws.inputs_for(name), recipe_dir=self.graph.recipe.dir, workdir=ws.workdir,
                 model=self.graph.recipe.model, log=log,
                 _progress_factory=lambda total, unit: self.events.progress(name, total, unit))
-            builder.build(ctx)
+            with torch_turn(builder, log):
+                builder.build(ctx)
             manifest = make_manifest(staged, kind=node.kind, key=key, inputs=material["inputs"],
                                      params=material["params"], cache=ws.cache, meta=ctx.meta or None)
             manifest.update(ws.manifest_extras(name))
@@ -289,6 +292,27 @@ class Engine:
         if code == 0 and not self.failures:
             return 0
         return 1
+
+
+# make -j N runs steps on threads of one process. torch's RNG (seeded model init), thread pool and
+# export tracer are process-wide, so two torch steps at once would break determinism (interleaved
+# seeds) or fail outright (torch.export is not thread-safe). They take turns; everything else
+# (commands, sample data, faiss, cache transfers, hashing) still runs in parallel.
+_TORCH_TURN = threading.Lock()
+
+
+@contextmanager
+def torch_turn(builder, log: logging.Logger) -> Iterator[None]:
+    if not getattr(builder, "uses_torch", False):
+        yield
+        return
+    if not _TORCH_TURN.acquire(blocking=False):
+        log.info("waiting for the torch step that is running (torch steps take turns under -j)")
+        _TORCH_TURN.acquire()
+    try:
+        yield
+    finally:
+        _TORCH_TURN.release()
 
 
 class _RecipeLoader(TaskLoader2):

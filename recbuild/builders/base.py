@@ -96,6 +96,8 @@ class Builder:
       path_fields       reference fields that may also hold a file path (made an implicit source)
       uses_model        the recipe's ``model:`` section is an input (part of the key)
       key_exclude       params that do not change the content (e.g. an executor); left out of the key
+      uses_torch        build() touches torch's process-wide state (RNG, thread pool, the export
+                        tracer); under ``make -j N`` such steps take turns (see engine.torch_turn)
       description       one line for `recbuild templates`/docs
     """
 
@@ -106,6 +108,7 @@ class Builder:
     path_fields: ClassVar[tuple[str, ...]] = ()
     uses_model: ClassVar[bool] = False
     key_exclude: ClassVar[tuple[str, ...]] = ()
+    uses_torch: ClassVar[bool] = False
     description: ClassVar[str] = ""
 
     def references(self, params: dict[str, Any]) -> dict[str, list[str]]:

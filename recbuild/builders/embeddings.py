@@ -86,6 +86,7 @@ class _EmbeddingsBuilder(Builder):
     # The thread count and the executor change speed, not content (CPU inference of the same
     # batches; the ray executor keeps the local batch boundaries and writer).
     key_exclude = ("threads", "executor", "ray")
+    uses_torch = True
 
     def check(self, params: dict[str, Any]) -> list[tuple[str, str]]:
         if params.get("executor") == "ray" and importlib.util.find_spec("ray") is None:

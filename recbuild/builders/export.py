@@ -68,6 +68,7 @@ def write_export_folder(folder: Path, model, config: dict, specs, formats, toler
 
 class ExportBuilder(Builder):
     kind = "export"
+    uses_torch = True
     version = "1"
     uses_model = True
     reference_fields = ("checkpoints", "assets")

@@ -21,6 +21,7 @@ from recbuild.errors import BuildError, InputError
 
 class RecallEvalBuilder(Builder):
     kind = "recall_eval"
+    uses_torch = True
     version = "1"
     description = "recall@k / hitrate@k of a FAISS index (vs exact search) or of a TDM tree + model"
     reference_fields = ("user_embeddings", "towers", "queries", "index", "item_embeddings", "tree", "model")

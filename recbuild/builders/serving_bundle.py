@@ -13,6 +13,7 @@ _PARTS = ("model", "towers", "index", "tree")
 
 class ServingBundleBuilder(Builder):
     kind = "serving_bundle"
+    uses_torch = True
     version = "1"
     description = "deployable folder: model/, user/ (tower + faiss_index), item/, tree/, serving_config.json"
     reference_fields = _PARTS

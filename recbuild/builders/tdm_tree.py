@@ -17,6 +17,7 @@ _NAMES = {"type": "array", "items": {"type": "string"}, "default": []}
 
 class TdmTreeBuilder(Builder):
     kind = "tdm_tree"
+    uses_torch = True
     version = "1"
     description = "TDM tree (init by category, or learnt by balanced k-means) in TorchEasyRec's formats"
     reference_fields = ("items", "embeddings")

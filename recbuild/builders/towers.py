@@ -44,6 +44,7 @@ def check_tower_inputs(tower, tower_name: str, specs, group: str) -> None:
 
 class TowersBuilder(Builder):
     kind = "towers"
+    uses_torch = True
     version = "1"
     reference_fields = ("model",)
     description = "split a two-tower export into user/ and item/ exported modules"

@@ -18,6 +18,7 @@ def parquet_inputs(artifact: InputArtifact) -> list:
 
 class TrainBuilder(Builder):
     kind = "train"
+    uses_torch = True
     version = "1"
     uses_model = True
     reference_fields = ("data", "eval_data", "tree")
