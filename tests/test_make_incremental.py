@@ -312,3 +312,29 @@ def test_concurrent_makes_do_not_corrupt_state(project):
     assert str(first.pid) in err2
     result = project.subprocess_run("make")
     assert result.code == 0 and "2 up to date" in result.out
+
+
+def test_plain_doit_runs_the_same_tasks_and_state(project):
+    """README: `doit -f dodo.py recipe=...` builds with plain doit; recbuild then sees it as current."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    dodo = Path(__file__).resolve().parents[1] / "dodo.py"
+    project.write("data/raw.txt", "hello world\n")
+    recipe = project.recipe(CHAIN)
+    doit = [sys.executable, "-m", "doit", "-f", str(dodo), f"recipe={recipe}"]
+    listed = subprocess.run([sys.executable, "-m", "doit", "list", "-f", str(dodo), f"recipe={recipe}"],
+                            capture_output=True, text=True)
+    assert listed.returncode == 0, listed.stderr
+    assert sorted(line.split()[0] for line in listed.stdout.splitlines()) == ["final", "head", "raw", "side",
+                                                                              "upper"]
+    ran = subprocess.run(doit, capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert project.read("build/final/final.txt") == "HEL" * 2
+    again = project.run("make")
+    assert again.code == 0 and again.built == [], again.out
+    project.write("data/raw.txt", "bye\n")
+    rerun = subprocess.run(doit, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert project.read("build/final/final.txt") == "BYE" * 2
