@@ -303,7 +303,7 @@ _TORCH_TURN = threading.Lock()
 
 @contextmanager
 def torch_turn(builder, log: logging.Logger) -> Iterator[None]:
-    if not getattr(builder, "uses_torch", False):
+    if not builder.uses_torch:
         yield
         return
     if not _TORCH_TURN.acquire(blocking=False):

@@ -290,6 +290,7 @@ def _close_match(name: str, candidates: Sequence[str]) -> str | None:
 _NUMPY_TYPES = {pa.int8(): np.int8, pa.int16(): np.int16, pa.int32(): np.int32, pa.int64(): np.int64,
                 pa.uint8(): np.uint8, pa.uint16(): np.uint16, pa.uint32(): np.uint32,
                 pa.uint64(): np.uint64, pa.float32(): np.float32, pa.float64(): np.float64}
+_ARROW_TYPES = {np.dtype(numpy_type): arrow_type for arrow_type, numpy_type in _NUMPY_TYPES.items()}
 
 
 def numpy_view(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -299,16 +300,14 @@ def numpy_view(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
     dtype = _NUMPY_TYPES.get(arr.type)
     if dtype is None or arr.null_count:
         return arr.to_numpy(zero_copy_only=False)
-    view = np.frombuffer(arr.buffers()[1], dtype=dtype, count=len(arr),
+    return np.frombuffer(arr.buffers()[1], dtype=dtype, count=len(arr),
                          offset=arr.offset * np.dtype(dtype).itemsize)
-    return view
 
 
 def arrow_view(values: np.ndarray) -> pa.Array:
     """A 1-d numeric numpy array as an Arrow array over the same memory (no nulls)."""
     values = np.ascontiguousarray(values)
-    arrow_type = next(t for t, d in _NUMPY_TYPES.items() if np.dtype(d) == values.dtype)
-    return pa.Array.from_buffers(arrow_type, len(values), [None, pa.py_buffer(values)])
+    return pa.Array.from_buffers(_ARROW_TYPES[values.dtype], len(values), [None, pa.py_buffer(values)])
 
 
 # -- batch -> tensors ------------------------------------------------------------------------------

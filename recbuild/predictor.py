@@ -465,8 +465,8 @@ def check_output(out: Any, output_key: str, rows: int, dim: int | None, tower_di
 
 
 def raise_non_finite(matrix: np.ndarray, batch: pa.RecordBatch, inputs: Dict[str, Any],
-                      specs: Sequence[FeatureSpec], plan: InputPlan, id_column: str,
-                      global_rows: np.ndarray, output_key: str) -> None:
+                     specs: Sequence[FeatureSpec], plan: InputPlan, id_column: str,
+                     global_rows: np.ndarray, output_key: str) -> None:
     bad = int(np.flatnonzero(~np.isfinite(matrix).all(axis=1))[0])
     numeric = [s.column for s in specs if s.kind == "numeric"
                and not math.isfinite(float(inputs[s.name][bad]))]
@@ -478,7 +478,7 @@ def raise_non_finite(matrix: np.ndarray, batch: pa.RecordBatch, inputs: Dict[str
 
 
 def filtered_batches(source: ParquetInput, plan: InputPlan, batch_size: int
-                      ) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
+                     ) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
     """Input batches in order with dropped duplicate rows removed, plus their global row numbers."""
     offset = 0
     drop = plan.drop_rows
@@ -673,7 +673,7 @@ def predict_embeddings(tower_dir: str | Path, inputs: str | Path | Sequence[str 
             dims.append(matrix.shape[1])
         if not np.isfinite(matrix).all():
             raise_non_finite(matrix, batch, arrays, tower.specs, plan, id_column, global_rows,
-                              output_key)
+                             output_key)
         clk.lap("check")
         return batch, matrix
 

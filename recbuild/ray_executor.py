@@ -122,7 +122,7 @@ class TowerActor:
             matrix = predictor.check_output(result, self.output_key, batch.num_rows, None, self.tower_dir)
             if not np.isfinite(matrix).all():
                 predictor.raise_non_finite(matrix, batch, arrays, self.tower.specs, self.plan,
-                                            self.id_column, rows, self.output_key)
+                                           self.id_column, rows, self.output_key)
             matrix = np.ascontiguousarray(matrix, dtype=np.float32)
             out.append((int(rows[0]), matrix.shape[0], matrix.shape[1], matrix.tobytes()))
         return out
