@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import resource
+import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -50,3 +52,27 @@ def print_table(headers, rows, title):
     for r in rows:
         print("| " + " | ".join(str(v).ljust(w) for v, w in zip(r, widths)) + " |")
 
+
+
+def timed(cmd: list[str], cwd: Path) -> tuple[float, str]:
+    """Run ``cmd`` in ``cwd``; (wall seconds, stdout). Exits the bench if it fails."""
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed in {cwd}:\n{proc.stdout}\n{proc.stderr}")
+    return elapsed, proc.stdout
+
+
+def write_embeddings_parquet(folder: Path, x: np.ndarray) -> None:
+    """``folder/part-0.parquet``: item_id 0..n-1 and ``x`` as fixed_size_list<float32> item_tower_emb,
+    with recbuild's writer options."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    emb = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x.shape[1])
+    table = pa.table({"item_id": pa.array(np.arange(len(x), dtype=np.int64)), "item_tower_emb": emb})
+    with pq.ParquetWriter(str(folder / "part-0.parquet"), table.schema, use_dictionary=False,
+                          compression="snappy", write_statistics=True) as writer:
+        writer.write_table(table, row_group_size=65536)

@@ -12,25 +12,16 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-
-def run(cmd: list[str], cwd: Path) -> tuple[float, str]:
-    started = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
-    elapsed = time.perf_counter() - started
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed in {cwd}:\n{proc.stdout}\n{proc.stderr}")
-    return elapsed, proc.stdout
+from _common import timed
 
 
 def checkout(root: Path, name: str, template: str) -> Path:
     folder = root / name
-    run([sys.executable, "-m", "recbuild.cli", "init", template, str(folder)], root)
+    timed([sys.executable, "-m", "recbuild.cli", "init", template, str(folder)], root)
     return folder
 
 
@@ -52,11 +43,11 @@ def main() -> None:
     make = [sys.executable, "-m", "recbuild.cli", "make", "--cache", cache, *sets]
     try:
         cold_dir = checkout(root, "cold", args.template)
-        cold, out_cold = run(make, cold_dir)
+        cold, out_cold = timed(make, cold_dir)
         warm_dir = checkout(root, "warm", args.template)
-        warm, out_warm = run(make, warm_dir)
+        warm, out_warm = timed(make, warm_dir)
         one_dir = checkout(root, "one", args.template)
-        one, out_one = run(make + ["--set", args.change], one_dir)
+        one, out_one = timed(make + ["--set", args.change], one_dir)
         print(f"template {args.template}, overrides {args.overrides or 'none'}, cache {cache}")
         print()
         print("| run | wall s | built | restored |")

@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import clustered_embeddings, peak_rss_mb, print_table, wait_for_quiet
+from _common import (clustered_embeddings, peak_rss_mb, print_table, wait_for_quiet,
+                     write_embeddings_parquet)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -43,20 +44,6 @@ PARAMS = {  # the same parameters on both paths
     "IVFPQ": {"nlist": 1024, "m": 16, "nbits": 8, "nprobe": 32},
     "HNSWFlat": {"M": 32, "ef_construction": 200, "ef_search": 64},
 }
-
-
-
-
-def write_parquet(folder: Path, x: np.ndarray) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    folder.mkdir(parents=True, exist_ok=True)
-    emb = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x.shape[1])
-    table = pa.table({"item_id": pa.array(np.arange(len(x), dtype=np.int64)), "item_tower_emb": emb})
-    with pq.ParquetWriter(str(folder / "part-0.parquet"), table.schema, use_dictionary=False,
-                          compression="snappy", write_statistics=True) as writer:
-        writer.write_table(table, row_group_size=65536)
 
 
 # -- workers (one build per process) -------------------------------------------------------------
@@ -162,7 +149,7 @@ def main() -> None:
         sizes = {t: (min(args.hnsw_n, args.n) if t == "HNSWFlat" else args.n) for t in args.types.split(",")}
         datasets = {}
         for n in sorted(set(sizes.values())):
-            write_parquet(scratch / f"data-{n}", xb[:n])
+            write_embeddings_parquet(scratch / f"data-{n}", xb[:n])
             flat = faiss.IndexFlatIP(args.d)
             faiss.cvar.distance_compute_blas_threshold = 20 * args.d
             flat.add(xb[:n])

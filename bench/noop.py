@@ -15,11 +15,12 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _common import timed
 
 N_TASKS = 20
 
@@ -62,15 +63,6 @@ def task_out():
         yield {{"name": str(i), "file_dep": [f"data/in_{{i}}.bin"], "targets": [f"dout_{{i}}/ok.txt"],
                "actions": [f"mkdir -p dout_{{i}} && head -c 16 data/in_{{i}}.bin > dout_{{i}}/ok.txt"]}}
 ''')
-
-
-def timed(cmd: list[str], cwd: Path) -> tuple[float, str]:
-    started = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
-    elapsed = time.perf_counter() - started
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return elapsed, proc.stdout
 
 
 def median_of(cmd, cwd, reps) -> float:

@@ -149,18 +149,14 @@ def pure_forward(tower_dir: Path, table_path: Path, batch: int, threads: int, re
             tower.module(inputs)
         for _ in range(reps):
             with OtherLoad() as load:
-                start, cpu = time.perf_counter(), _process_cpu()
+                start, cpu = time.perf_counter(), _own_cpu()
                 for inputs in batches:
                     tower.module(inputs)["item_tower_emb"]
                 times.append(time.perf_counter() - start)
-                cpus.append(_process_cpu() - cpu)
+                cpus.append(_own_cpu() - cpu)
             loads.append(load.cores)
     return rows / statistics.median(times), statistics.median(loads), statistics.median(cpus) * 1e6 / rows
 
-
-def _process_cpu() -> float:
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    return own.ru_utime + own.ru_stime
 
 
 CHILD = """

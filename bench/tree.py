@@ -35,13 +35,12 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import clustered_embeddings, peak_rss_mb, print_table, wait_for_quiet
+from _common import (clustered_embeddings, peak_rss_mb, print_table, wait_for_quiet,
+                     write_embeddings_parquet)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SEED = 12345
-
-
 
 
 # -- baselines -------------------------------------------------------------------------------------
@@ -138,18 +137,6 @@ def builder_worker(data: Path, out: Path, k: int, iters: int) -> None:
                       "peak_mb": peak_rss_mb()}))
 
 
-def write_parquet(folder: Path, x: np.ndarray) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    folder.mkdir(parents=True, exist_ok=True)
-    emb = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x.shape[1])
-    table = pa.table({"item_id": pa.array(np.arange(len(x), dtype=np.int64)), "item_tower_emb": emb})
-    with pq.ParquetWriter(str(folder / "part-0.parquet"), table.schema, use_dictionary=False,
-                          compression="snappy", write_statistics=True) as writer:
-        writer.write_table(table, row_group_size=65536)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=1_000_000)
@@ -236,7 +223,7 @@ def main() -> None:
     if not args.skip_builder:
         with tempfile.TemporaryDirectory(dir=args.dir) as scratch:
             data = Path(scratch) / "data"
-            write_parquet(data, X)
+            write_embeddings_parquet(data, X)
             wait_for_quiet(args.wait_quiet)
             cmd = [sys.executable, __file__, "--worker", f"{data},{Path(scratch) / 'out'}", "--k", str(k),
                    "--iters", str(args.iters)]
