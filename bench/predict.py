@@ -267,10 +267,11 @@ def main() -> None:
                                                           args.reps)
         rows = [(f"pure forward, torch {args.threads} thread(s) (model.pt2, preloaded batches)",
                  forward, "-", forward_load)]
+        forward_cpus = {args.threads: forward_cpu}  # torch threads -> CPU-s per 1M rows
         if args.threads > 1:
             quiet()
-            forward_less, load_less, forward_less_cpu = pure_forward(tower_dir, table_path, args.batch,
-                                                                     args.threads - 1, args.reps)
+            forward_less, load_less, forward_cpus[args.threads - 1] = pure_forward(
+                tower_dir, table_path, args.batch, args.threads - 1, args.reps)
             rows.append((f"pure forward, torch {args.threads - 1} thread(s)", forward_less, "-",
                          load_less))
         splits = []
@@ -306,10 +307,10 @@ def main() -> None:
         # (forward CPU) / (forward + reading + writing CPU) of the cores' forward throughput.
         overlapped = splits[0][1]
         e2e_cpu = overlapped["cpu"] * 1e6 / overlapped["rows"]
-        print(f"\nCPU seconds per 1M rows: pure forward {forward_cpu:.2f} with {args.threads} torch "
-              f"thread(s)" + (f", {forward_less_cpu:.2f} with {args.threads - 1}" if args.threads > 1 else "")
-              + f"; end to end (overlapped, after the tower load) {e2e_cpu:.2f}, of which the forward "
-              f"passes are at least {min(forward_cpu, forward_less_cpu if args.threads > 1 else forward_cpu):.2f}")
+        measured = ", ".join(f"{cpu:.2f} with {n} torch thread(s)" for n, cpu in forward_cpus.items())
+        print(f"\nCPU seconds per 1M rows: pure forward {measured}; end to end (overlapped, after the "
+              f"tower load) {e2e_cpu:.2f}, of which the forward passes are at least "
+              f"{min(forward_cpus.values()):.2f}")
         for how, e2e in splits:
             stats = e2e["stats"]
             split = ", ".join(f"{k} {v:.2f}" for k, v in sorted(stats.items(), key=lambda kv: -kv[1]))
