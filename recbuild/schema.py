@@ -138,8 +138,22 @@ _TYPE_NAMES = {"integer": "an integer", "number": "a number", "string": "a strin
                "null": "null"}
 
 
-def _describe_type(schema: dict) -> str:
+def _non_null_type(schema: dict):
+    """The schema's type without "null": a nullable param is described by what it takes when set
+    (null only means "use the default"), e.g. ["integer", "null"] -> "integer"."""
     types = schema.get("type")
+    if isinstance(types, list):
+        kept = [t for t in types if t != "null"] or types
+        return kept[0] if len(kept) == 1 else kept
+    return types
+
+
+def _is_null_schema(schema) -> bool:
+    return isinstance(schema, dict) and schema.get("type") == "null"
+
+
+def _describe_type(schema: dict) -> str:
+    types = _non_null_type(schema)
     if isinstance(types, list):
         return " or ".join(_TYPE_NAMES.get(t, t) for t in types)
     if types == "integer" and schema.get("minimum") == 1:
@@ -186,7 +200,7 @@ def _explain(error, base: KeyPath, locate) -> list[tuple[int, str]]:
     elif validator == "type":
         results.append((path, f"must be {_describe_type(schema)}, got {_shown(error.instance)}"))
     elif validator in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
-        if schema.get("type") == "integer" and schema.get("minimum") == 1:
+        if _non_null_type(schema) == "integer" and schema.get("minimum") == 1:
             results.append((path, f"must be a positive integer, got {_shown(error.instance)}"))
         else:
             sign = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[validator]
@@ -199,9 +213,13 @@ def _explain(error, base: KeyPath, locate) -> list[tuple[int, str]]:
         results.append((path, f"must be {_shown(error.validator_value)}, got {_shown(error.instance)}"))
     elif validator in ("minItems", "maxItems", "minLength", "uniqueItems", "pattern"):
         results.append((path, error.message))
-    elif validator == "oneOf" and error.context:
-        # report the branch that got furthest (deepest path), which is what the user meant
-        best = max(error.context, key=lambda e: (len(e.absolute_path), -len(e.message)))
+    elif validator in ("oneOf", "anyOf") and error.context:
+        # Report the branch that got furthest (deepest path), which is what the user meant. A null
+        # branch only says "unset = default": its "must be null" would hide the real message.
+        branches = error.validator_value
+        candidates = [e for e in error.context
+                      if not _is_null_schema(branches[e.relative_schema_path[0]])] or list(error.context)
+        best = max(candidates, key=lambda e: (len(e.absolute_path), -len(e.message)))
         return _explain(best, base, locate)
     else:
         results.append((path, error.message))

@@ -38,8 +38,12 @@ def format_path(path: KeyPath) -> str:
 
 
 def problem(loc: Loc, path: KeyPath, message: str) -> str:
-    """The one-line error format: ``file:line:col: dotted.path: message``."""
-    return f"{loc}: {format_path(path)}: {message}"
+    """The one-line error format: ``file:line:col: dotted.path: message``. A value given on the
+    command line is located by its own path (``--set a.b: message``), which is not repeated."""
+    where = format_path(path)
+    if loc.line <= 0 and str(loc).endswith(f" {where}"):
+        return f"{loc}: {message}"
+    return f"{loc}: {where}: {message}"
 
 
 def _convert(node: Any, path: KeyPath, file: str, locations: dict[KeyPath, Loc]) -> Any:

@@ -93,7 +93,7 @@ def test_set_override_errors_name_the_flag(project):
     project.recipe("version: 1\nartifacts:\n  a: {kind: command, cmd: x}\n")
     result = project.run("validate", "--set", "artifacts.a.deps=3")
     assert result.code == 2
-    assert result.err.strip() == "error: --set artifacts.a.deps: artifacts.a.deps: must be a list, got 3"
+    assert result.err.strip() == "error: --set artifacts.a.deps: must be a list, got 3"
 
 
 def test_missing_recipe_file(project):
@@ -113,3 +113,81 @@ def test_bad_cli_usage_exits_2(project):
     result = project.run("make", "--bogus")
     assert result.code == 2
     assert "unrecognized arguments: --bogus" in result.err
+
+
+# ------------------------------------------------------------------------------ nullable params
+
+
+def _nullable_params():
+    """(kind, param, property schema) for every param of every kind that accepts null."""
+    from recbuild.builders import all_builders
+
+    found = []
+    for kind, cls in sorted(all_builders().items()):
+        for name, prop in cls.schema.get("properties", {}).items():
+            types = prop.get("type")
+            branches = prop.get("oneOf", []) + prop.get("anyOf", [])
+            if (isinstance(types, list) and "null" in types) or any(b.get("type") == "null" for b in branches):
+                found.append((kind, name, prop))
+    return found
+
+
+def _set_branch(prop: dict) -> dict:
+    """What the param takes when it is set."""
+    types = prop.get("type")
+    if isinstance(types, list):
+        return {**prop, "type": next(t for t in types if t != "null")}
+    return next(b for b in prop.get("oneOf", []) + prop.get("anyOf", []) if b.get("type") != "null")
+
+
+_WRONG = {"integer": ["abc", "64k", 12.5, True], "string": [3, True], "array": [3, "x"],
+          "number": ["abc", True], "boolean": ["yes", 1], "object": [3, "x"]}
+_SAID = {"integer": "an integer", "string": "a string", "array": "a list", "number": "a number",
+         "boolean": "a boolean", "object": "a mapping"}
+
+
+def _wrong_values(branch: dict) -> list:
+    wrong = list(_WRONG[branch["type"]])
+    if "minimum" in branch:
+        wrong += [branch["minimum"] - 1, branch["minimum"] - 4]
+    return wrong
+
+
+def _expected_text(branch: dict) -> str:
+    if branch["type"] == "integer" and branch.get("minimum") == 1:
+        return "must be a positive integer, got "
+    return f"must be {_SAID[branch['type']]}"
+
+
+def test_every_kind_has_its_nullable_params_covered():
+    assert len(_nullable_params()) >= 10  # recall_eval, serving_bundle, faiss_index at least
+
+
+@pytest.mark.parametrize("kind,param,prop", _nullable_params(), ids=lambda v: v if isinstance(v, str) else "")
+def test_nullable_param_errors_say_what_it_takes(kind, param, prop):
+    """A nullable param's error gives the message of its non-null branch, never "must be null"."""
+    from recbuild.builders import all_builders
+    from recbuild.schema import SchemaChecker, kind_schema
+    from recbuild.yamlsrc import Loc
+
+    branch = _set_branch(prop)
+    checker = SchemaChecker(kind_schema(all_builders()[kind]))
+    for wrong in _wrong_values(branch):
+        instance = {"kind": kind, param: wrong}
+        problems = [m for _, m in checker.problems(instance, ("artifacts", "a"), lambda p: Loc("r.yaml", 1, 1))
+                    if f"artifacts.a.{param}:" in m]
+        assert problems, (kind, param, wrong)
+        for message in problems:
+            assert "must be null" not in message and "or null" not in message, message
+            assert _expected_text(branch) in message or (
+                "minimum" in branch and f"must be >= {branch['minimum']}" in message), message
+
+
+@pytest.mark.parametrize("value", ["abc", '"64k"', "12.5", "0", "-3", "true"])
+def test_nlist_through_set_says_positive_integer(project, value):
+    project.write("emb.parquet", "x\n")
+    project.recipe("version: 1\nsources:\n  emb: {path: emb.parquet}\n"
+                   "artifacts:\n  index: {kind: faiss_index, embeddings: emb}\n")
+    result = project.run("validate", "--set", f"artifacts.index.nlist={value}")
+    assert result.code == 2
+    assert result.err.strip().startswith("error: --set artifacts.index.nlist: must be a positive integer, got ")
