@@ -1,4 +1,5 @@
-"""Run a recbuild recipe with plain doit: `doit -f dodo.py recipe=recipes/dssm.yaml [TASK...]`.
+"""Run a recbuild recipe with plain doit:
+`doit -f dodo.py recipe=recipes/dssm.yaml [workdir=PATH] [TASK...]`.
 
 Lists and runs the same tasks `recbuild make` runs (same names, checker, state database and
 manifests). `recbuild make` adds the workdir lock, the rich display and SIGTERM handling.
@@ -16,8 +17,11 @@ from recbuild.recipe import load_recipe
 from recbuild.ui import Terminal
 
 _builders = all_builders()
+# `workdir=PATH` overrides the recipe's workdir (as `--set workdir=PATH`), so a template in the
+# source tree can be built without writing into it.
+_overrides = [f"workdir={get_var('workdir')}"] if get_var("workdir") else []
 try:  # relative paths are relative to this file's folder (doit runs from there)
-    _graph = build_graph(load_recipe(get_var("recipe", "recbuild.yaml")), _builders)
+    _graph = build_graph(load_recipe(get_var("recipe", "recbuild.yaml"), _overrides), _builders)
 except RecbuildError as exc:
     sys.exit(f"error: {exc}")
 _engine = Engine(_graph, _builders, Terminal().build_events())

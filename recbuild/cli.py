@@ -89,8 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(metrics)
 
     serve = sub.add_parser("serve-check", help="load a serving bundle alone and answer one query end to end")
-    serve.add_argument("target", nargs="?", metavar="TARGET", help="serving_bundle artifact (default: the first)")
-    serve.add_argument("--bundle", metavar="PATH", help="a bundle folder instead of a recipe artifact")
+    serve.add_argument("target", nargs="?", metavar="BUNDLE",
+                       help="a serving_bundle artifact of the recipe, or a bundle folder (default: the "
+                            "recipe's first serving_bundle)")
+    serve.add_argument("--bundle", metavar="PATH", help="a bundle folder (same as giving its path as BUNDLE)")
     serve.add_argument("--query", metavar="JSON", help='user features, e.g. \'{"user_id": 7, "age_level": 3}\' '
                                                       "(default: 1 for every id feature, 0.0 for numeric ones)")
     serve.add_argument("-k", type=int, default=10, help="how many items to print (default 10)")
@@ -435,6 +437,8 @@ def cmd_serve_check(args, term) -> int:
 
     if args.bundle:
         bundle = Path(args.bundle)
+    elif args.target and (Path(args.target) / "serving_config.json").is_file():
+        bundle = Path(args.target)  # a bundle folder given as BUNDLE: no recipe needed
     else:
         graph, builders = _load(args)
         bundles = [n for n in graph.order if graph.nodes[n].kind == "serving_bundle"]

@@ -19,7 +19,7 @@ from recbuild import predictor
 from recbuild.builders.embeddings import RAY_MISSING, ItemEmbeddingsBuilder, UserEmbeddingsBuilder
 from recbuild.errors import BuildError, InputError
 
-ray = pytest.importorskip("ray")
+ray = pytest.importorskip("ray", reason="needs Ray (the ray extra: pip install -e '.[ray]')")
 
 from test_predictor import (ITEM_SPECS, export_tower, item_table, read_output,  # noqa: E402
                             run_builder, source, user_table, write_parquet)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
+
+import pytest
 
 from recbuild.builders import all_builders
 from recbuild.recipe import load_recipe
@@ -24,15 +27,6 @@ def test_committed_reference_is_up_to_date():
     committed = (REPO / "docs" / "reference.md").read_text(encoding="utf-8")
     assert committed == reference_markdown(all_builders()), \
         "docs/reference.md is stale: run `recbuild schema --markdown > docs/reference.md`"
-
-
-def test_readme_test_command_is_what_ci_runs():
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
-    command = 'python -m pytest -m "not slow" -p no:cacheprovider'
-    assert command in readme
-    assert "\n" + command + "\n" in ci
-    assert "pip install torch==2.13.0" in readme and "pip install torch==2.13.0" in ci
 
 
 def test_schema_has_one_def_per_kind():
@@ -123,6 +117,8 @@ def test_graph_and_list(project):
     assert "raw" in listing.out and "recbuild.yaml:5:3" in listing.out
 
 
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                    reason="needs Ray (the ray extra: pip install -e '.[ray]')")
 def test_recipe_wide_executor_default(project):
     project.recipe("""
         version: 1

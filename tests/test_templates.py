@@ -44,6 +44,10 @@ def test_template_builds_end_to_end(project, template):
         answer = project.run("serve-check", *args)
         assert answer.code == 0, answer.err
         assert len(answer.out.strip().splitlines()[-1].split()) == 10
+        # README: BUNDLE may also be a bundle folder, loaded without the recipe
+        by_folder = project.run("serve-check", str(project.path / "build" / "serving"))
+        assert by_folder.code == 0, by_folder.err
+        assert by_folder.out.strip().splitlines()[-1] == answer.out.strip().splitlines()[-1]
         # a serving-time param rebuilds the bundle only
         nprobe = project.run("make", *args, "--set", "artifacts.serving.nprobe=4")
         assert nprobe.built == ["serving"]
