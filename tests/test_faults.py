@@ -147,3 +147,59 @@ def test_interrupt_exit_code_survives_python_m(tmp_path):
     (tmp_path / "interrupt_probe.py").write_text(PROBE)
     proc = subprocess.run([sys.executable, "-m", "interrupt_probe"], cwd=tmp_path, capture_output=True)
     assert proc.returncode == 130, proc.stderr
+
+
+ORPHAN_RECIPE = """
+version: 1
+artifacts:
+  writer:
+    kind: command
+    cmd: "{spawn} sleep 60"
+"""
+# Each way a shell leaves a writer behind: a background job, a subshell's background job, and a
+# daemon that leaves the session (setsid) and the shell's process group.
+SPAWNS = {
+    "background-job": "(while true; do date +%s%N >> ../beacon-$$; sleep 0.02; done) &",
+    "subshell-job": "( ( while true; do date +%s%N >> ../beacon-$$; sleep 0.02; done ) & ) ;",
+    "setsid-daemon": "setsid sh -c 'while true; do date +%s%N >> ../beacon-x; sleep 0.02; done' &",
+}
+
+
+def _beacons(folder: Path) -> dict[Path, int]:
+    return {p: p.stat().st_size for p in folder.parent.glob("beacon-*")}
+
+
+@pytest.mark.parametrize("how", sorted(SPAWNS))
+def test_no_writer_survives_sigkill(tmp_path, how):
+    """Every descendant of a step dies with recbuild, even when recbuild is SIGKILLed."""
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "recbuild.yaml").write_text(ORPHAN_RECIPE.format(spawn=SPAWNS[how]))
+    proc = _make(folder)
+    deadline = time.monotonic() + 30
+    while not _beacons(folder) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _beacons(folder), "the step never started writing"
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    time.sleep(0.5)  # the supervisor notices at once; give the kernel a moment to deliver
+    settled = _beacons(folder)
+    time.sleep(0.5)
+    assert _beacons(folder) == settled, f"{how}: a writer is still running after recbuild died"
+
+
+def test_background_job_dies_when_its_command_ends(project):
+    """A step is done when its command exits (Make's rule): a job it left running is stopped, so
+    nothing writes into the artifact after it is published."""
+    project.recipe("""
+        version: 1
+        artifacts:
+          a:
+            kind: command
+            cmd: "(sleep 0.3; echo late > ${out}/late; echo late > ../late-marker) & echo early > ${out}/early"
+    """)
+    result = project.run("make")
+    assert result.code == 0, result.err
+    time.sleep(0.8)
+    assert not (project.path.parent / "late-marker").exists()
+    assert sorted(p.name for p in (project.path / "build" / "a").iterdir()) == ["MANIFEST.json", "early"]

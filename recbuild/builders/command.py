@@ -9,30 +9,19 @@ dependencies' digests, so editing any of them rebuilds the artifact.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 import shlex
-import signal
-import subprocess
 import tempfile
 from typing import Any
 
+from recbuild import process_tree
 from recbuild.builders.base import Builder, BuildContext
 from recbuild.errors import BuildError
 
 # Only our own placeholders; any other ${...} (written $${...} in the recipe) is left for the shell.
 _PLACEHOLDER = re.compile(r"\$\{\s*(out|deps\.[^}]*|params\.[^}]*)\s*\}")
 _TAIL_LINES = 15
-
-
-def _die_with_parent() -> None:
-    # If recbuild is SIGKILLed, its command must not keep writing into a folder nobody publishes.
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 class CommandBuilder(Builder):
@@ -100,22 +89,9 @@ class CommandBuilder(Builder):
         env["RECBUILD_OUT"] = str(ctx.out)
         ctx.log.info("$ %s", command)
         with tempfile.TemporaryFile() as output:
-            process = subprocess.Popen(command, shell=True, cwd=ctx.recipe_dir, env=env,
-                                       stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       start_new_session=True, preexec_fn=_die_with_parent)
-            try:
-                returncode = process.wait()
-            except BaseException:
-                # interrupted: stop the whole process group, then let the interrupt propagate
-                try:
-                    os.killpg(process.pid, signal.SIGTERM)
-                    process.wait(timeout=5)
-                except (ProcessLookupError, subprocess.TimeoutExpired):
-                    try:
-                        os.killpg(process.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                raise
+            # The shell and everything it starts die with recbuild (see process_tree).
+            returncode = process_tree.run(["/bin/sh", "-c", command], cwd=ctx.recipe_dir, env=env,
+                                          stdout=output, stderr=output)
             output.seek(0)
             text = output.read().decode("utf-8", errors="replace")
         for line in text.splitlines():
