@@ -78,33 +78,26 @@ def _exported_input_names(program) -> list[str] | None:
 
 
 def load_tower(folder: str | Path) -> LoadedTower:
-    """Load an exported tower: ``model.pt2`` (torch.export) if present, else ``scripted_model.pt``."""
-    import torch
+    """Load an exported tower's ``model.pt2`` (torch.export), checked so that neither loading nor
+    calling it can run code (see model_files). ``scripted_model.pt`` is never loaded: TorchScript
+    runs its own code while loading, and the folder may come from anywhere (a source, a cache
+    entry, a bundle copied from another machine)."""
+    from recbuild.model_files import load_exported_program
 
     folder = Path(folder)
     specs = feature_io.load_fg(folder)
-    if (folder / EXPORT_FILE).is_file():
-        try:
-            program = torch.export.load(str(folder / EXPORT_FILE))
-        except Exception as exc:
-            raise BuildError(f"cannot load {folder / EXPORT_FILE}: {exc}; re-export the towers") from None
-        expected = _exported_input_names(program)
-        if expected is not None and set(expected) != {s.name for s in specs}:
-            raise BuildError(
-                f"{folder}: fg.json lists features {sorted(s.name for s in specs)} but {EXPORT_FILE} "
-                f"takes {sorted(expected)}; the folder is inconsistent - rebuild the towers artifact")
-        return LoadedTower(program.module(), specs, EXPORT_FILE)
-    if (folder / SCRIPTED_FILE).is_file():
-        try:
-            with warnings.catch_warnings():  # TorchScript is deprecated, but TorchEasyRec ships it
-                warnings.simplefilter("ignore", DeprecationWarning)
-                module = torch.jit.load(str(folder / SCRIPTED_FILE), map_location="cpu")
-        except Exception as exc:
-            raise BuildError(f"cannot load {folder / SCRIPTED_FILE}: {exc}; re-export the towers") from None
-        module.eval()
-        return LoadedTower(module, specs, SCRIPTED_FILE)
-    raise BuildError(f"{folder} holds neither {EXPORT_FILE} nor {SCRIPTED_FILE}; "
-                     "build the towers artifact with formats torch_export or torchscript")
+    if not (folder / EXPORT_FILE).is_file():
+        only = f" (it has {SCRIPTED_FILE}, which recbuild does not load: TorchScript can run code " \
+               "while loading)" if (folder / SCRIPTED_FILE).is_file() else ""
+        raise BuildError(f"{folder} holds no {EXPORT_FILE}{only}; build the towers artifact with "
+                         "formats including torch_export (the default)")
+    program = load_exported_program(folder / EXPORT_FILE)
+    expected = _exported_input_names(program)
+    if expected is not None and set(expected) != {s.name for s in specs}:
+        raise BuildError(
+            f"{folder}: fg.json lists features {sorted(s.name for s in specs)} but {EXPORT_FILE} "
+            f"takes {sorted(expected)}; the folder is inconsistent - rebuild the towers artifact")
+    return LoadedTower(program.module(), specs, EXPORT_FILE)
 
 
 # -- locating the parquet input --------------------------------------------------------------------

@@ -296,6 +296,4 @@ def predict_embeddings_ray(tower_dir: str | Path, inputs: str | Path | Sequence[
     return predictor.PredictResult(rows=expected_rows, dim=sink.dim, output_column=output_key,
                                    files=tuple(p.name for p in sink.files),
                                    dropped_duplicates=len(plan.drop_rows),
-                                   model_file=predictor.EXPORT_FILE
-                                   if (tower_dir / predictor.EXPORT_FILE).is_file()
-                                   else predictor.SCRIPTED_FILE)
+                                   model_file=predictor.EXPORT_FILE)

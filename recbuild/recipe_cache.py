@@ -6,12 +6,17 @@ file read (the extends chain included), the value of every environment variable 
 `--set` overrides, and recbuild's own code (size and mtime of every module, which covers builder
 schemas). Entries live in $RECBUILD_CACHE_DIR or ~/.cache/recbuild/recipes/ and are safe to delete;
 RECBUILD_RECIPE_CACHE=0 turns the mechanism off.
+
+Entries are JSON, never pickle: the cache folder is the user's, and anything that can write there
+must not be able to run code in the next recbuild. An entry that does not parse into exactly the
+shape written here is ignored. Paths the recipe resolved (its folder, the workdir) are resolved again
+on use: a symlink re-pointed since the entry was written makes the entry stale.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
+import json
 import sys
 from pathlib import Path
 
@@ -19,7 +24,7 @@ import xxhash
 
 from recbuild import __version__
 
-_FORMAT = 1
+_FORMAT = 2
 
 
 def _enabled() -> bool:
@@ -46,7 +51,7 @@ def _code_fingerprint() -> str:
 
 def _entry_path(path, overrides: list[str]) -> Path:
     ident = "\0".join([__version__, sys.version, os.path.abspath(str(path)), *overrides])
-    return _cache_dir() / f"{xxhash.xxh3_128_hexdigest(ident.encode())}.pickle"
+    return _cache_dir() / f"{xxhash.xxh3_128_hexdigest(ident.encode())}.json"
 
 
 def _file_digest(path: str) -> str | None:
@@ -57,38 +62,98 @@ def _file_digest(path: str) -> str | None:
         return None
 
 
+def _encode(recipe) -> dict:
+    return {
+        "path": str(recipe.path), "dir": str(recipe.dir), "name": recipe.name, "workdir": str(recipe.workdir),
+        "model": recipe.model, "default": recipe.default, "cache": recipe.cache, "data": recipe.data,
+        "nodes": [[n.name, n.section, n.kind, n.params, _loc(n.loc)] for n in recipe.nodes.values()],
+        "locations": [[list(key), _loc(loc)] for key, loc in recipe.locations.items()],
+    }
+
+
+def _loc(loc) -> list:
+    return [loc.file, loc.line, loc.col]
+
+
+def _decode(raw: dict):
+    """The Recipe an entry describes; raises (KeyError, TypeError, ValueError) on any other shape."""
+    from recbuild.recipe import NodeSpec, Recipe
+    from recbuild.yamlsrc import Loc
+
+    def loc(value) -> Loc:
+        file, line, col = value
+        if not (isinstance(file, str) and isinstance(line, int) and isinstance(col, int)):
+            raise TypeError("location")
+        return Loc(file, line, col)
+
+    def key(parts) -> tuple:
+        if not all(isinstance(p, (str, int)) and not isinstance(p, bool) for p in parts):
+            raise TypeError("key path")
+        return tuple(parts)
+
+    nodes = {}
+    for name, section, kind, params, where in raw["nodes"]:
+        if not (isinstance(name, str) and isinstance(section, str) and isinstance(kind, str)
+                and isinstance(params, dict)):
+            raise TypeError("node")
+        nodes[name] = NodeSpec(name, section, kind, params, loc(where))
+    for field in ("model", "data"):
+        if not isinstance(raw[field], dict):
+            raise TypeError(field)
+    if not isinstance(raw["default"], list) or not (raw["cache"] is None or isinstance(raw["cache"], dict)):
+        raise TypeError("default/cache")
+    return Recipe(path=Path(raw["path"]), dir=Path(raw["dir"]), name=str(raw["name"]),
+                  workdir=Path(raw["workdir"]), model=raw["model"], nodes=nodes, default=raw["default"],
+                  cache=raw["cache"], data=raw["data"],
+                  locations={key(parts): loc(where) for parts, where in raw["locations"]})
+
+
+def _still_resolves(recipe, path) -> bool:
+    """The recipe's folder and workdir resolve where they did when the entry was written."""
+    recipe_path = Path(path)
+    if recipe_path.is_dir():
+        recipe_path = recipe_path / "recbuild.yaml"
+    recipe_dir = recipe_path.resolve().parent
+    workdir = recipe.data.get("workdir", "build")
+    return (recipe_dir == recipe.dir and isinstance(workdir, str)
+            and (recipe_dir / workdir).resolve() == recipe.workdir)
+
+
 def lookup(path, overrides: list[str]):
     if not _enabled():
         return None
     try:
-        with open(_entry_path(path, overrides), "rb") as handle:
-            entry = pickle.load(handle)
-    except Exception:  # absent, truncated or from another version: just load normally
-        return None
-    if not isinstance(entry, dict) or entry.get("format") != _FORMAT:
-        return None
-    if entry["code"] != _code_fingerprint():
-        return None
-    for file, digest in entry["files"].items():
-        if _file_digest(file) != digest:
+        with open(_entry_path(path, overrides), encoding="utf-8") as handle:
+            entry = json.load(handle)
+        if not isinstance(entry, dict) or entry.get("format") != _FORMAT:
             return None
-    for name, value in entry["env"].items():
-        if os.environ.get(name) != value:
+        if entry["code"] != _code_fingerprint():
             return None
-    return entry["recipe"]
+        for file, digest in entry["files"].items():
+            if _file_digest(file) != digest:
+                return None
+        for name, value in entry["env"].items():
+            if os.environ.get(name) != value:
+                return None
+        recipe = _decode(entry["recipe"])
+        if not _still_resolves(recipe, path):
+            return None
+    except Exception:  # absent, truncated, tampered or from another version: just load normally
+        return None
+    return recipe
 
 
 def store(path, overrides: list[str], recipe, trace: dict) -> None:
     if not _enabled():
         return
-    entry = {"format": _FORMAT, "code": _code_fingerprint(), "recipe": recipe,
+    entry = {"format": _FORMAT, "code": _code_fingerprint(), "recipe": _encode(recipe),
              "files": {f: _file_digest(f) for f in trace["files"]}, "env": dict(trace["env"])}
     target = _entry_path(path, overrides)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_suffix(f".{os.getpid()}.tmp")
-        with open(tmp, "wb") as handle:
-            pickle.dump(entry, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(entry, handle, ensure_ascii=False)
         os.replace(tmp, target)
-    except OSError:
-        pass  # a read-only home only costs speed
+    except (OSError, ValueError):
+        pass  # a read-only home (or a value JSON cannot hold) only costs speed

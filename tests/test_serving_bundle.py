@@ -51,9 +51,14 @@ class ItemTower(torch.nn.Module):
 
 
 def save_module(module, folder: Path, specs) -> None:
+    """Both formats, as the towers kind writes them (serving loads model.pt2 only)."""
     from recbuild import feature_io
+    from recbuild.exporter import save_torch_export
 
     folder.mkdir(parents=True, exist_ok=True)
+    example = {s.name: (torch.arange(4, dtype=torch.int64) if s.kind == "id" else torch.rand(4))
+               for s in specs}
+    save_torch_export(module, example, folder / "model.pt2")
     torch.jit.save(torch.jit.script(module), str(folder / "scripted_model.pt"))
     feature_io.write_fg(folder, specs)
 
@@ -68,7 +73,8 @@ def world(tmp_path):
     save_module(ItemTower(), towers / "item", [FeatureSpec("item_id", "id", "item", buckets=N_ITEMS, dim=DIM)])
     (towers / "MANIFEST.json").write_text("{}")
     model = tmp_path / "model"
-    save_module(UserTower(), model, [])
+    save_module(UserTower(), model, [FeatureSpec("user_id", "id", "user", buckets=16, dim=DIM),
+                                     FeatureSpec("age", "numeric", "user")])
     (model / "MANIFEST.json").write_text("{}")
     ids = np.arange(N_ITEMS) + 1000
     with torch.no_grad():
@@ -103,10 +109,11 @@ def test_bundle_layout_and_serve_check(world):
     bundle = run(ServingBundleBuilder(), tmp, {"neigh_num": 20},
                  {"model": model, "towers": towers, "index": index, "tree": tree})
     files = sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file())
-    assert files == ["item/fg.json", "item/scripted_model.pt", "model/fg.json", "model/scripted_model.pt",
-                     "model/serving_tree", "serving_config.json", "tree/node_feature/part-0.parquet",
-                     "tree/serving_tree", "user/faiss_index", "user/fg.json", "user/id_mapping",
-                     "user/index_meta.json", "user/scripted_model.pt"]
+    assert files == ["item/fg.json", "item/model.pt2", "item/scripted_model.pt", "model/fg.json",
+                     "model/model.pt2", "model/scripted_model.pt", "model/serving_tree",
+                     "serving_config.json", "tree/node_feature/part-0.parquet", "tree/serving_tree",
+                     "user/faiss_index", "user/fg.json", "user/id_mapping", "user/index_meta.json",
+                     "user/model.pt2", "user/scripted_model.pt"]
     config = json.loads((bundle / "serving_config.json").read_text())
     assert config == {"faiss_nprobe": None, "faiss_neigh_num": 20, "tdm_retrieval_num": 200,
                       "outputs": ["probs", "user_tower_emb"]}
