@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -206,7 +207,7 @@ def apply_overrides(data: dict, locations: dict, overrides: list[str]) -> None:
             last = int(last)
         elif not isinstance(target, dict):
             raise RecipeError(f"{SET_FILE} {item}: {format_path(path)} is not a mapping")
-        target[last] = parse_scalar(raw)
+        target[last] = parse_scalar(raw, f"{SET_FILE} {dotted}")
         full = path + (last,)
         _drop_subtree(locations, full)
         locations[full] = Loc(f"{SET_FILE} {dotted}", 0, 0)
@@ -216,10 +217,11 @@ def apply_overrides(data: dict, locations: dict, overrides: list[str]) -> None:
 
 
 class _Interpolator:
-    def __init__(self, variables: dict, locations: dict, file: str):
+    def __init__(self, variables: dict, locations: dict, file: str, is_shell=lambda path: False):
         self.vars = variables
         self.locations = locations
         self.file = file
+        self.is_shell = is_shell  # path -> whether the string there is run by a shell (quote values)
         self.problems: list[tuple[int, str]] = []
 
     def _fail(self, path: KeyPath, message: str) -> None:
@@ -259,9 +261,10 @@ class _Interpolator:
     def string(self, text: str, path: KeyPath) -> Any:
         if "${" not in text:
             return text
+        shell = self.is_shell(path)
         whole = _REF.fullmatch(text)
-        if whole and not text.startswith("$${"):
-            ok, value = self._lookup(whole.group(1).strip(), path)
+        if whole and not text.startswith("$${") and not shell:
+            ok, value = self._lookup(_unraw(whole.group(1).strip()), path)
             if ok:
                 return self.walk(copy.deepcopy(value), path) if isinstance(value, (dict, list)) else value
             return text
@@ -270,14 +273,18 @@ class _Interpolator:
             start = match.start()
             if start > 0 and text[start - 1] == "$":
                 return match.group(0)
-            ok, value = self._lookup(match.group(1).strip(), path)
+            expr = match.group(1).strip()
+            ok, value = self._lookup(_unraw(expr), path)
             if not ok:
                 return match.group(0)
             if isinstance(value, (dict, list)):
                 self._fail(path, f"${{{match.group(1)}}} is a {type(value).__name__}; "
                                  "it can only stand alone, not inside a string")
                 return match.group(0)
-            return str(value).lower() if isinstance(value, bool) else str(value)
+            text_value = str(value).lower() if isinstance(value, bool) else str(value)
+            # In a shell command every value is one quoted word: a branch name or a --set value
+            # must never run as shell code. ${raw:...} is the explicit way to paste shell syntax.
+            return shlex.quote(text_value) if shell and not expr.startswith(RAW_PREFIX) else text_value
 
         return _REF.sub(replace, text).replace("$${", "${")
 
@@ -291,19 +298,79 @@ class _Interpolator:
         return value
 
 
-def interpolate(data: dict, locations: dict, file: str) -> dict:
+RAW_PREFIX = "raw:"
+
+
+def _unraw(expr: str) -> str:
+    return expr[len(RAW_PREFIX):].strip() if expr.startswith(RAW_PREFIX) else expr
+
+
+def _vars_cycle(raw_vars: dict) -> list[str]:
+    """A chain of vars that refers back to its start (["a", "b", "a"]), or [] when there is none."""
+    def refs(value) -> set[str]:
+        if isinstance(value, dict):
+            return set().union(*(refs(v) for v in value.values()))
+        if isinstance(value, list):
+            return set().union(*(refs(v) for v in value))
+        if isinstance(value, str):
+            return {_unraw(m.strip())[5:].split(".")[0] for m in _REF.findall(value)
+                    if _unraw(m.strip()).startswith("vars.")}
+        return set()
+
+    edges = {name: sorted(refs(value) & set(raw_vars)) for name, value in raw_vars.items()}
+    done: set[str] = set()
+    for start in edges:
+        trail: list[str] = []
+        stack = [(start, iter(edges[start]))]
+        on_trail = {start}
+        trail.append(start)
+        while stack:
+            name, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                stack.pop()
+                on_trail.discard(trail.pop())
+                done.add(name)
+            elif child in on_trail:
+                return trail[trail.index(child):] + [child]
+            elif child not in done:
+                stack.append((child, iter(edges[child])))
+                on_trail.add(child)
+                trail.append(child)
+    return []
+
+
+def shell_field_test(data: dict, builders: dict):
+    """path -> whether the string at that path is a shell command (a kind's ``shell_fields``)."""
+    def is_shell(path: KeyPath) -> bool:
+        if len(path) != 3 or path[0] not in ("sources", "artifacts"):
+            return False
+        section = data.get(path[0])
+        spec = section.get(path[1]) if isinstance(section, dict) else None
+        kind = spec.get("kind") if isinstance(spec, dict) else None
+        builder = builders.get(kind) if isinstance(kind, str) and kind in builders else None
+        return builder is not None and path[2] in getattr(builder, "shell_fields", ())
+    return is_shell
+
+
+def interpolate(data: dict, locations: dict, file: str, is_shell=lambda path: False) -> dict:
     raw_vars = data.get("vars") or {}
     if not isinstance(raw_vars, dict):
         raise RecipeError(problem(locate(locations, ("vars",), file), ("vars",), "must be a mapping"))
-    # vars may use env and earlier vars; resolve to a fixed point (bounded, so cycles stop).
+    cycle = _vars_cycle(raw_vars)
+    if cycle:
+        path = ("vars", cycle[0])
+        raise RecipeError(problem(locate(locations, path, file), path, "reference cycle: "
+                                  + " -> ".join(f"${{vars.{n}}}" for n in cycle)))
+    # vars may use env and other vars; without cycles a fixed point is reached within len(vars) rounds.
     resolved = raw_vars
-    for _ in range(8):
+    for _ in range(len(raw_vars) + 1):
         interp = _Interpolator(resolved, locations, file)
         nxt = interp.walk(raw_vars, ("vars",))
         if nxt == resolved:
             break
         resolved = nxt
-    interp = _Interpolator(resolved, locations, file)
+    interp = _Interpolator(resolved, locations, file, is_shell)
     result = {k: (resolved if k == "vars" else interp.walk(v, (k,))) for k, v in data.items()}
     interp.walk(resolved, ("vars",))  # report unresolved references inside vars
     if interp.problems:
@@ -342,7 +409,7 @@ def build_nodes(data: dict, locations: dict, file: str, builders: dict) -> tuple
         entries = data.get(section) or {}
         for name, spec in entries.items():
             path = (section, name)
-            if not _NAME_RE.match(name) or name in RESERVED_NAMES:
+            if not _NAME_RE.fullmatch(name) or name in RESERVED_NAMES:
                 fail(path, f"bad name {name!r}: use letters, digits, '_' and '-', starting with a letter or '_'")
                 continue
             if name in nodes:
@@ -419,7 +486,7 @@ def _load_recipe(path, overrides, builders) -> Recipe:
     builders = builders if builders is not None else all_builders()
     data, locations = _load_with_extends(recipe_path.resolve(), shown, (str(recipe_path.resolve()),))
     apply_overrides(data, locations, overrides or [])
-    data = interpolate(data, locations, shown)
+    data = interpolate(data, locations, shown, shell_field_test(data, builders))
 
     where = lambda p: locate(locations, p, shown)  # noqa: E731
     problems = SchemaChecker(top_level_schema()).problems(data, (), where)
@@ -443,9 +510,14 @@ def _load_recipe(path, overrides, builders) -> Recipe:
     if isinstance(cache, str):
         cache = {"url": cache}
     recipe_dir = recipe_path.resolve().parent
+    workdir = (recipe_dir / data.get("workdir", "build")).resolve()
+    if workdir == Path(workdir.anchor) or workdir == Path.home().resolve():
+        raise RecipeError(problem(where(("workdir",)), ("workdir",),
+                                  f"{workdir} cannot be a workdir: artifacts would be published beside "
+                                  "the system's (or your home's) folders; use a folder of its own, e.g. build"))
     return Recipe(
         path=recipe_path, dir=recipe_dir, name=data.get("name") or recipe_dir.name,
-        workdir=(recipe_dir / data.get("workdir", "build")).resolve(),
+        workdir=workdir,
         model=data.get("model") or {}, nodes=nodes, default=default, cache=cache,
         data=data, locations=locations,
     )

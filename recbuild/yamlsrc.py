@@ -33,7 +33,10 @@ def format_path(path: KeyPath) -> str:
         if isinstance(part, int):
             text += f"[{part}]"
         else:
-            text += ("." if text else "") + str(part)
+            part = str(part)
+            if not part.isprintable():  # an error stays one line, whatever a key holds
+                part = repr(part)
+            text += ("." if text else "") + part
     return text or "(top level)"
 
 
@@ -46,9 +49,43 @@ def problem(loc: Loc, path: KeyPath, message: str) -> str:
     return f"{loc}: {where}: {message}"
 
 
-def _convert(node: Any, path: KeyPath, file: str, locations: dict[KeyPath, Loc]) -> Any:
+MAX_VALUES = 100_000  # a recipe is small; YAML aliases can expand a few bytes beyond any memory
+MAX_DEPTH = 64
+_PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "map", "seq")}
+
+
+class _Budget:
+    def __init__(self):
+        self.values = 0
+
+
+def _tag_of(node: Any) -> str | None:
+    tag = getattr(node, "tag", None)
+    value = getattr(tag, "value", tag) if tag is not None else None
+    return value if isinstance(value, str) else None
+
+
+def _convert(node: Any, path: KeyPath, file: str, locations: dict[KeyPath, Loc],
+             budget: _Budget | None = None, parents: tuple = (), here: Loc | None = None) -> Any:
     from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
+    budget = budget or _Budget()
+    here = here or Loc(file, 1, 1)
+    budget.values += 1
+    if budget.values > MAX_VALUES:
+        raise RecipeError(problem(here, path, f"the recipe expands to more than {MAX_VALUES:,} values "
+                                              "(YAML aliases repeated inside each other?); recipes are small"))
+    if len(path) > MAX_DEPTH:
+        raise RecipeError(problem(here, path, f"nested deeper than {MAX_DEPTH} levels"))
+    tag = _tag_of(node)
+    if tag is not None and tag not in _PLAIN_TAGS:
+        shown = tag.replace("tag:yaml.org,2002:", "!!")
+        raise RecipeError(problem(here, path, f"YAML tag {shown} is not supported: a recipe is plain data "
+                                              "(mappings, lists, strings, numbers, booleans, null)"))
+    if isinstance(node, (CommentedMap, CommentedSeq)):
+        if any(node is p for p in parents):
+            raise RecipeError(problem(here, path, "a YAML alias refers to the value that contains it"))
+        parents = parents + (node,)
     if isinstance(node, CommentedMap):
         result = {}
         for key in node:
@@ -56,18 +93,25 @@ def _convert(node: Any, path: KeyPath, file: str, locations: dict[KeyPath, Loc])
                 line, col = node.lc.key(key)
                 raise RecipeError(problem(Loc(file, line + 1, col + 1), path,
                                           f"keys must be strings, got {key!r}"))
-            line, col = node.lc.key(key)
-            locations[path + (key,)] = Loc(file, line + 1, col + 1)
-            result[key] = _convert(node[key], path + (key,), file, locations)
+            try:
+                line, col = node.lc.key(key)
+                loc = Loc(file, line + 1, col + 1)
+            except KeyError:  # a key merged in with `<<: *anchor` is located at the mapping
+                loc = here
+            locations[path + (key,)] = loc
+            result[key] = _convert(node[key], path + (key,), file, locations, budget, parents, loc)
         return result
     if isinstance(node, CommentedSeq):
         result = []
         for index, item in enumerate(node):
             line, col = node.lc.item(index)
-            locations[path + (index,)] = Loc(file, line + 1, col + 1)
-            result.append(_convert(item, path + (index,), file, locations))
+            loc = Loc(file, line + 1, col + 1)
+            locations[path + (index,)] = loc
+            result.append(_convert(item, path + (index,), file, locations, budget, parents, loc))
         return result
     if isinstance(node, str):
+        if "\0" in node:
+            raise RecipeError(problem(here, path, "a NUL character cannot be part of a recipe value"))
         return str(node)
     if isinstance(node, bool) or node is None:
         return node
@@ -83,6 +127,9 @@ def load_yaml_text(text: str, file: str) -> tuple[Any, dict[KeyPath, Loc]]:
     from ruamel.yaml import YAML
     from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+    if "\0" in text:
+        line = text[:text.index("\0")].count("\n") + 1
+        raise RecipeError(f"{file}:{line}:1: invalid YAML: a NUL character")
     yaml = YAML(typ="rt")
     yaml.allow_duplicate_keys = False
     try:
@@ -97,6 +144,8 @@ def load_yaml_text(text: str, file: str) -> tuple[Any, dict[KeyPath, Loc]]:
         raise RecipeError(f"{loc}: invalid YAML: {what}") from None
     except YAMLError as exc:
         raise RecipeError(f"{file}:1:1: invalid YAML: {exc}") from None
+    except RecursionError:
+        raise RecipeError(f"{file}:1:1: invalid YAML: nested too deeply to read") from None
     locations: dict[KeyPath, Loc] = {(): Loc(file, 1, 1)}
     return _convert(data, (), file, locations), locations
 
@@ -111,10 +160,14 @@ def load_yaml(path: Path, shown_as: str | None = None) -> tuple[Any, dict[KeyPat
     return load_yaml_text(text, shown_as or str(path))
 
 
-def parse_scalar(text: str) -> Any:
-    """A --set value: parsed as YAML so numbers, booleans and lists keep their type."""
+def parse_scalar(text: str, label: str = "--set") -> Any:
+    """A --set value: parsed as YAML so numbers, booleans and lists keep their type; text that is
+    not YAML is the plain string. A YAML value recbuild refuses (a tag, a self-referring alias)
+    is an error naming ``label``."""
     try:
-        value, _ = load_yaml_text(text, "--set")
-    except RecipeError:
-        return text
+        value, _ = load_yaml_text(text, label)
+    except RecipeError as exc:
+        if ": invalid YAML: " in exc.message:
+            return text
+        raise RecipeError(f"{label}: {exc.message.split(': ', 2)[-1]}") from None
     return text if value is None and text.strip() not in ("null", "~") else value

@@ -98,6 +98,8 @@ class Builder:
       key_exclude       params that do not change the content (e.g. an executor); left out of the key
       uses_torch        build() touches torch's process-wide state (RNG, thread pool, the export
                         tracer); under ``make -j N`` such steps take turns (see engine.torch_turn)
+      shell_fields      params run by a shell: every ${vars.*}/${env.*} value interpolated into them
+                        is shell-quoted (``${raw:...}`` pastes it as is)
       description       one line for `recbuild templates`/docs
     """
 
@@ -109,6 +111,7 @@ class Builder:
     uses_model: ClassVar[bool] = False
     key_exclude: ClassVar[tuple[str, ...]] = ()
     uses_torch: ClassVar[bool] = False
+    shell_fields: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""
 
     def references(self, params: dict[str, Any]) -> dict[str, list[str]]:

@@ -30,6 +30,7 @@ class CommandBuilder(Builder):
     description = "Run a shell command that writes its outputs into ${out}."
     reference_fields = ("deps",)
     path_fields = ("deps",)
+    shell_fields = ("cmd",)
     schema = {
         "type": "object",
         "properties": {
