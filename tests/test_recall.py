@@ -111,6 +111,7 @@ def test_index_recall_against_exact(tmp_path):
 def test_user_tower_path(hand_example):
     torch = pytest.importorskip("torch")
     from recbuild import feature_io
+    from recbuild.exporter import save_torch_export
 
     tmp, index, _, users = hand_example
 
@@ -124,7 +125,7 @@ def test_user_tower_path(hand_example):
 
     towers = tmp / "towers"
     (towers / "user").mkdir(parents=True)
-    torch.jit.save(torch.jit.script(UserTower()), str(towers / "user" / "scripted_model.pt"))
+    save_torch_export(UserTower(), {"uid": torch.arange(4)}, towers / "user" / "model.pt2")
     feature_io.write_fg(towers / "user", [feature_io.FeatureSpec("uid", "id", "user", buckets=3, dim=2)])
     queries = write(tmp / "queries", {"user_id": ["u1", "u1", "u1", "u1", "u2", "u3"], "uid": [0, 0, 0, 0, 1, 2],
                                       "item_id": [3, 4, 3, 1, 2, 1], "label": [1, 1, 1, 0, 1, 0]})
@@ -207,6 +208,7 @@ def test_tdm_mode_with_an_exported_model(tmp_path):
     the target items by beam search; a wrong ground truth is a miss."""
     torch = pytest.importorskip("torch")
     from recbuild import feature_io
+    from recbuild.exporter import save_torch_export
     from recbuild.builders.tdm_tree import TdmTreeBuilder
 
     class TdmModel(torch.nn.Module):
@@ -216,7 +218,8 @@ def test_tdm_mode_with_an_exported_model(tmp_path):
 
     model = tmp_path / "model"
     model.mkdir()
-    torch.jit.save(torch.jit.script(TdmModel()), str(model / "scripted_model.pt"))
+    save_torch_export(TdmModel(), {"uid": torch.arange(4), "item_id": torch.arange(4), "pos": torch.rand(4)},
+                      model / "model.pt2")
     feature_io.write_fg(model, [feature_io.FeatureSpec("uid", "id", "user", buckets=10, dim=4),
                                 feature_io.FeatureSpec("item_id", "id", "item", buckets=1000, dim=4),
                                 feature_io.FeatureSpec("pos", "numeric", "item")])

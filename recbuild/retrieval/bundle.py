@@ -58,7 +58,15 @@ def write_config(bundle: Path, config: dict[str, Any]) -> None:
 
 
 def read_config(bundle: Path) -> dict[str, Any]:
-    return read_json(Path(bundle) / CONFIG_FILE, "not a serving bundle")
+    config = read_json(Path(bundle) / CONFIG_FILE, "not a serving bundle")
+    if not isinstance(config, dict):
+        raise InputError(f"{Path(bundle) / CONFIG_FILE} is not a JSON object; rebuild the bundle")
+    for key in ("faiss_nprobe", "faiss_neigh_num", "faiss_ef_search", "tdm_retrieval_num"):
+        value = config.get(key)
+        if value is not None and (type(value) is not int or value < 1):
+            raise InputError(f"{Path(bundle) / CONFIG_FILE}: {key} must be a positive integer or null, "
+                             f"got {value!r}; rebuild the bundle")
+    return config
 
 
 def serve_check(bundle_dir: str | Path, query_row: dict[str, Any], k: int | None = None) -> list[str]:
@@ -79,6 +87,7 @@ def serve_check(bundle_dir: str | Path, query_row: dict[str, Any], k: int | None
     user = bundle / "user"
     if not (user / "faiss_index").is_file():
         raise InputError(f"{bundle}: no user/faiss_index; the bundle was built without towers + index")
+    index, ids = fi.load_index(user)  # files first: no model is loaded for a broken bundle
     tower = predictor.load_tower(user)
     missing = [s.column for s in tower.specs if s.column not in query_row]
     if missing:
@@ -90,7 +99,6 @@ def serve_check(bundle_dir: str | Path, query_row: dict[str, Any], k: int | None
     if "user_tower_emb" not in out:
         raise InputError(f"{user}: the tower returned {sorted(out)}, not user_tower_emb")
     vector = out["user_tower_emb"].detach().cpu().numpy().astype(np.float32).reshape(1, -1)
-    index, ids = fi.load_index(user)
     top = int(k or config.get("faiss_neigh_num") or 200)
     _, found = fi.search(index, vector, min(top, index.ntotal), nprobe=config.get("faiss_nprobe"),
                          ef_search=config.get("faiss_ef_search"))

@@ -289,6 +289,8 @@ def read_json(path: Path, missing: str) -> Any:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError(f"{path} not found: {missing}") from None
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError too
+        raise InputError(f"{path} is not valid JSON ({str(exc)[:100]}); rebuild it") from None
 
 
 def read_meta(folder: Path) -> dict[str, Any]:
@@ -297,7 +299,10 @@ def read_meta(folder: Path) -> dict[str, Any]:
 
 def read_id_mapping(path: Path) -> np.ndarray:
     """Line i of id_mapping = item id of faiss id i, as an object array of str."""
-    text = Path(path).read_text(encoding="utf-8")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not UTF-8 text (one item id per line); rebuild the index") from None
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
@@ -312,7 +317,11 @@ def load_index(folder: Path):
     for name in (INDEX_FILE, ID_MAPPING_FILE):
         if not (folder / name).is_file():
             raise InputError(f"{folder / name} not found: expected a faiss_index artifact or bundle")
-    index = faiss.read_index(str(folder / INDEX_FILE))
+    try:
+        index = faiss.read_index(str(folder / INDEX_FILE))
+    except RuntimeError as exc:  # truncated or not a faiss index: faiss raises its own error text
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else "unreadable"
+        raise InputError(f"{folder / INDEX_FILE} is not a readable faiss index ({first}); rebuild it") from None
     ids = read_id_mapping(folder / ID_MAPPING_FILE)
     if len(ids) != index.ntotal:
         raise InputError(f"{folder}: id_mapping has {len(ids)} lines but the index holds "
