@@ -11,7 +11,7 @@ from doit import get_var
 
 from recbuild.builders import all_builders
 from recbuild.errors import RecbuildError
-from recbuild.engine import Engine, MakeOptions
+from recbuild.engine import Engine, MakeOptions, reset_unreadable_state_db
 from recbuild.graph import build_graph
 from recbuild.recipe import load_recipe
 from recbuild.ui import Terminal
@@ -26,6 +26,8 @@ except RecbuildError as exc:
     sys.exit(f"error: {exc}")
 _engine = Engine(_graph, _builders, Terminal().build_events())
 _engine.ws.state_dir.mkdir(parents=True, exist_ok=True)
+for _warning in [*_engine.ws.cache.warnings, *reset_unreadable_state_db(_engine.state_db)]:
+    print(f"warning: {_warning}", file=sys.stderr)
 
 DOIT_CONFIG = _engine.doit_config(MakeOptions())
 DOIT_CONFIG["default_tasks"] = _graph.default_targets()

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from recbuild.errors import RecbuildError
 from recbuild.hashing import StatCache, entries_digest
-from recbuild.manifest import MANIFEST_NAME, write_manifest
+from recbuild.manifest import manifest_problem, write_manifest
 
 LAYOUT = "v1"
 
@@ -84,10 +84,10 @@ class ArtifactCache:
             raise CacheError(f"cache {self.url}: cannot read entry {key}: {exc}") from None
         try:
             manifest = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
-        if not isinstance(manifest, dict) or manifest.get("key") != key:
-            return None
+        if manifest_problem(manifest) is not None or manifest.get("key") != key:
+            return None  # a wrong-shaped entry is not an entry: rebuilt here, and replaced on push
         return manifest
 
     def entries(self) -> list[CacheEntry]:
@@ -101,7 +101,7 @@ class ArtifactCache:
             try:
                 manifest = json.loads(self.fs.cat_file(path))
                 info = self.fs.info(path)
-            except (FileNotFoundError, ValueError):
+            except (FileNotFoundError, ValueError, RecursionError):
                 continue
             found.append(CacheEntry(key, manifest, _modified(info)))
         return found
@@ -130,11 +130,19 @@ class ArtifactCache:
         manifest = self.lookup(key)
         if manifest is None:
             raise CacheError(f"no cache entry {key}")
+        expected_files = manifest.get("files", {})
+        limit = archive_size_limit(expected_files)
         try:
+            size = self.fs.size(self._base(key) + ".tar")
+            if size is not None and size > limit:
+                raise CorruptEntry(f"cache entry {key}: its archive is {size} bytes, more than its "
+                                   f"manifest's files can fill ({limit}); refusing to read it")
             data = self.fs.cat_file(self._base(key) + ".tar")
         except FileNotFoundError:
             raise CorruptEntry(f"cache entry {key} has a manifest but no archive") from None
-        _safe_extract(data, staged)
+        if len(data) > limit:
+            raise CorruptEntry(f"cache entry {key}: its archive is larger than its manifest allows")
+        _safe_extract(data, staged, expected_files)
         expected = manifest.get("files", {})
         from recbuild.hashing import list_files, tree_entries
 
@@ -188,26 +196,47 @@ def _deterministic_tar(folder: Path, manifest: dict) -> bytes:
     return buffer.getvalue()
 
 
-def _safe_extract(data: bytes, target: Path) -> None:
+def archive_size_limit(files: dict) -> int:
+    """The most bytes a deterministic tar of these files can take (headers, PAX records for long
+    names, padding and the end blocks included); anything larger is not what push wrote."""
+    content = sum(-(-entry["size"] // 512) * 512 for entry in files.values())
+    return content + len(files) * 4096 + 2 * tarfile.RECORDSIZE
+
+
+def _safe_extract(data: bytes, target: Path, expected: dict) -> None:
+    """Extract the archive's files into ``target``, refusing before a byte is written any member
+    that is not a plain (non-sparse) file named in the manifest with the manifest's size, and
+    writing no more than the manifest's total."""
     target = target.resolve()
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-            for member in tar:
+            members = tar.getmembers()
+            seen: set[str] = set()
+            for member in members:
                 name = member.name
                 dest = (target / name).resolve()
-                if (os.path.isabs(name) or ".." in Path(name).parts or not member.isfile()
-                        or not str(dest).startswith(str(target) + os.sep)):
+                if (os.path.isabs(name) or ".." in Path(name).parts or member.type not in PLAIN_FILE_TYPES
+                        or member.issparse() or not str(dest).startswith(str(target) + os.sep)):
                     raise CorruptEntry(f"cache archive member {name!r} is not a plain file inside the "
                                        "artifact folder; refusing to extract it")
-                if name == MANIFEST_NAME:
-                    continue
+                if name not in expected or name in seen or member.size != expected[name]["size"]:
+                    raise CorruptEntry(f"cache archive member {name!r} is not in the entry's manifest "
+                                       "with that size; refusing to extract it")
+                seen.add(name)
+            for member in members:
+                dest = target / member.name
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 source = tar.extractfile(member)
+                remaining = member.size
                 with open(dest, "wb") as handle:
-                    while chunk := source.read(1 << 20):
+                    while remaining > 0 and (chunk := source.read(min(1 << 20, remaining))):
                         handle.write(chunk)
+                        remaining -= len(chunk)
     except tarfile.TarError as exc:
         raise CorruptEntry(f"cache archive is damaged: {exc}") from None
+
+
+PLAIN_FILE_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE)
 
 
 def open_cache(recipe, url_override: str | None) -> ArtifactCache | None:

@@ -126,6 +126,16 @@ def _load_targets(args):
     return graph, builders, names
 
 
+def _workspace(graph, builders, term):
+    """The recipe's workspace; state it found unreadable (and rebuilt) is reported in one line each."""
+    from recbuild.workspace import Workspace
+
+    ws = Workspace(graph, builders)
+    for warning in ws.cache.warnings:
+        term.warn(warning)
+    return ws
+
+
 def _check_targets(graph, targets: list[str]) -> None:
     from recbuild.schema import did_you_mean
 
@@ -152,15 +162,15 @@ def cmd_make(args, term) -> int:
 
 
 def _dry_run(graph, builders, targets, term) -> int:
-    from recbuild.workspace import Workspace
 
-    ws = Workspace(graph, builders)
+    ws = _workspace(graph, builders, term)
     plan = ws.plan(targets or graph.default_targets())
     stale = [s for s in plan.values() if not s.current and not graph.nodes[s.name].is_file_source]
+    broken = [s for s in plan.values() if graph.nodes[s.name].is_file_source and s.state == "error"]
+    for status in broken:
+        term.error(f"{graph.nodes[status.name].loc}: {'; '.join(map(str, status.reasons))}")
     for status in plan.values():
         if graph.nodes[status.name].is_file_source:
-            if status.state == "error":
-                term.error(f"{status.name}: {'; '.join(map(str, status.reasons))}")
             continue
         if status.current:
             term.debug(f"  up to date  {status.name}")
@@ -170,15 +180,13 @@ def _dry_run(graph, builders, targets, term) -> int:
     if not stale:
         term.info("nothing to build: everything is up to date")
     ws.cache.close()
-    return 0
+    return 1 if broken else 0
 
 
 def cmd_status(args, term) -> int:
-    from recbuild.workspace import Workspace
-
     graph, builders = _load(args)
     _check_targets(graph, args.targets)
-    ws = Workspace(graph, builders)
+    ws = _workspace(graph, builders, term)
     plan = ws.plan(args.targets or list(graph.nodes))
     rows = []
     for name, status in plan.items():
@@ -196,11 +204,9 @@ def cmd_status(args, term) -> int:
 
 
 def cmd_explain(args, term) -> int:
-    from recbuild.workspace import Workspace
-
     graph, builders = _load(args)
     _check_targets(graph, [args.target])
-    ws = Workspace(graph, builders)
+    ws = _workspace(graph, builders, term)
     plan = ws.plan([args.target])
     status = plan[args.target]
     node = graph.nodes[args.target]
@@ -268,20 +274,24 @@ def render_graph(graph, fmt: str) -> str:
 
 
 def cmd_clean(args, term) -> int:
+    from recbuild.errors import ForeignFolder
     from recbuild.lock import WorkdirLock
-    from recbuild.workspace import Workspace
+    from recbuild.manifest import made_by_recbuild
 
     graph, builders, names = _load_targets(args)
-    ws = Workspace(graph, builders)
+    ws = _workspace(graph, builders, term)
     ws.cache.close()
     removed = 0
+    present = [n for n in names if os.path.lexists(ws.folder(n))]
+    foreign = [str(ws.folder(n)) for n in present if not made_by_recbuild(ws.folder(n))]
+    if foreign:  # decided before anything is removed: all or nothing
+        raise ForeignFolder(f"recbuild did not make {', '.join(foreign)} (no recbuild MANIFEST.json), so "
+                            "it will not delete it; nothing was removed. Remove it yourself if you mean to")
     with WorkdirLock(ws.state_dir):
-        for name in names:
-            folder = ws.folder(name)
-            if folder.exists():
-                shutil.rmtree(folder)
-                removed += 1
-                term.info(f"  removed {name}")
+        for name in present:
+            shutil.rmtree(ws.folder(name))
+            removed += 1
+            term.info(f"  removed {name}")
         if not args.targets:
             for leftover in ("tmp", "sources", "logs", "doit.sqlite"):
                 path = ws.state_dir / leftover
@@ -349,13 +359,12 @@ def cmd_cache(args, term) -> int:
     from recbuild import cache_ops
     from recbuild.cache import open_cache
     from recbuild.lock import WorkdirLock
-    from recbuild.workspace import Workspace
 
     graph, builders, names = _load_targets(args)
     cache = open_cache(graph.recipe, args.cache)
     if cache is None:
         raise UsageError("recbuild cache: no cache configured; add `cache: URL` to the recipe or pass --cache URL")
-    ws = Workspace(graph, builders)
+    ws = _workspace(graph, builders, term)
     try:
         if args.action == "status":
             rows = cache_ops.status(ws, cache, names)
@@ -390,6 +399,19 @@ def _flatten(value, prefix: str = "") -> dict[str, float]:
     return flat
 
 
+def _read_metrics(path: Path, term) -> dict[str, float]:
+    """Flattened numbers of a metrics.json; an unreadable file is reported and shown as empty."""
+    import json
+
+    if not path.is_file():
+        return {}
+    try:
+        return _flatten(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, RecursionError) as exc:
+        term.warn(f"{path} is unreadable ({str(exc)[:80]}); skipped")
+        return {}
+
+
 def _fmt_metric(value: float | None) -> str:
     if value is None:
         return "-"
@@ -399,21 +421,16 @@ def _fmt_metric(value: float | None) -> str:
 
 
 def cmd_metrics(args, term) -> int:
-    import json
-
-    from recbuild.workspace import Workspace
-
     graph, builders, names = _load_targets(args)
-    ws = Workspace(graph, builders)
+    ws = _workspace(graph, builders, term)
     ws.cache.close()
     rows = []
     for name in names:
         path = ws.folder(name) / "metrics.json"
         if not path.is_file():
             continue
-        current = _flatten(json.loads(path.read_text(encoding="utf-8")))
-        previous_path = ws.previous_metrics_path(name)
-        previous = _flatten(json.loads(previous_path.read_text(encoding="utf-8"))) if previous_path.is_file() else {}
+        current = _read_metrics(path, term)
+        previous = _read_metrics(ws.previous_metrics_path(name), term)
         for metric, value in current.items():
             row = [name, metric, _fmt_metric(value)]
             if args.diff:

@@ -7,6 +7,8 @@ The only module (with dodo.py) that imports doit. It never prints: progress and 
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -246,10 +248,14 @@ class Engine:
             specs.append(spec)
         return specs
 
+    @property
+    def state_db(self) -> Path:
+        return self.ws.state_dir / "doit.sqlite"
+
     def doit_config(self, options: "MakeOptions") -> dict[str, Any]:
         _Checker.workspace = self.ws
         return {
-            "dep_file": str(self.ws.state_dir / "doit.sqlite"),
+            "dep_file": str(self.state_db),
             "backend": "sqlite3",
             "check_file_uptodate": _Checker,
             "reporter": _Reporter(self),
@@ -269,6 +275,13 @@ class Engine:
         with WorkdirLock(self.ws.state_dir):
             shutil.rmtree(self.ws.tmp_dir, ignore_errors=True)  # leftovers of killed builds
             self.ws.tmp_dir.mkdir(parents=True, exist_ok=True)
+            for warning in [*self.ws.cache.warnings, *reset_unreadable_state_db(self.state_db)]:
+                self.events.warn(warning)
+            jobs = min(options.jobs, len(names), max_jobs())
+            if options.jobs > max_jobs():
+                self.events.warn(f"-j {options.jobs} is far above this machine's {os.cpu_count()} CPUs; "
+                                 f"running at most {max_jobs()} steps at once")
+            options = dataclasses.replace(options, jobs=max(jobs, 1))
             loader = _RecipeLoader(self, names, options)
             self.events.run_started([n for n in names])
             started = time.perf_counter()
@@ -292,6 +305,38 @@ class Engine:
         if code == 0 and not self.failures:
             return 0
         return 1
+
+
+def max_jobs() -> int:
+    """More parallel steps than this only adds threads (each torch step already uses every core)."""
+    return 8 * (os.cpu_count() or 1)
+
+
+def reset_unreadable_state_db(path: Path) -> list[str]:
+    """doit's database is a cache of what ran: when it is unreadable (garbage, truncated, another
+    schema, rows that are not JSON objects) doit would print its traceback. Remove it instead; the
+    manifests on disk let the next make adopt every artifact that is still intact. Returns the
+    warning to show, if any."""
+    import json
+    import sqlite3
+
+    if not path.exists():
+        return []
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            columns = [row[1] for row in db.execute("PRAGMA table_info(doit)")]
+            if columns and columns != ["task_id", "task_data"]:
+                raise ValueError(f"table doit has columns {columns}")
+            for task_id, data in (db.execute("SELECT task_id, task_data FROM doit") if columns else ()):
+                if not isinstance(task_id, str) or not isinstance(json.loads(data), dict):
+                    raise ValueError(f"a row for {task_id!r} is not a task record")
+    except (sqlite3.Error, ValueError, TypeError, RecursionError) as exc:
+        for suffix in ("", "-journal", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{path}{suffix}")
+        return [f"the state database {path} was unreadable ({str(exc)[:120]}); starting a new one "
+                "(intact artifacts are adopted, not rebuilt)"]
+    return []
 
 
 # make -j N runs steps on threads of one process. torch's RNG (seeded model init), thread pool and

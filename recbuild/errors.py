@@ -49,6 +49,15 @@ class InputError(BuildError):
     """An input of a builder failed validation (missing column, NaN, duplicate ids, ...)."""
 
 
+class UnsupportedFile(BuildError):
+    """A path is not a regular file where recbuild reads or publishes one (symlink in an artifact,
+    FIFO, device, socket)."""
+
+
+class ForeignFolder(BuildError):
+    """A folder recbuild would replace or delete was not made by recbuild."""
+
+
 class LockHeld(RecbuildError):
     """Another recbuild process holds the workdir lock."""
 

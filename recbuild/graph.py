@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from recbuild.errors import RecipeError
 from recbuild.recipe import NodeSpec, Recipe
@@ -96,12 +97,37 @@ def build_graph(recipe: Recipe, builders: dict) -> Graph:
     if problems:
         raise RecipeError([m for _, m in sorted(problems)])
 
+    problems.extend(_sources_holding_the_workdir(nodes, recipe))
+    if problems:
+        raise RecipeError([m for _, m in sorted(problems)])
     order = _topological(nodes, edges, recipe, ref_locs)
     dependents: dict[str, list[str]] = {n: [] for n in nodes}
     for name in order:
         for edge in edges.get(name, []):
             dependents[edge.upstream].append(name)
     return Graph(recipe, nodes, {n: edges.get(n, []) for n in nodes}, order, dependents)
+
+
+def _sources_holding_the_workdir(nodes: dict, recipe: Recipe) -> list[tuple[int, str]]:
+    """A source folder that contains the workdir would read the artifacts (and recbuild's state) as
+    its own input: every build would change it and rebuild everything, forever."""
+    from recbuild.hashing import is_glob
+    from recbuild.sources import is_url
+
+    problems = []
+    for name, node in nodes.items():
+        spec = node.params.get("path") if node.is_file_source else None
+        if not isinstance(spec, str) or is_url(spec) or is_glob(spec):
+            continue
+        path = Path(spec[len("file://"):] if spec.startswith("file://") else spec)
+        folder = (path if path.is_absolute() else recipe.dir / path).resolve()
+        if folder == recipe.workdir or folder in recipe.workdir.parents:
+            where = node.loc
+            problems.append((where.line, f"{where}: {node.section}.{name}: {spec} contains the workdir "
+                                         f"{recipe.workdir}, so the artifacts would be inputs of "
+                                         "themselves; point the source at a folder beside the workdir, "
+                                         "or set workdir outside it"))
+    return problems
 
 
 def _looks_like_path(target: str, recipe: Recipe) -> bool:

@@ -16,12 +16,15 @@ import glob as globlib
 import mmap
 import os
 import sqlite3
+import stat
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import xxhash
+
+from recbuild.errors import UnsupportedFile
 
 ALGORITHM = "xxh3_128"
 RACY_WINDOW_NS = 20_000_000  # > one tick of the kernel's coarse file clock (<= 10 ms)
@@ -61,16 +64,49 @@ class StatCache:
         self._entries: dict[str, tuple[int, int, int, int, str]] = {}
         self._db: sqlite3.Connection | None = None
         self.stats = HashStats()
+        self.warnings: list[str] = []  # for the UI: state that was unreadable and rebuilt
         if db_path is not None:
             db_path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(db_path), check_same_thread=False, timeout=30,
-                                       isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("CREATE TABLE IF NOT EXISTS stat_cache (path TEXT PRIMARY KEY, ino INTEGER,"
-                             " size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, digest TEXT)")
-            for row in self._db.execute("SELECT path, ino, size, mtime_ns, ctime_ns, digest FROM stat_cache"):
+            try:
+                self._open(db_path)
+            except sqlite3.Error as exc:
+                # The stat cache only saves re-reading files: when it is damaged, start a new one.
+                self.close()
+                self._entries.clear()
+                for suffix in ("", "-wal", "-shm", "-journal"):
+                    try:
+                        os.unlink(f"{db_path}{suffix}")
+                    except FileNotFoundError:
+                        pass
+                try:
+                    self._open(db_path)
+                    self.warnings.append(f"the stat cache {db_path} was unreadable ({exc}); started a new "
+                                         "one (files are hashed again once)")
+                except (sqlite3.Error, OSError) as again:
+                    self.close()
+                    self.warnings.append(f"the stat cache {db_path} is unusable ({again}); going on "
+                                         "without it (files are hashed on every run)")
+
+    def _open(self, db_path: Path) -> None:
+        self._db = sqlite3.connect(str(db_path), check_same_thread=False, timeout=30, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS stat_cache (path TEXT PRIMARY KEY, ino INTEGER,"
+                         " size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, digest TEXT)")
+        ignored = 0
+        for row in self._db.execute("SELECT path, ino, size, mtime_ns, ctime_ns, digest FROM stat_cache"):
+            # rows of the wrong types (a hand-edited or foreign table) are ignored, never trusted
+            if (isinstance(row[0], str) and all(type(v) is int for v in row[1:5])
+                    and isinstance(row[5], str)):
                 self._entries[row[0]] = tuple(row[1:])  # type: ignore[assignment]
+            else:
+                ignored += 1
+        if ignored:
+            self._db.execute("DELETE FROM stat_cache WHERE typeof(path) != 'text' OR typeof(digest) != 'text'"
+                             " OR typeof(ino) != 'integer' OR typeof(size) != 'integer'"
+                             " OR typeof(mtime_ns) != 'integer' OR typeof(ctime_ns) != 'integer'")
+            self.warnings.append(f"the stat cache {db_path} had {ignored} unreadable rows; dropped them "
+                                 "(those files are hashed again once)")
 
     def close(self) -> None:
         if self._db is not None:
@@ -86,6 +122,8 @@ class StatCache:
         if cached is not None and cached[:4] == signature:
             self.stats.cache_hits += 1
             return cached[4]
+        if not stat.S_ISREG(st.st_mode):  # opening a FIFO would block forever
+            raise UnsupportedFile(f"{path} is {_kind_of(path, True)}, not a regular file")
         started = time.time_ns()
         digest = _read_digest(path, st.st_size)
         with self._lock:
@@ -102,14 +140,71 @@ class StatCache:
         return digest
 
 
+def _kind_of(path: str, follow_links: bool) -> str:
+    """What a non-regular entry is, for messages."""
+    try:
+        mode = os.stat(path).st_mode if follow_links else os.lstat(path).st_mode
+    except OSError:
+        return "a broken symlink" if os.path.islink(path) else "unreadable"
+    if stat.S_ISLNK(mode):
+        return f"a symlink (to {os.readlink(path)})"
+    for test, what in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
+def walk_files(root: Path, *, follow_links: bool) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """(regular files, other entries with what they are) under a directory, files sorted by relative
+    path, hidden recbuild state excluded. With ``follow_links`` symlinked files and folders are read
+    through (a loop is reported, not followed); without, a symlink is an "other" entry."""
+    files: list[Path] = []
+    others: list[tuple[Path, str]] = []
+    seen: set[str] = set()
+    stack = [str(root)]
+    while stack:  # a loop, not recursion: folder depth is not bounded by Python's stack
+        directory = stack.pop()
+        if follow_links:
+            real = os.path.realpath(directory)
+            if real in seen:
+                others.append((Path(directory), "a symlink loop"))
+                continue
+            seen.add(real)
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                try:
+                    if not follow_links and entry.is_symlink():
+                        others.append((Path(entry.path), _kind_of(entry.path, False)))
+                    elif entry.is_dir(follow_symlinks=follow_links):
+                        if entry.name != ".recbuild":
+                            stack.append(entry.path)
+                    elif entry.is_file(follow_symlinks=follow_links):
+                        files.append(Path(entry.path))
+                    else:
+                        others.append((Path(entry.path), _kind_of(entry.path, follow_links)))
+                except OSError:
+                    others.append((Path(entry.path), "unreadable"))
+    files.sort(key=lambda p: p.relative_to(root).as_posix())
+    return files, others
+
+
 def list_files(root: Path) -> list[Path]:
-    """Files under a directory, sorted by relative path, hidden recbuild state excluded."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d != ".recbuild")
-        for name in filenames:
-            found.append(Path(dirpath, name))
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+    """The regular files of an artifact folder (symlinks not followed), sorted by relative path.
+
+    Artifacts hold regular files and folders only: a symlink would publish a file from outside
+    the workdir (and push it to the shared cache), a FIFO or device would hang whoever reads it.
+    """
+    if os.path.islink(root) or not os.path.isdir(root):
+        raise UnsupportedFile(f"{root} is {_kind_of(str(root), False)}, not a folder: a step must write "
+                              "its files into its output folder, not replace the folder")
+    files, others = walk_files(root, follow_links=False)
+    if others:
+        path, what = others[0]
+        more = f" (and {len(others) - 1} more)" if len(others) > 1 else ""
+        raise UnsupportedFile(f"{path.relative_to(root)} is {what}{more}: artifacts hold regular files "
+                              "and folders only; copy the file in instead (e.g. cp -L)")
+    return files
 
 
 def is_glob(pattern: str) -> bool:
@@ -123,13 +218,23 @@ def expand_local(path: Path) -> tuple[Path, list[Path]]:
         matches = sorted(Path(p) for p in globlib.glob(text, recursive=True))
         files: list[Path] = []
         for match in matches:
-            files.extend(list_files(match) if match.is_dir() else [match])
+            files.extend(_source_files(match) if match.is_dir() else [match])
         root = Path(text.split("*")[0].split("?")[0].split("[")[0])
         root = root if text.split("*")[0].endswith(os.sep) or root.is_dir() else root.parent
         return root, sorted(set(files))
     if path.is_dir():
-        return path, list_files(path)
+        return path, _source_files(path)
     return path.parent, [path] if path.exists() else []
+
+
+def _source_files(folder: Path) -> list[Path]:
+    """Files of a source folder: symlinks are read through (inputs are only read); anything that
+    is not a regular file in the end is refused (a FIFO would hang every make)."""
+    files, others = walk_files(folder, follow_links=True)
+    if others:
+        path, what = others[0]
+        raise UnsupportedFile(f"{path} is {what}; a source reads regular files only")
+    return files
 
 
 def tree_entries(root: Path, files: list[Path], cache: StatCache) -> dict[str, dict]:

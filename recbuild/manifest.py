@@ -12,12 +12,14 @@ import ctypes.util
 import json
 import os
 import shutil
+import stat
 import uuid
 from pathlib import Path
 from typing import Any
 
 from recbuild import __version__
-from recbuild.hashing import ALGORITHM, StatCache, entries_digest, list_files, tree_entries
+from recbuild.errors import ForeignFolder, UnsupportedFile
+from recbuild.hashing import ALGORITHM, StatCache, entries_digest, list_files, tree_entries, walk_files
 
 MANIFEST_NAME = "MANIFEST.json"
 
@@ -28,7 +30,7 @@ def canonical_json(value: Any) -> str:
 
 def make_manifest(folder: Path, *, kind: str, key: str, inputs: dict[str, str], params: dict,
                   cache: StatCache, meta: dict | None = None) -> dict:
-    files = [f for f in list_files(folder) if f.name != MANIFEST_NAME or f.parent != folder]
+    files = [f for f in list_files(folder) if f != folder / MANIFEST_NAME]
     entries = tree_entries(folder, files, cache)
     manifest = {
         "kind": kind,
@@ -57,29 +59,78 @@ def write_manifest(folder: Path, manifest: dict) -> Path:
     return path
 
 
+_MAX_MANIFEST_BYTES = 256 << 20
+
+
+def manifest_problem(manifest: Any) -> str | None:
+    """Why ``manifest`` is not a MANIFEST.json recbuild can use, or None when it is.
+
+    This is the manifest's schema, checked wherever one is read back (artifact folders, source
+    state, cache entries): a folder or a shared cache can hold anything, so nothing is trusted
+    for its shape. File paths must stay inside their folder.
+    """
+    if not isinstance(manifest, dict):
+        return "not a JSON object"
+    for field in ("kind", "key", "digest"):
+        if not isinstance(manifest.get(field), str):
+            return f"{field!r} is missing or not a string"
+    for field in ("inputs", "params"):
+        if field in manifest and not isinstance(manifest[field], dict):
+            return f"{field!r} is not an object"
+    for field in ("meta", "model"):
+        if field in manifest and not isinstance(manifest[field], dict):
+            return f"{field!r} is not an object"
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in manifest.get("inputs", {}).items()):
+        return "'inputs' must map names to digests"
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        return "'files' is missing or not an object"
+    for rel, entry in files.items():
+        if not safe_relpath(rel):
+            return f"file path {rel!r} is not a plain relative path"
+        if not (isinstance(entry, dict) and isinstance(entry.get("digest"), str)
+                and type(entry.get("size")) is int and entry["size"] >= 0):
+            return f"file {rel!r} lacks an integer size or a digest"
+    return None
+
+
+def safe_relpath(rel: Any) -> bool:
+    """A POSIX path inside its folder: relative, no '..', '.', empty parts, NUL or backslash."""
+    if not isinstance(rel, str) or not rel or rel.startswith("/") or "\\" in rel or "\0" in rel:
+        return False
+    return all(part not in ("", ".", "..") for part in rel.split("/"))
+
+
 def read_manifest(folder: Path) -> dict | None:
-    """The manifest of an artifact folder, or None when absent or unreadable (=> rebuild)."""
+    """The manifest of an artifact folder, or None when absent, unreadable or of the wrong shape
+    (=> the artifact is stale and rebuilt)."""
     try:
-        with open(folder / MANIFEST_NAME, encoding="utf-8") as handle:
-            manifest = json.load(handle)
-    except (OSError, ValueError):
+        with open(folder / MANIFEST_NAME, "rb") as handle:
+            manifest = json.loads(handle.read(_MAX_MANIFEST_BYTES))
+    except (OSError, ValueError, RecursionError):
         return None
-    return manifest if isinstance(manifest, dict) and "digest" in manifest else None
+    return manifest if manifest_problem(manifest) is None else None
 
 
 def verify_files(folder: Path, manifest: dict, cache: StatCache) -> list[str]:
     """Problems found comparing the folder with its manifest (empty list = intact)."""
     problems = []
     expected = manifest.get("files", {})
-    present = {f.relative_to(folder).as_posix() for f in list_files(folder)} - {MANIFEST_NAME}
+    files, others = walk_files(folder, follow_links=False)
+    present = {f.relative_to(folder).as_posix() for f in files} - {MANIFEST_NAME}
     for rel in sorted(present - set(expected)):
         problems.append(f"unexpected file {rel}")
+    for path, what in others:
+        problems.append(f"unexpected {path.relative_to(folder).as_posix()} ({what})")
     for rel, entry in sorted(expected.items()):
         path = folder / rel
         try:
-            st = os.stat(path)
+            st = os.lstat(path)
         except OSError:
             problems.append(f"missing file {rel}")
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            problems.append(f"{rel} is no longer a regular file")
             continue
         if st.st_size != entry["size"] or cache.file_digest(path, st) != entry["digest"]:
             problems.append(f"modified file {rel}")
@@ -106,13 +157,41 @@ def _exchange(a: Path, b: Path) -> bool:
     return result == 0
 
 
+def made_by_recbuild(folder: Path) -> bool:
+    """Whether recbuild can prove it made ``folder``: a real folder (not a symlink) holding a
+    MANIFEST.json that recbuild wrote (a JSON object naming its kind and recbuild's version).
+    Only such folders are ever replaced or deleted; a damaged manifest inside still proves it."""
+    if os.path.islink(folder) or not os.path.isdir(folder):
+        return False
+    try:
+        with open(folder / MANIFEST_NAME, "rb") as handle:
+            manifest = json.loads(handle.read(_MAX_MANIFEST_BYTES))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return (isinstance(manifest, dict) and isinstance(manifest.get("recbuild_version"), str)
+            and isinstance(manifest.get("kind"), str))
+
+
+def check_replaceable(target: Path) -> None:
+    """Raise ForeignFolder unless ``target`` is absent or a folder recbuild made."""
+    if os.path.lexists(target) and not made_by_recbuild(target):
+        what = "a symlink" if os.path.islink(target) else ("a file" if not os.path.isdir(target) else "a folder")
+        raise ForeignFolder(f"{target} is {what} that recbuild did not make (no recbuild MANIFEST.json "
+                            "in it), so recbuild will not replace or delete it; move it away, or give "
+                            "the artifact another name or the recipe another workdir")
+
+
 def publish(staged: Path, target: Path, trash_dir: Path) -> None:
     """Replace ``target`` with the fully written ``staged`` folder.
 
     With renameat2(RENAME_EXCHANGE) the swap is atomic: a reader sees the old or the new folder,
     never neither. Elsewhere the old folder is moved aside first; a crash between the two renames
-    leaves no folder at ``target`` (rebuilt next time), never a half-written one.
+    leaves no folder at ``target`` (rebuilt next time), never a half-written one. Only a folder
+    recbuild made is ever replaced (ForeignFolder otherwise, nothing touched).
     """
+    if os.path.islink(staged) or not os.path.isdir(staged):
+        raise UnsupportedFile(f"{staged} is not a folder; nothing was published")
+    check_replaceable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     trash_dir.mkdir(parents=True, exist_ok=True)
     _fsync_dir(staged)

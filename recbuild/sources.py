@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from recbuild.errors import BuildError
+from recbuild.errors import BuildError, UnsupportedFile
 from recbuild.hashing import StatCache, entries_digest, expand_local, is_glob, tree_entries
 
 
@@ -22,19 +23,33 @@ def is_url(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
 
 
-def scan_source(spec: str, recipe_dir: Path, cache: StatCache, name: str) -> SourceScan:
+def scan_source(spec: str, recipe_dir: Path, cache: StatCache, name: str,
+                workdir: Path | None = None) -> SourceScan:
     if is_url(spec):
         return _scan_url(spec, name)
     if spec.startswith("file://"):
         spec = spec[len("file://"):]
     path = Path(spec) if Path(spec).is_absolute() else recipe_dir / spec
-    root, files = expand_local(path)
+    try:
+        root, files = expand_local(path)
+    except UnsupportedFile as exc:
+        raise BuildError(f"source {name!r}: {exc}") from None
+    except OSError as exc:
+        raise BuildError(f"source {name!r}: cannot read {exc.filename or path}: {exc.strerror}") from None
+    if workdir is not None and is_glob(spec):  # (a folder holding the workdir is refused at load)
+        prefix = str(workdir) + os.sep
+        inside = next((f for f in files if str(f).startswith(prefix)), None)
+        if inside is not None:
+            raise BuildError(f"source {name!r}: {spec} matches {inside}, inside the workdir {workdir}: "
+                             "artifacts cannot be inputs of the same recipe; narrow the pattern")
     if not files:
         what = "no files match" if is_glob(str(spec)) else ("is an empty folder" if path.is_dir() else "does not exist")
         raise BuildError(f"source {name!r}: {spec} {what} (paths are relative to {recipe_dir})"
                          if what != "is an empty folder" else f"source {name!r}: {spec} is an empty folder")
     try:
         entries = tree_entries(root, files, cache)
+    except UnsupportedFile as exc:
+        raise BuildError(f"source {name!r}: {exc}; a source reads regular files only") from None
     except OSError as exc:
         raise BuildError(f"source {name!r}: cannot read {exc.filename}: {exc.strerror}") from None
     shown = path if not is_glob(str(spec)) else root

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from recbuild.builders.base import InputArtifact
 from recbuild.errors import BuildError
 from recbuild.graph import Graph
 from recbuild.hashing import StatCache
-from recbuild.manifest import MANIFEST_NAME, canonical_json, read_manifest, verify_files
+from recbuild.manifest import MANIFEST_NAME, canonical_json, made_by_recbuild, read_manifest, verify_files
 from recbuild.sources import SourceScan, scan_source
 
 MODEL_ROLE = "recipe.model"
@@ -97,6 +98,14 @@ class OutputsModified(Reason):
 
 
 @dataclass(frozen=True)
+class ForeignFolderInTheWay(Reason):
+    folder: str
+
+    def __str__(self) -> str:
+        return f"{self.folder} exists but recbuild did not make it; move it away (recbuild will not replace it)"
+
+
+@dataclass(frozen=True)
 class UpstreamStale(Reason):
     upstream: str
 
@@ -129,7 +138,7 @@ class SourceError(Reason):
 @dataclass
 class Status:
     name: str
-    state: str  # "up to date" | "stale" | "missing" | "error"
+    state: str  # "up to date" | "stale" | "missing" | "blocked" | "error"
     reasons: list[Reason] = field(default_factory=list)
 
     @property
@@ -189,7 +198,7 @@ class Workspace:
         scan = self._scans.get(name)
         if scan is None:
             node = self.graph.nodes[name]
-            scan = scan_source(node.params["path"], self.recipe.dir, self.cache, name)
+            scan = scan_source(node.params["path"], self.recipe.dir, self.cache, name, self.workdir)
             self._scans[name] = scan
         return scan
 
@@ -287,6 +296,9 @@ class Workspace:
     def artifact_status(self, name: str, upstream_status: dict[str, Status] | None = None) -> Status:
         manifest = self.manifest(name)
         if manifest is None:
+            folder = self.folder(name)
+            if os.path.lexists(folder) and not made_by_recbuild(folder):
+                return Status(name, "blocked", [ForeignFolderInTheWay(str(folder))])
             return Status(name, "missing", [NotBuilt()])
         upstream_status = upstream_status or {}
         stale_ups = [e.upstream for e in self.graph.edges[name]
