@@ -32,7 +32,7 @@ from recbuild.cache import ArtifactCache, CacheError, CorruptEntry
 from recbuild.errors import Interrupted, RecbuildError
 from recbuild.graph import Graph
 from recbuild.lock import WorkdirLock
-from recbuild.manifest import MANIFEST_NAME, make_manifest, publish, write_manifest
+from recbuild.manifest import MANIFEST_NAME, check_replaceable, make_manifest, publish, write_manifest
 from recbuild.workspace import Workspace
 
 
@@ -125,6 +125,10 @@ class Engine:
             self.outcomes[name] = (ADOPTED, "")
             return None
         key = ws.key(name)
+        try:  # before any work: a folder in the way that recbuild did not make is never replaced
+            check_replaceable(ws.folder(name))
+        except RecbuildError as exc:
+            return self._fail(name, exc.message)
         if self.cache is not None and not force and self._restore(name, key):
             return None
         staged = ws.tmp_dir / f"{name}-{uuid.uuid4().hex[:10]}"
@@ -191,6 +195,10 @@ class Engine:
             return False
         except (CacheError, OSError) as exc:
             self.events.warn(f"{name}: cache unavailable ({exc}); building instead")
+            return False
+        except RecbuildError as exc:  # e.g. an entry holding what no artifact may hold
+            self._corrupt_keys.add(key)
+            self.events.warn(f"{name}: cache entry {key} is unusable ({exc}); rebuilding instead")
             return False
         finally:
             shutil.rmtree(staged, ignore_errors=True)

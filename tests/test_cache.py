@@ -150,6 +150,95 @@ def test_archive_escaping_the_folder_is_refused(cached_project, tmp_path):
     assert "upper" in result.built
 
 
+@pytest.mark.parametrize("manifest", [
+    "[]", '{"key": 5}', "not json",
+    '{"kind": "command", "key": "KEY", "digest": "d", "files": {"upper.txt": {"size": -1, "digest": "x"}}}',
+    '{"kind": "command", "key": "KEY", "digest": "d", "files": {"../x": {"size": 1, "digest": "x"}}}',
+])
+def test_a_wrong_shaped_entry_manifest_is_no_entry(cached_project, tmp_path, manifest):
+    project, cache_dir = cached_project
+    entry = _entry(cache_dir, project, "upper")
+    entry.with_suffix(".json").write_text(manifest.replace("KEY", entry.name))
+    _fresh_clone(project, tmp_path, "ci-2")
+    result = project.run("make")
+    assert result.code == 0, result.err
+    assert "upper" in result.built and "Traceback" not in result.err
+    assert project.read("build/upper/upper.txt") == "HELLO\n"
+    assert '"files"' in entry.with_suffix(".json").read_text()  # replaced by the good rebuild
+
+
+def _retar(tar_path: Path, members) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for info, payload in members:
+            tar.addfile(info, io.BytesIO(payload) if payload is not None else None)
+    tar_path.write_bytes(buffer.getvalue())
+
+
+@pytest.mark.parametrize("fmt", ["gnu", "posix"])
+def test_a_sparse_archive_is_refused_before_it_expands(cached_project, tmp_path, fmt):
+    """A few KB that would expand to 2 GiB on disk: checked against the manifest first."""
+    import subprocess
+
+    project, cache_dir = cached_project
+    tar_path = _entry(cache_dir, project, "upper").with_suffix(".tar")
+    work = tmp_path / "sparse"
+    work.mkdir()
+    with open(work / "upper.txt", "wb") as handle:
+        handle.truncate(2 << 30)
+    made = subprocess.run(["tar", "--sparse", f"--format={fmt}", "-cf", str(tar_path), "upper.txt"],
+                          cwd=work, capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"GNU tar cannot write sparse archives here: {made.stderr[:200]!r}")
+    assert tar_path.stat().st_size < 50_000
+    _fresh_clone(project, tmp_path, "ci-2")
+    result = project.run("make")
+    assert result.code == 0 and "upper" in result.built
+    assert "refusing" in result.err
+    assert project.read("build/upper/upper.txt") == "HELLO\n"
+
+
+@pytest.mark.parametrize("what", ["wrong-size", "unlisted", "duplicate", "directory", "symlink"])
+def test_archive_members_must_match_the_manifest(cached_project, tmp_path, what):
+    project, cache_dir = cached_project
+    tar_path = _entry(cache_dir, project, "upper").with_suffix(".tar")
+
+    def file(name, payload):
+        info = tarfile.TarInfo(name)
+        info.size = len(payload)
+        return info, payload
+
+    members = {"wrong-size": [file("upper.txt", b"HELLO!!\n")],
+               "unlisted": [file("upper.txt", b"HELLO\n"), file("extra.txt", b"x")],
+               "duplicate": [file("upper.txt", b"HELLO\n"), file("upper.txt", b"JELLO\n")]}
+    if what == "directory":
+        info = tarfile.TarInfo("upper.txt")
+        info.type = tarfile.DIRTYPE
+        members[what] = [(info, None)]
+    if what == "symlink":
+        info = tarfile.TarInfo("upper.txt")
+        info.type = tarfile.SYMTYPE
+        info.linkname = "/etc/hostname"
+        members[what] = [(info, None)]
+    _retar(tar_path, members[what])
+    _fresh_clone(project, tmp_path, "ci-2")
+    result = project.run("make")
+    assert result.code == 0 and "upper" in result.built, result.err
+    assert "refusing" in result.err and "Traceback" not in result.err
+    assert project.read("build/upper/upper.txt") == "HELLO\n"
+
+
+def test_an_archive_larger_than_its_manifest_allows_is_not_read(cached_project, tmp_path):
+    project, cache_dir = cached_project
+    tar_path = _entry(cache_dir, project, "upper").with_suffix(".tar")
+    tar_path.write_bytes(tar_path.read_bytes() + b"\0" * (1 << 20))
+    _fresh_clone(project, tmp_path, "ci-2")
+    result = project.run("make")
+    assert "more than its manifest's files can fill" in result.err and "upper" in result.built
+
+
 def test_cache_commands(cached_project, tmp_path):
     project, cache_dir = cached_project
     _fresh_clone(project, tmp_path, "ci-2")
