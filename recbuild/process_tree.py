@@ -1,53 +1,73 @@
 """Child processes that die with recbuild, however recbuild dies.
 
-A step's command (a ``command`` artifact's shell, a TorchEasyRec tool) runs under a tiny supervisor
-process, Python with no imports beyond the standard library, which:
+Steps that run programs (a ``command`` artifact's shell, a TorchEasyRec tool) start them through one
+small reaper process per recbuild process: Python with nothing but the standard library, started on
+first use. The reaper
 
-- makes itself a child subreaper (``PR_SET_CHILD_SUBREAPER``), so every descendant of the command,
-  also background jobs, double-forked daemons and ``setsid`` children, stays below it;
+- makes itself a child subreaper (``PR_SET_CHILD_SUBREAPER``): every descendant of every command,
+  also background jobs, double-forked daemons and ``setsid`` children, stays below it, and orphans
+  come back to it instead of to init;
 - holds the read end of a pipe whose write end only recbuild holds: when recbuild dies in any way
-  (exit, exception, SIGKILL, OOM kill) the pipe reads end-of-file;
-- kills every remaining descendant and exits when that happens, when it gets SIGTERM/SIGINT (recbuild
-  interrupted), and also when the command itself exits: a background job left running would go on
-  writing into a folder that is being published.
+  (exit, exception, SIGKILL, OOM kill) the pipe reads end-of-file and the reaper kills every
+  descendant before it exits;
+- starts each command in a session of its own and, when the command exits, kills what is left in
+  that session (a background job left running would go on writing into a folder being published);
+  ``stop()`` kills the session at once (Ctrl-C, SIGTERM).
 
-Why not ``PR_SET_PDEATHSIG`` alone: it reaches only the direct child (the shell, not what the shell
-started), and it fires when the *thread* that started the child ends, which under ``make -j`` is a
-worker thread, not recbuild. Why not process groups alone: a SIGKILLed recbuild cannot signal them,
-and a child can leave its group.
+Why not ``PR_SET_PDEATHSIG`` on the child: it reaches only the direct child (the shell, not what the
+shell started) and fires when the *thread* that started the child ends, which under ``make -j`` is a
+worker thread. Why one reaper rather than one supervisor per command: a Python start costs 20-50 ms,
+which a graph of thousands of small commands would pay every time.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import signal
+import socket
 import subprocess
 import sys
+import threading
 from typing import IO, Sequence
 
-# Runs as `python -I -S -c SUPERVISOR WATCH_FD ARGV...`: isolated, no site-packages, ~15 ms to start.
-SUPERVISOR = r"""
-import ctypes, os, select, signal, sys, time
+# Runs as `python -I -S -c REAPER LIFELINE_FD SOCKET_FD`: isolated, no site-packages.
+REAPER = r"""
+import ctypes, json, os, select, signal, socket, sys, time
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
-watch_fd = int(sys.argv[1])
-argv = sys.argv[2:]
+lifeline = int(sys.argv[1])
+channel = socket.socket(fileno=int(sys.argv[2]))
 me = os.getpid()
+running = {}   # pid -> request id
+finished = {}  # pid -> wait status, for pids reaped while killing
+wake_r, wake_w = os.pipe()
+os.set_blocking(wake_w, False)
+signal.set_wakeup_fd(wake_w)
+signal.signal(signal.SIGCHLD, lambda *a: None)
+signal.signal(signal.SIGTERM, lambda *a: None)
+signal.signal(signal.SIGINT, signal.SIG_IGN)
 
-def descendants():
-    parents = {}
+def processes():
+    found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/stat", "rb") as handle:
                     fields = handle.read().rsplit(b")", 1)[1].split()
-                parents.setdefault(int(fields[1]), []).append(int(entry))
+                if fields[0] != b"Z":
+                    found.append((int(entry), int(fields[1]), int(fields[3])))  # pid, ppid, session
             except (OSError, IndexError, ValueError):
                 pass
+    return found
+
+def descendants():
+    children = {}
+    for pid, ppid, _ in processes():
+        children.setdefault(ppid, []).append(pid)
     found, stack = [], [me]
     while stack:
-        for pid in parents.get(stack.pop(), []):
+        for pid in children.get(stack.pop(), []):
             found.append(pid)
             stack.append(pid)
     return found
@@ -55,15 +75,16 @@ def descendants():
 def reap():
     while True:
         try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
+            pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             return
         if pid == 0:
             return
+        finished[pid] = status
 
-def kill_all():
-    for _ in range(1000):
-        pids = descendants()
+def kill_until_gone(select_pids):
+    for _ in range(2000):
+        pids = select_pids()
         if not pids:
             return
         for pid in pids:
@@ -71,104 +92,216 @@ def kill_all():
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
-        time.sleep(0.005)
+        time.sleep(0.002)
         reap()
 
-stopped = []
-def on_signal(signum, frame):
-    stopped.append(signum)
+def in_session(sid, keep=()):
+    return lambda: [pid for pid, _, s in processes() if s == sid and pid not in keep]
 
-signal.signal(signal.SIGTERM, on_signal)
-signal.signal(signal.SIGINT, on_signal)
-child = os.fork()
-if child == 0:
-    os.close(watch_fd)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+def send(message):
     try:
-        os.execvp(argv[0], argv)
-    except OSError as exc:
-        os.write(2, f"cannot run {argv[0]}: {exc.strerror}\n".encode())
-        os._exit(127)
-try:
-    watched, pidfd, tick = [watch_fd, os.pidfd_open(child)], None, 1.0
-    pidfd = watched[1]
-except (AttributeError, OSError):  # kernels before 5.3: poll the child instead
-    watched, pidfd, tick = [watch_fd], None, 0.05
-status = None
-while status is None and not stopped:
-    try:
-        ready, _, _ = select.select(watched, [], [], tick)
-    except InterruptedError:
-        continue
-    if watch_fd in ready and not os.read(watch_fd, 1):
-        stopped.append("parent gone")
-        break
-    done, code = os.waitpid(child, 0 if pidfd in ready else os.WNOHANG)
-    if done:
-        status = code
+        channel.send(json.dumps(message).encode())
+    except OSError:
+        pass
+
+def spawn(request, fds):
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setsid()
+            for target, fd in enumerate(fds):
+                os.dup2(fd, target)
+            os.closerange(3, 65536)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            signal.set_wakeup_fd(-1)
+            if request.get("cwd"):
+                os.chdir(request["cwd"])
+            os.execvpe(request["argv"][0], request["argv"], request["env"])
+        except OSError as exc:
+            os.write(2, f"cannot run {request['argv'][0]}: {exc.strerror}\n".encode())
+        finally:
+            os._exit(127)
+    for fd in fds:
+        os.close(fd)
+    running[pid] = request["id"]
+    send({"id": request["id"], "pid": pid})
+
+def report_exits():
     reap()
-kill_all()
-if status is None:
-    os._exit(143)
-os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
+    for pid in [p for p in running if p in finished]:
+        kill_until_gone(in_session(pid))  # what the command left behind in its session
+        send({"id": running.pop(pid), "status": finished.pop(pid)})
+
+def handle(message, fds):
+    request = json.loads(message)
+    if request["op"] == "spawn":
+        spawn(request, fds)
+    elif request["op"] == "stop":
+        pid = next((p for p, i in running.items() if i == request["id"]), None)
+        if pid is not None:
+            for sig in (signal.SIGTERM,):
+                try:
+                    os.killpg(pid, sig)
+                except OSError:
+                    pass
+            deadline = time.monotonic() + request.get("grace", 5.0)
+            while time.monotonic() < deadline and in_session(pid)():
+                time.sleep(0.01)
+                reap()
+            kill_until_gone(in_session(pid))
+
+try:
+    while True:
+        ready, _, _ = select.select([lifeline, channel, wake_r], [], [])
+        if wake_r in ready:
+            data = os.read(wake_r, 512)
+            if signal.SIGTERM in data:
+                break
+        if lifeline in ready and not os.read(lifeline, 1):
+            break
+        if channel in ready:
+            try:
+                message, fds, _, _ = socket.recv_fds(channel, 1 << 20, 8)
+            except OSError:
+                break
+            if not message:
+                break
+            handle(message, fds)
+        report_exits()
+finally:
+    kill_until_gone(descendants)
+    os._exit(0)
 """
+
+
+class _Reaper:
+    """recbuild's side of the reaper: one per process, started on first use, restarted if it died."""
+
+    _instance: "_Reaper | None" = None
+    _instance_lock = threading.Lock()
+
+    @classmethod
+    def get(cls) -> "_Reaper":
+        with cls._instance_lock:
+            if cls._instance is None or not cls._instance.alive:
+                cls._instance = cls()
+            return cls._instance
+
+    def __init__(self):
+        lifeline_r, self._lifeline = os.pipe()  # both non-inheritable; only the read end is passed on
+        self._channel, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self._popen = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", REAPER, str(lifeline_r), str(theirs.fileno())],
+                pass_fds=(lifeline_r, theirs.fileno()), stdin=subprocess.DEVNULL, start_new_session=True)
+        finally:
+            os.close(lifeline_r)
+            theirs.close()
+        self.alive = True
+        self._lock = threading.Lock()
+        self._next_id = 0
+        self._waiting: dict[int, SupervisedProcess] = {}
+        threading.Thread(target=self._read, name="recbuild-reaper", daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                message = self._channel.recv(1 << 16)
+            except OSError:
+                message = b""
+            if not message:
+                break
+            reply = json.loads(message)
+            with self._lock:
+                process = self._waiting.get(reply["id"])
+                if process is not None and "status" in reply:
+                    del self._waiting[reply["id"]]
+            if process is not None:
+                process._deliver(reply)
+        self.alive = False  # the reaper is gone: whoever still waits gets "killed"
+        with self._lock:
+            orphans, self._waiting = list(self._waiting.values()), {}
+        for process in orphans:
+            process._deliver({"status": 9})
+
+    def spawn(self, argv: Sequence[str], cwd, env: dict, fds: list[int]) -> "SupervisedProcess":
+        with self._lock:
+            self._next_id += 1
+            process = SupervisedProcess(self, self._next_id)
+            self._waiting[process.id] = process
+            request = {"op": "spawn", "id": process.id, "argv": [str(a) for a in argv],
+                       "cwd": str(cwd) if cwd is not None else None, "env": env}
+            socket.send_fds(self._channel, [json.dumps(request).encode()], fds)
+        process._started.wait()
+        return process
+
+    def stop(self, process_id: int, grace: float) -> None:
+        try:
+            self._channel.send(json.dumps({"op": "stop", "id": process_id, "grace": grace}).encode())
+        except OSError:
+            pass
+
+
+class SupervisedProcess:
+    """A started command: ``wait()`` for its exit status (negative = killed by that signal, as
+    subprocess reports it), ``stop()`` to kill it and everything in its session."""
+
+    def __init__(self, reaper: _Reaper, process_id: int):
+        self._reaper = reaper
+        self.id = process_id
+        self.pid: int | None = None
+        self._started = threading.Event()
+        self._done = threading.Event()
+        self._status: int | None = None
+
+    def _deliver(self, reply: dict) -> None:
+        if "pid" in reply:
+            self.pid = reply["pid"]
+            self._started.set()
+        if "status" in reply:
+            self._status = os.waitstatus_to_exitcode(reply["status"]) if reply["status"] != 9 else -9
+            self._started.set()
+            self._done.set()
+
+    def wait(self) -> int:
+        try:
+            while not self._done.wait(0.5):  # a timeout keeps Ctrl-C deliverable to the main thread
+                pass
+        except BaseException:
+            self.stop()
+            raise
+        return self._status  # type: ignore[return-value]
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Kill the command and everything in its session; returns once it is gone."""
+        if not self._done.is_set():
+            self._reaper.stop(self.id, grace)
+            self._done.wait(grace + 10)
+
+
+def _fd(value, default_mode: int, opened: list[int]) -> int:
+    if value is None or value == subprocess.DEVNULL:
+        fd = os.open(os.devnull, default_mode)
+        opened.append(fd)
+        return fd
+    return value if isinstance(value, int) else value.fileno()
 
 
 def start(argv: Sequence[str], *, cwd: str | os.PathLike | None = None, env: dict | None = None,
           stdout: IO | int | None = None, stderr: IO | int | None = None,
-          stdin: IO | int | None = subprocess.DEVNULL) -> "SupervisedProcess":
-    """Start ``argv`` under a supervisor; the process tree dies with recbuild (see module doc)."""
-    read_end, write_end = os.pipe()  # both non-inheritable; only read_end is passed on
+          stdin: IO | int | None = subprocess.DEVNULL) -> SupervisedProcess:
+    """Start ``argv`` below the reaper; it and its descendants die with recbuild (module doc).
+    ``stdout``/``stderr`` are files (or fds); None means /dev/null."""
+    opened: list[int] = []
     try:
-        popen = subprocess.Popen([sys.executable, "-I", "-S", "-c", SUPERVISOR, str(read_end), *argv],
-                                 cwd=cwd, env=env, stdout=stdout, stderr=stderr, stdin=stdin,
-                                 pass_fds=(read_end,), start_new_session=True)
-    except BaseException:
-        os.close(write_end)
-        raise
+        fds = [_fd(stdin, os.O_RDONLY, opened), _fd(stdout, os.O_WRONLY, opened),
+               _fd(stderr, os.O_WRONLY, opened)]
+        return _Reaper.get().spawn(argv, cwd, dict(os.environ if env is None else env), fds)
     finally:
-        os.close(read_end)
-    return SupervisedProcess(popen, write_end)
-
-
-class SupervisedProcess:
-    """A started command: ``wait()`` for its exit status (a negative value = killed by that signal,
-    as subprocess reports it), ``stop()`` to kill the whole tree."""
-
-    def __init__(self, popen: subprocess.Popen, lifeline: int):
-        self.popen = popen
-        self._lifeline = lifeline
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def wait(self) -> int:
-        try:
-            code = self.popen.wait()
-        except BaseException:
-            self.stop()
-            raise
-        self._close_lifeline()
-        # the supervisor reports "killed by signal N" as 128 + N, as a shell does
-        return -(code - 128) if 128 < code < 160 else code
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Kill the command and every descendant; returns once the supervisor has exited."""
-        try:
-            self.popen.send_signal(signal.SIGTERM)
-            self.popen.wait(timeout=timeout)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            self.popen.kill()
-            self.popen.wait()
-        finally:
-            self._close_lifeline()
-
-    def _close_lifeline(self) -> None:
-        if self._lifeline >= 0:
-            os.close(self._lifeline)
-            self._lifeline = -1
+        for fd in opened:
+            os.close(fd)
 
 
 def run(argv: Sequence[str], **kwargs) -> int:
