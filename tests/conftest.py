@@ -70,7 +70,12 @@ class Project:
 
     def subprocess_run(self, *args: str, timeout: float = 120) -> Result:
         proc = self.spawn(*args)
-        out, err = proc.communicate(timeout=timeout)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # a hung recbuild must not outlive the test that found it
+            proc.communicate()
+            raise
         return Result(proc.returncode, out, err)
 
     def read(self, relpath: str) -> str:
