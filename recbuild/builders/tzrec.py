@@ -134,11 +134,15 @@ class _TzrecStep(Builder):
 
         for path, message in self.check(ctx.params):
             raise BuildError(f"{path}: {message}")
+        self.precheck(ctx, ctx.params)  # input problems first: no interpreter needed to report them
         run = StepRun(ctx, self.step)
         try:
             self.run(ctx, run, ctx.params)
         finally:
             run.cleanup()
+
+    def precheck(self, ctx: BuildContext, p: dict[str, Any]) -> None:
+        """Checks of the inputs before tzrec is looked for (raise InputError)."""
 
     def run(self, ctx: BuildContext, run, p: dict[str, Any]) -> None:  # pragma: no cover - interface
         raise NotImplementedError
@@ -377,17 +381,21 @@ class TzrecCreateFaissIndex(_TzrecStep):
         "batch_size": {"type": "integer", "minimum": 1, "default": 1024},
     }, ["embeddings"])
 
+    def precheck(self, ctx, p):
+        table = ctx.input("embeddings")
+        _embedding_type_problem(table, p.get("embedding_field", "item_tower_emb"), "embeddings")
+        rows = _rows(table)
+        if p.get("index_type", "IVFFlatIP").startswith("IVF") and rows is not None \
+                and p.get("ivf_nlist", 1000) > rows:
+            raise InputError(f"ivf_nlist={p.get('ivf_nlist', 1000)} is larger than the {rows} embeddings in "
+                             f"{table.name!r}; faiss needs at least one vector per list (about sqrt(rows) "
+                             "is usual)")
+
     def run(self, ctx, run, p):
         from recbuild.tzrec import outputs
 
         table = ctx.input("embeddings")
-        _embedding_type_problem(table, p.get("embedding_field", "item_tower_emb"), "embeddings")
-        rows = _rows(table)
         index_type = p.get("index_type", "IVFFlatIP")
-        if index_type.startswith("IVF") and rows is not None and p.get("ivf_nlist", 1000) > rows:
-            raise InputError(f"ivf_nlist={p.get('ivf_nlist', 1000)} is larger than the {rows} embeddings in "
-                             f"{table.name!r}; faiss needs at least one vector per list (about sqrt(rows) "
-                             "is usual)")
         args = ["--embedding_input_path", run.table(table), "--index_output_dir", run.out(),
                 "--id_field", p.get("id_field", "item_id"), "--embedding_field",
                 p.get("embedding_field", "item_tower_emb"), "--index_type", index_type,
@@ -425,10 +433,7 @@ class TzrecHitrate(_TzrecStep):
                     "description": "also write details/ (per request: top-k ids, distances, hits)"},
     }, ["user_embeddings", "item_embeddings"])
 
-    def run(self, ctx, run, p):
-        from recbuild.tzrec import outputs
-        from recbuild.tzrec.step import write_metrics
-
+    def precheck(self, ctx, p):
         users, items = ctx.input("user_embeddings"), ctx.input("item_embeddings")
         _embedding_type_problem(users, p.get("user_embedding_field", "user_tower_emb"), "user_embeddings")
         _embedding_type_problem(items, p.get("item_embedding_field", "item_tower_emb"), "item_embeddings")
@@ -436,6 +441,12 @@ class TzrecHitrate(_TzrecStep):
         if rows is not None and p.get("ivf_nlist", 1000) > rows:
             raise InputError(f"ivf_nlist={p.get('ivf_nlist', 1000)} is larger than the {rows} items in "
                              f"{items.name!r}; lower it (about sqrt(rows) is usual)")
+
+    def run(self, ctx, run, p):
+        from recbuild.tzrec import outputs
+        from recbuild.tzrec.step import write_metrics
+
+        users, items = ctx.input("user_embeddings"), ctx.input("item_embeddings")
         args = ["--user_gt_input", run.table(users), "--item_embedding_input", run.table(items),
                 "--total_hitrate_output", run.out("total"),
                 "--request_id_field", p.get("request_id_field", "request_id"),
