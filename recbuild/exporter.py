@@ -1,7 +1,8 @@
 """Checkpoint selection and export formats (used by the ``export`` and ``towers`` kinds).
 
-Checkpoint folder layout (TorchEasyRec's model_dir, written by ``kind: train`` or by a user's own
-trainer): ``model.ckpt-<step>/model.pt`` (a state_dict saved with ``torch.save``), optionally
+Checkpoint folder layout (the shape of TorchEasyRec's model_dir, written by ``kind: train`` or by a
+user's own trainer; tzrec's own distributed checkpoints are read by the tzrec_* kinds, not here):
+``model.ckpt-<step>/model.pt`` (a state_dict saved with ``torch.save``), optionally
 ``train_eval_result_v2.txt`` (one JSON object per line with ``global_step``) and
 ``train_meta.json`` (``final_step``).
 
