@@ -187,7 +187,8 @@ artifacts:
     result = work.cli("make", "-f", "fail.yaml", "broken")
     assert result.code == 1
     assert "tzrec predict (tzrec.predict) exited with status" in result.err
-    assert "last lines:" in result.err and "no_such_output" in result.err and "Traceback (most" not in result.err
+    assert "last lines:" in result.err and "KeyError: 'no_such_output'" in result.err
+    assert len(result.err.strip().splitlines()) == 1 and "internal error" not in result.err
     log = work.path / "build" / ".recbuild" / "logs" / "broken.tzrec.log"
     assert str(log) in result.err and "no_such_output" in log.read_text()
     assert not (work.path / "build" / "broken").exists()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -237,7 +238,13 @@ def launch(argv: Sequence[str], *, cwd: Path, env: dict[str, str], log_path: Pat
             raise
 
 
+_RANK_PREFIX = re.compile(r"^\[(?:rank|default)\d*\]:\s?")
+_EXCEPTION = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Exit|Interrupt)\b")
+
+
 def log_tail(path: Path, lines: int = TAIL_LINES) -> list[str]:
+    """The lines that say why a step failed: up to and including the last exception a tzrec process
+    raised (torchrun's own summary, which follows it, says only that a child failed), else the tail."""
     try:
         with open(path, "rb") as fh:
             fh.seek(0, os.SEEK_END)
@@ -246,7 +253,10 @@ def log_tail(path: Path, lines: int = TAIL_LINES) -> list[str]:
             text = fh.read().decode("utf-8", errors="replace")
     except OSError:
         return []
-    kept = [line.rstrip() for line in text.splitlines() if line.strip()]
+    kept = [_RANK_PREFIX.sub("", line.rstrip()) for line in text.splitlines() if line.strip()]
+    for i in range(len(kept) - 1, -1, -1):
+        if _EXCEPTION.match(kept[i]) and "ChildFailedError" not in kept[i]:
+            return kept[max(0, i + 1 - lines):i + 1]
     return kept[-lines:]
 
 
