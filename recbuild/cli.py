@@ -341,10 +341,25 @@ def cmd_init(args, term) -> int:
     target_dir.mkdir(parents=True, exist_ok=True)
     text = template.read_text(encoding="utf-8")
     text = text.replace("# yaml-language-server: $schema=../schemas/recipe.schema.json\n", "")
+    _copy_template_files(template.with_suffix(""), target_dir)
     target.write_text(text, encoding="utf-8")
     where = "" if str(target_dir) in (".", "") else f"cd {target_dir} && "
     term.info(f"wrote {target} (template {args.template}); next: {where}recbuild make")
     return 0
+
+
+def _copy_template_files(folder: Path, target_dir: Path) -> None:
+    """A template's side files (recipes/<name>/, e.g. a pipeline.config) go beside the recipe."""
+    if not folder.is_dir():
+        return
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    clashes = [str(target_dir / p.relative_to(folder)) for p in files if (target_dir / p.relative_to(folder)).exists()]
+    if clashes:
+        raise UsageError(f"recbuild init: {', '.join(clashes)} already exist(s); choose another DIR or remove them")
+    for path in files:
+        destination = target_dir / path.relative_to(folder)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, destination)
 
 
 def cmd_schema(args, term) -> int:

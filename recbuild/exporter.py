@@ -1,7 +1,8 @@
 """Checkpoint selection and export formats (used by the ``export`` and ``towers`` kinds).
 
-Checkpoint folder layout (TorchEasyRec's model_dir, written by ``kind: train`` or by a user's own
-trainer): ``model.ckpt-<step>/model.pt`` (a state_dict saved with ``torch.save``), optionally
+Checkpoint folder layout (the shape of TorchEasyRec's model_dir, written by ``kind: train`` or by a
+user's own trainer; tzrec's own distributed checkpoints are read by the tzrec_* kinds, not here):
+``model.ckpt-<step>/model.pt`` (a state_dict saved with ``torch.save``), optionally
 ``train_eval_result_v2.txt`` (one JSON object per line with ``global_step``) and
 ``train_meta.json`` (``final_step``).
 
@@ -146,6 +147,31 @@ def _best_events(results: dict[int, dict[str, float]], metric: str, bigger: bool
     return events
 
 
+def best_steps(folder: Path, checkpoints, metric: str | None, bigger_is_better: bool,
+               default_metrics: Iterable[str], layout: str) -> tuple[list[int], str, float]:
+    """select: best over ``train_eval_result_v2.txt`` in ``folder`` (the rules of the module
+    docstring; shared with the tzrec kinds, whose checkpoints are folders of another layout).
+
+    ``checkpoints``: the steps that exist (a dict or set); ``layout``: how a step's checkpoint is
+    named in errors, e.g. ``"model.ckpt-{step}"``. Returns (the steps at which the running best
+    improved, in step order, the last being the choice; the metric; its value at the choice).
+    """
+    results = read_eval_results(folder)
+    if not results:
+        raise BuildError(f"select: best needs {folder / EVAL_FILE} with at least one line; "
+                         "use select: latest, or evaluate during training")
+    metric = resolve_metric(results, metric, default_metrics, folder)
+    events = _best_events(results, metric, bigger_is_better)
+    if not events:
+        raise BuildError(f"select: best: every value of {metric!r} in {folder / EVAL_FILE} is NaN")
+    if events[-1] not in checkpoints:
+        raise BuildError(f"select: best picked step {events[-1]} ({metric} = "
+                         f"{results[events[-1]][metric]}) but {layout.format(step=events[-1])} "
+                         f"is missing in {folder}")
+    value = results[events[-1]][metric]
+    return [s for s in events if s in checkpoints], metric, value
+
+
 def _explicit(folder: Path, select: str, checkpoints: dict[int, Path]) -> tuple[int, Path, str]:
     """(step, weights file, name relative to folder) of an explicit checkpoint path."""
     base = Path(folder).resolve()
@@ -192,21 +218,8 @@ def select_checkpoint(folder: Path, select: str = "latest", metric: str | None =
             raise BuildError(f"select: final: {META_FILE} names step {final_step} but "
                              f"model.ckpt-{final_step}/{WEIGHTS_FILE} is missing in {folder}")
     else:
-        results = read_eval_results(folder)
-        if not results:
-            raise BuildError(f"select: best needs {folder / EVAL_FILE} with at least one line; "
-                             "use select: latest, or evaluate during training")
-        metric = resolve_metric(results, metric, default_metrics, folder)
-        events = _best_events(results, metric, bigger_is_better)
-        if not events:
-            raise BuildError(f"select: best: every value of {metric!r} in {folder / EVAL_FILE} is NaN")
-        missing = [s for s in events[-1:] if s not in checkpoints]
-        if missing:
-            raise BuildError(f"select: best picked step {missing[0]} ({metric} = "
-                             f"{results[missing[0]][metric]}) but model.ckpt-{missing[0]}/"
-                             f"{WEIGHTS_FILE} is missing in {folder}")
-        value = results[events[-1]][metric]
-        events = [s for s in events if s in checkpoints]
+        events, metric, value = best_steps(folder, checkpoints, metric, bigger_is_better, default_metrics,
+                                           f"model.ckpt-{{step}}/{WEIGHTS_FILE}")
     step = events[-1]
     history = tuple((s, checkpoints[s]) for s in events[:-1][-(keep - 1):]) if keep > 1 else ()
     return Selection(step, checkpoints[step], f"model.ckpt-{step}", select,

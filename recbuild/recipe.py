@@ -31,7 +31,7 @@ SET_FILE = "--set"
 _REF = re.compile(r"\$\{([^}]*)\}")
 _NAME_RE = re.compile(NAME_PATTERN)
 RESERVED_NAMES = {"MANIFEST.json"}
-RECIPE_WIDE_DEFAULTS = ("executor", "ray")
+RECIPE_WIDE_DEFAULTS = ("executor", "ray", "tzrec")
 
 
 @dataclass

@@ -48,6 +48,15 @@ def _model_schema() -> dict:
     return copy.deepcopy(MODEL_SCHEMA)
 
 
+def _tzrec_settings_schema() -> dict:
+    from recbuild.tzrec.runner import SETTINGS_SCHEMA
+
+    schema = copy.deepcopy(SETTINGS_SCHEMA)
+    schema["description"] = ("Default `tzrec` settings (interpreter, launchers, env) of the tzrec_* "
+                             "kinds; an artifact's own setting wins. See docs/tzrec.md.")
+    return schema
+
+
 def top_level_schema() -> dict:
     return {
         "type": "object",
@@ -70,6 +79,7 @@ def top_level_schema() -> dict:
                                         "user_embeddings); an artifact's own setting wins."},
             "ray": {"type": "object",
                     "description": "Default `ray` settings of those kinds; an artifact's own setting wins."},
+            "tzrec": _tzrec_settings_schema(),
         },
         "additionalProperties": False,
     }

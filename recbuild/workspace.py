@@ -247,8 +247,12 @@ class Workspace:
             inputs[edge.role] = digest
         if builder_cls.uses_model:
             inputs[MODEL_ROLE] = _digest(self.recipe.model)
-        return {"kind": node.kind, "builder_version": str(builder_cls.version),
-                "params": self.key_params(name), "inputs": inputs}
+        material = {"kind": node.kind, "builder_version": str(builder_cls.version),
+                    "params": self.key_params(name), "inputs": inputs}
+        facts = builder_cls.key_facts(node.params)
+        if facts:  # (absent, not empty, so keys of builders without facts are unchanged)
+            material["facts"] = facts
+        return material
 
     def key(self, name: str) -> str | None:
         material = self.key_material(name)
@@ -323,6 +327,10 @@ class Workspace:
         if str(manifest.get("builder_version")) != material["builder_version"]:
             reasons.append(CodeChanged(f"{material['kind']} builder version",
                                        manifest.get("builder_version"), material["builder_version"]))
+        old_facts, new_facts = manifest.get("facts", {}), material.get("facts", {})
+        for key in sorted(set(old_facts) | set(new_facts)):
+            if old_facts.get(key) != new_facts.get(key):
+                reasons.append(CodeChanged(key, old_facts.get(key), new_facts.get(key)))
         old_params, new_params = manifest.get("params", {}), material["params"]
         for key in sorted(set(old_params) | set(new_params)):
             if old_params.get(key, "<unset>") != new_params.get(key, "<unset>"):
@@ -363,4 +371,7 @@ class Workspace:
         extras: dict[str, Any] = {"builder_version": str(builder_cls.version)}
         if builder_cls.uses_model:
             extras["model"] = copy.deepcopy(self.recipe.model)
+        facts = builder_cls.key_facts(node.params)
+        if facts:
+            extras["facts"] = facts
         return extras

@@ -101,6 +101,9 @@ class Builder:
       shell_fields      params run by a shell: every ${vars.*}/${env.*} value interpolated into them
                         is shell-quoted (``${raw:...}`` pastes it as is)
       description       one line for `recbuild templates`/docs
+
+    ``key_facts(params)`` returns facts about the outside world the output depends on that no param
+    or input holds (e.g. the version of an external tool); they are part of the artifact key.
     """
 
     kind: ClassVar[str] = ""
@@ -123,6 +126,12 @@ class Builder:
                 continue
             refs[name] = [value] if isinstance(value, str) else list(value)
         return refs
+
+    @classmethod
+    def key_facts(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """Facts (JSON values) that go into the artifact key beside params and inputs; {} = none.
+        Called whenever a key is computed (status, make, no-op make): must be cheap or cached."""
+        return {}
 
     def check(self, params: dict[str, Any]) -> list[tuple[str, str]]:
         """Checks the schema cannot express. Returns (dotted param path, message) pairs."""

@@ -1,5 +1,10 @@
 """`kind: serving_bundle` — one folder a serving process loads as is (layout: recbuild/retrieval/bundle.py).
 
+Accepts recbuild's artifacts and TorchEasyRec's: `model` may be a tzrec export (`user/` + `item/` of
+a match model become the bundle's towers; `model/` + `embedding/` of a TDM model are kept as such),
+and `index` may hold only `faiss_index` + `id_mapping` (tzrec's create_faiss_index): the bundle's
+`user/index_meta.json` is then read off the index.
+
 Check a built bundle end to end with ``recbuild.retrieval.bundle.serve_check(bundle_dir, query_row)``.
 """
 
@@ -51,11 +56,24 @@ class ServingBundleBuilder(Builder):
             raise BuildError(f"{path}: {message}")
         out = ctx.out
         parts = []
+        model_is_towers = False
         if p.get("model"):
             model = ctx.input("model")
-            if not bundle.copy_tree(model.path, out / "model"):
-                raise InputError(f"model {model.name!r} is an empty folder")
-            parts.append("model")
+            layout = bundle.export_layout(model.path)
+            if layout == "towers" and not p.get("towers"):
+                # a TorchEasyRec export of a match model: export/user + export/item are the towers
+                model_is_towers = True
+                for side in ("user", "item"):
+                    bundle.copy_tree(model.path / side, out / side)
+                parts.append("towers")
+            elif layout == "tdm":  # TorchEasyRec's TDM export: export/model + export/embedding
+                bundle.copy_tree(model.path / "model", out / "model")
+                bundle.copy_tree(model.path / "embedding", out / "embedding")
+                parts.append("model")
+            else:
+                if not bundle.copy_tree(model.path, out / "model"):
+                    raise InputError(f"model {model.name!r} is an empty folder")
+                parts.append("model")
         if p.get("towers"):
             towers = ctx.input("towers")
             for side in ("user", "item"):
@@ -66,8 +84,9 @@ class ServingBundleBuilder(Builder):
         nprobe = ef_search = None
         if p.get("index"):
             index = ctx.input("index")
-            bundle.copy_files(index.path, bundle.INDEX_FILES, out / "user", f"index {index.name!r}")
-            meta = fi.read_meta(index.path)
+            bundle.copy_files(index.path, bundle.INDEX_FILES[:2], out / "user", f"index {index.name!r}")
+            meta = fi.read_meta(index.path)  # (derived from the index when it has no index_meta.json)
+            fi.write_json(out / "user" / fi.META_FILE, meta)
             params = meta.get("params", {})
             if meta["type"] in ("IVFFlat", "IVFPQ"):
                 nprobe = p.get("nprobe") or params.get("nprobe")
@@ -77,12 +96,13 @@ class ServingBundleBuilder(Builder):
         if p.get("tree"):
             tree = ctx.input("tree")
             bundle.copy_files(tree.path, bundle.TREE_FILES, out / "tree", f"tree {tree.name!r}")
-            if p.get("model"):  # tzrec's processor reads serving_tree from the model folder
+            if (out / "model").is_dir():  # tzrec's processor reads serving_tree from the model folder
                 bundle.copy_files(tree.path, ["serving_tree"], out / "model", f"tree {tree.name!r}")
             parts.append("tree")
         outputs = p.get("outputs")
         if outputs is None:
-            outputs = (["probs"] if p.get("model") else []) + (["user_tower_emb"] if p.get("towers") else [])
+            outputs = (["probs"] if p.get("model") and not model_is_towers else []) + \
+                (["user_tower_emb"] if p.get("towers") or model_is_towers else [])
         config = {
             "faiss_nprobe": nprobe,
             "faiss_neigh_num": p.get("neigh_num", 200) if p.get("index") else None,

@@ -27,6 +27,18 @@ TREE_FILES = ("serving_tree", "node_feature/part-0.parquet")
 SKIP = {"MANIFEST.json"}  # the upstream's manifest; the engine writes the bundle's own
 
 
+def export_layout(folder: Path) -> str:
+    """"towers" (user/ + item/ exported towers, TorchEasyRec's match-model export), "tdm" (model/ +
+    embedding/, TorchEasyRec's TDM export) or "flat" (the model files at the top)."""
+    folder = Path(folder)
+    if not (folder / "scripted_model.pt").is_file() and not (folder / "model.pt2").is_file():
+        if (folder / "user" / "scripted_model.pt").is_file() and (folder / "item" / "scripted_model.pt").is_file():
+            return "towers"
+        if (folder / "model" / "scripted_model.pt").is_file() and (folder / "embedding").is_dir():
+            return "tdm"
+    return "flat"
+
+
 def copy_tree(source: Path, target: Path, skip: Iterable[str] = SKIP) -> list[str]:
     """Copy every file under ``source`` into ``target`` (content only, sorted); returns relpaths."""
     source, target = Path(source), Path(target)

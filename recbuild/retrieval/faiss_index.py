@@ -294,7 +294,33 @@ def read_json(path: Path, missing: str) -> Any:
 
 
 def read_meta(folder: Path) -> dict[str, Any]:
-    return read_json(Path(folder) / META_FILE, "the input is not a faiss_index artifact")
+    """index_meta.json of a faiss_index artifact; for a folder holding only faiss_index and id_mapping
+    (as TorchEasyRec's create_faiss_index writes them), the same facts read from the index itself."""
+    folder = Path(folder)
+    if not (folder / META_FILE).is_file() and (folder / INDEX_FILE).is_file():
+        import faiss
+
+        return describe_index(faiss.read_index(str(folder / INDEX_FILE)))
+    return read_json(folder / META_FILE, "the input is not a faiss_index artifact")
+
+
+def describe_index(index) -> dict[str, Any]:
+    """index_meta.json's facts of a loaded index (type, metric, dim, count, params)."""
+    import faiss
+
+    kind = index_kind(index)
+    params: dict[str, Any] = {}
+    if kind in ("IVFFlat", "IVFPQ"):
+        params.update({"nlist": int(index.nlist), "nprobe": int(index.nprobe)})
+        if kind == "IVFPQ":
+            params.update({"m": int(index.pq.M), "nbits": int(index.pq.nbits)})
+    elif kind == "HNSWFlat":
+        params.update({"hnsw_m": int(index.hnsw.nb_neighbors(1)), "ef_construction": int(index.hnsw.efConstruction),
+                       "ef_search": int(index.hnsw.efSearch)})
+    metric = "ip" if index.metric_type == faiss.METRIC_INNER_PRODUCT else \
+        "l2" if index.metric_type == faiss.METRIC_L2 else str(index.metric_type)
+    return {"type": kind, "metric": metric, "dim": int(index.d), "count": int(index.ntotal),
+            "params": params}
 
 
 def read_id_mapping(path: Path) -> np.ndarray:
