@@ -137,8 +137,8 @@ artifacts:
   rb_tree_learnt: {kind: tdm_tree, embeddings: item_embeddings, attr_columns: [cate_id]}
   evaluation: {kind: tzrec_eval, checkpoints: checkpoints, eval_data: eval, select: best, metric: recall@5}
   rb_checkpoints: {kind: train, data: train, eval_data: eval, epochs: 1, batch_size: 256, k: [10]}
-  rb_model: {kind: export, checkpoints: rb_checkpoints, formats: [torchscript]}
-  rb_towers: {kind: towers, model: rb_model, formats: [torchscript]}
+  rb_model: {kind: export, checkpoints: rb_checkpoints}
+  rb_towers: {kind: towers, model: rb_model}
   rb_items: {kind: item_embeddings, towers: rb_towers, items: items, embedding_format: list_double}
   rb_users: {kind: user_embeddings, towers: rb_towers, users: eval, reserved_columns: [item_id],
              on_duplicate: first, embedding_format: list_double}

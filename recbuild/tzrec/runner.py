@@ -20,19 +20,18 @@ same key, so the shared cache works); the tzrec version is (:func:`version_fact`
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import re
 import shlex
 import shutil
-import signal
 import socket
-import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from recbuild import process_tree
 from recbuild.errors import BuildError
 
 HELPER = Path(__file__).with_name("helper.py")
@@ -154,19 +153,24 @@ def free_port() -> int:
 
 def call_helper(python: str, command: str, request: dict, env: dict[str, str] | None = None) -> dict:
     """Run helper.py COMMAND in the tzrec interpreter; its JSON answer (raises on a broken answer)."""
+    # Through the reaper like every step (it dies with recbuild); files, not pipes, carry the JSON.
+    with tempfile.TemporaryFile() as question, tempfile.TemporaryFile() as out, \
+            tempfile.TemporaryFile() as err:
+        question.write(json.dumps(request).encode())
+        question.seek(0)
+        status = process_tree.run([python, str(HELPER), command], env=env, stdin=question, stdout=out,
+                                  stderr=err)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+    if status == 127 and "cannot run" in stderr:
+        raise BuildError(f"the tzrec interpreter {python!r} was not found; {INSTALL_HINT}")
     try:
-        done = subprocess.run([python, str(HELPER), command], input=json.dumps(request), text=True,
-                              capture_output=True, env=env, timeout=300, stdin=None)
-    except FileNotFoundError:
-        raise BuildError(f"the tzrec interpreter {python!r} was not found; {INSTALL_HINT}") from None
-    except subprocess.TimeoutExpired:
-        raise BuildError(f"{python} {HELPER.name} {command} did not answer in 300 s") from None
-    try:
-        answer = json.loads(done.stdout)
+        answer = json.loads(stdout)
     except ValueError:
-        tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-TAIL_LINES:])
+        tail = " | ".join((stderr or stdout).strip().splitlines()[-TAIL_LINES:])
         raise BuildError(f"{python} could not run recbuild's tzrec helper ({command}, exit "
-                         f"{done.returncode}): {tail or 'no output'}; is it a Python 3 interpreter?") from None
+                         f"{status}): {tail or 'no output'}; is it a Python 3 interpreter?") from None
     return answer
 
 
@@ -204,38 +208,15 @@ def version_fact(settings: dict | None) -> str:
 # Launching
 
 
-def _die_with_parent() -> None:
-    # If recbuild is SIGKILLed, the step must not keep writing into a folder nobody publishes.
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def launch(argv: Sequence[str], *, cwd: Path, env: dict[str, str], log_path: Path) -> int:
     """Run argv to completion with stdout+stderr appended to log_path; returns the exit status.
 
-    The process leads its own session (its process group holds torchrun's workers); an interrupt
-    (KeyboardInterrupt, SystemExit) stops the whole group, then propagates. This is the only place
-    recbuild's tzrec kinds start a process.
+    It runs below recbuild's reaper (recbuild.process_tree): in a session of its own, so torchrun's
+    workers and anything else it starts die with it, with recbuild however recbuild dies, and on an
+    interrupt. This is the only place recbuild's tzrec kinds start a tzrec step.
     """
     with open(log_path, "ab") as log:
-        process = subprocess.Popen(list(argv), cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True,
-                                   preexec_fn=_die_with_parent)
-        try:
-            return process.wait()
-        except BaseException:
-            try:
-                os.killpg(process.pid, signal.SIGTERM)
-                process.wait(timeout=5)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
-                    os.killpg(process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            raise
+        return process_tree.run(list(argv), cwd=cwd, env=env, stdout=log, stderr=log)
 
 
 _RANK_PREFIX = re.compile(r"^\[(?:rank|default)\d*\]:\s?")
