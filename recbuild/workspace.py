@@ -186,9 +186,6 @@ class Workspace:
     def tmp_dir(self) -> Path:
         return self.state_dir / "tmp"
 
-    def previous_metrics_path(self, name: str) -> Path:
-        return self.state_dir / "previous" / name / "metrics.json"
-
     @property
     def log_dir(self) -> Path:
         return self.state_dir / "logs"
@@ -235,18 +232,21 @@ class Workspace:
         builder_cls = self.builders[node.kind]
         return {k: v for k, v in node.params.items() if k not in builder_cls.key_exclude}
 
-    def key_material(self, name: str) -> dict | None:
-        """Everything the artifact's content depends on; None while an input is missing."""
+    def key_material(self, name: str, digest_of=None) -> dict | None:
+        """Everything the artifact's content depends on; None while an input is missing.
+        ``digest_of(upstream)`` gives an input's digest (default: what is on disk now; the shared
+        cache passes its own, so keys of artifacts not present here can be computed)."""
         node = self.graph.nodes[name]
         builder_cls = self.builders[node.kind]
+        digest_of = digest_of or self.current_digest
         inputs = {}
         for edge in self.graph.edges[name]:
-            digest = self.current_digest(edge.upstream)
+            digest = digest_of(edge.upstream)
             if digest is None:
                 return None
             inputs[edge.role] = digest
         if builder_cls.uses_model:
-            inputs[MODEL_ROLE] = _digest(self.recipe.model)
+            inputs[MODEL_ROLE] = _digest(self.recipe.model_for(name))
         material = {"kind": node.kind, "builder_version": str(builder_cls.version),
                     "params": self.key_params(name), "inputs": inputs}
         facts = builder_cls.key_facts(node.params)
@@ -254,8 +254,8 @@ class Workspace:
             material["facts"] = facts
         return material
 
-    def key(self, name: str) -> str | None:
-        material = self.key_material(name)
+    def key(self, name: str, digest_of=None) -> str | None:
+        material = self.key_material(name, digest_of)
         return None if material is None else _digest(material)
 
     # -- inputs for builders
@@ -345,8 +345,9 @@ class Workspace:
             if old_inputs[role] != new_inputs[role]:
                 if role == MODEL_ROLE:
                     old_model = manifest.get("model", {})
-                    keys = tuple(sorted(k for k in set(old_model) | set(self.recipe.model)
-                                        if old_model.get(k) != self.recipe.model.get(k)))
+                    model = self.recipe.model_for(name)
+                    keys = tuple(sorted(k for k in set(old_model) | set(model)
+                                        if old_model.get(k) != model.get(k)))
                     reasons.append(ModelChanged(keys))
                 else:
                     reasons.append(InputChanged(role, by_role.get(role, role)))
@@ -370,7 +371,7 @@ class Workspace:
         builder_cls = self.builders[node.kind]
         extras: dict[str, Any] = {"builder_version": str(builder_cls.version)}
         if builder_cls.uses_model:
-            extras["model"] = copy.deepcopy(self.recipe.model)
+            extras["model"] = copy.deepcopy(self.recipe.model_for(name))
         facts = builder_cls.key_facts(node.params)
         if facts:
             extras["facts"] = facts

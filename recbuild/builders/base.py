@@ -100,6 +100,8 @@ class Builder:
                         tracer); under ``make -j N`` such steps take turns (see engine.torch_turn)
       shell_fields      params run by a shell: every ${vars.*}/${env.*} value interpolated into them
                         is shell-quoted (``${raw:...}`` pastes it as is)
+      metric_docs       what each figure in its metrics.json means, one line per name
+                        (``recall@k`` stands for every k), for `recbuild metrics --explain`
       description       one line for `recbuild templates`/docs
 
     ``key_facts(params)`` returns facts about the outside world the output depends on that no param
@@ -115,6 +117,7 @@ class Builder:
     key_exclude: ClassVar[tuple[str, ...]] = ()
     uses_torch: ClassVar[bool] = False
     shell_fields: ClassVar[tuple[str, ...]] = ()
+    metric_docs: ClassVar[dict[str, str]] = {}
     description: ClassVar[str] = ""
 
     def references(self, params: dict[str, Any]) -> dict[str, list[str]]:
