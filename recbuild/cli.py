@@ -61,9 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     clean = sub.add_parser("clean", help="remove built artifacts (all, or the TARGETs)")
     clean.add_argument("targets", nargs="*", metavar="TARGET")
+    clean.add_argument("-n", "--dry-run", action="store_true", help="print what would be removed, remove nothing")
     _common(clean)
 
-    validate = sub.add_parser("validate", help="check the recipe and exit")
+    validate = sub.add_parser("validate", help="check the recipe (and that its source files exist) and exit")
+    validate.add_argument("--allow-missing-sources", action="store_true",
+                          help="report a source that does not exist as a warning, not an error")
     _common(validate)
 
     init = sub.add_parser("init", help="copy a template recipe into DIR so `recbuild make` works at once")
@@ -183,11 +186,16 @@ def _dry_run(graph, builders, targets, term) -> int:
     for status in plan.values():
         if graph.nodes[status.name].is_file_source:
             continue
+        kind = graph.nodes[status.name].kind
         if status.current:
             term.debug(f"  up to date  {status.name}")
+        elif status.only_upstream:
+            # its own key is unchanged: it builds only if an upstream's rebuild changes its output
+            ups = ", ".join(r.upstream for r in status.reasons)
+            term.out(f"  may build   {status.name} ({kind}): only if {ups} changes its output when rebuilt")
         else:
             why = "; ".join(str(r) for r in status.reasons)
-            term.out(f"  would build {status.name} ({graph.nodes[status.name].kind}): {why}")
+            term.out(f"  will build  {status.name} ({kind}): {why}")
     if not stale:
         term.info("nothing to build: everything is up to date")
     ws.cache.close()
@@ -301,6 +309,11 @@ def cmd_clean(args, term) -> int:
     if foreign:  # decided before anything is removed: all or nothing
         raise ForeignFolder(f"recbuild did not make {', '.join(foreign)} (no recbuild MANIFEST.json), so "
                             "it will not delete it; nothing was removed. Remove it yourself if you mean to")
+    if args.dry_run:
+        for name in present:
+            term.out(f"  would remove {name} ({ws.folder(name)})")
+        term.info(f"would remove {len(present)} artifact{'s' if len(present) != 1 else ''}")
+        return 0
     with WorkdirLock(ws.state_dir):
         for name in present:
             shutil.rmtree(ws.folder(name))
@@ -318,9 +331,23 @@ def cmd_clean(args, term) -> int:
 
 
 def cmd_validate(args, term) -> int:
+    from recbuild.sources import missing_source
+
     graph, _ = _load(args)
+    missing = []
+    for node in graph.nodes.values():
+        if node.is_file_source:
+            why = missing_source(node.params["path"], graph.recipe.dir)
+            if why:
+                missing.append(f"{node.loc}: {node.section}.{node.name}: {why}")
+    if missing and not args.allow_missing_sources:
+        raise RecipeError(missing + [f"{graph.recipe.path}: {len(missing)} source(s) missing; "
+                                     "--allow-missing-sources reports them as warnings"])
+    for line in missing:
+        term.warn(line)
     sources = sum(1 for n in graph.nodes.values() if n.section == "sources")
-    term.info(f"{graph.recipe.path}: ok ({sources} sources, {len(graph.nodes) - sources} artifacts)")
+    term.info(f"{graph.recipe.path}: ok ({sources} sources, {len(graph.nodes) - sources} artifacts"
+              + (f", {len(missing)} missing" if missing else "") + ")")
     return 0
 
 

@@ -209,7 +209,7 @@ class Engine:
         node = self.graph.nodes[name]
         # one error, one line: builders' multi-line texts are folded
         message = " ".join(part.strip() for part in message.splitlines() if part.strip())
-        located = f"{node.loc}: {message}"
+        located = f"{node.loc}: {node.section}.{name}: {message}"  # the location first, as in recipe errors
         self.failures[name] = located
         if log is not None:
             log.error("%s", located)
@@ -447,8 +447,10 @@ class _Reporter:
                                             f"upstream failed: {fail.message.strip()}")
             return
         message = self.engine.failures.get(task.name)
-        if message is None:
-            message = (fail.message or fail.get_msg()).strip().splitlines()[-1]
+        if message is None:  # a failure doit saw before our action ran: located the same way
+            node = self.engine.graph.nodes.get(task.name)
+            text = (fail.message or fail.get_msg()).strip().splitlines()[-1]
+            message = f"{node.loc}: {node.section}.{task.name}: {text}" if node else text
             self.engine.failures[task.name] = message
         self.engine.events.step_failed(task.name, self._kind(task), message, seconds)
 

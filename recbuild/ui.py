@@ -193,7 +193,7 @@ class BuildEvents:
         self.counts["failed"] = self.counts.get("failed", 0) + 1
         self.rows.append([name, kind, "FAILED", _fmt_seconds(seconds)])
         self._line("FAILED", name, kind, seconds)
-        self.term.error(f"{name}: {message}")
+        self.term.error(message)  # the engine's messages start with the recipe location and the name
 
     def step_skipped(self, name: str, kind: str, reason: str) -> None:
         self._stop_live(name)

@@ -106,6 +106,14 @@ class ForeignFolderInTheWay(Reason):
 
 
 @dataclass(frozen=True)
+class InputUnavailable(Reason):
+    upstreams: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return f"input {', '.join(self.upstreams)} is missing or unreadable"
+
+
+@dataclass(frozen=True)
 class UpstreamStale(Reason):
     upstream: str
 
@@ -145,10 +153,29 @@ class Status:
     def current(self) -> bool:
         return self.state == "up to date"
 
+    @property
+    def only_upstream(self) -> bool:
+        """Stale only because an upstream will rebuild (early cut-off may spare it)."""
+        return self.state == "stale" and all(isinstance(r, UpstreamStale) for r in self.reasons)
+
 
 def _short(value: Any) -> str:
     text = json.dumps(value, sort_keys=True, default=str)
     return text if len(text) <= 50 else text[:47] + "..."
+
+
+def _param_changes(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted param, old, new) for every changed leaf: `params.n: 3 -> 4`, not the whole mapping."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        changes = []
+        for key in sorted(set(old) | set(new), key=str):
+            path = f"{prefix}.{key}" if prefix else str(key)
+            if key not in old or key not in new:
+                changes.append((path, old.get(key, "<unset>"), new.get(key, "<unset>")))
+            else:
+                changes.extend(_param_changes(old[key], new[key], path))
+        return changes
+    return [] if old == new else [(prefix, old, new)]
 
 
 def _digest(value: Any) -> str:
@@ -222,7 +249,10 @@ class Workspace:
     def current_digest(self, name: str) -> str | None:
         """What a dependent sees of ``name`` now: the digest of its files."""
         if self.is_file_source(name):
-            return self.scan(name).digest
+            try:
+                return self.scan(name).digest
+            except BuildError:  # missing or unreadable: the source's own status says why
+                return None
         manifest = self.manifest(name)
         return manifest.get("digest") if manifest else None
 
@@ -312,6 +342,9 @@ class Workspace:
         material = self.key_material(name)
         if material is not None:
             reasons.extend(self._diff(name, manifest, material))
+        else:
+            reasons.append(InputUnavailable(tuple(e.upstream for e in self.graph.edges[name]
+                                                  if self.current_digest(e.upstream) is None)))
         if not reasons:
             problems = verify_files(self.folder(name), manifest, self.cache)
             if problems:
@@ -331,10 +364,8 @@ class Workspace:
         for key in sorted(set(old_facts) | set(new_facts)):
             if old_facts.get(key) != new_facts.get(key):
                 reasons.append(CodeChanged(key, old_facts.get(key), new_facts.get(key)))
-        old_params, new_params = manifest.get("params", {}), material["params"]
-        for key in sorted(set(old_params) | set(new_params)):
-            if old_params.get(key, "<unset>") != new_params.get(key, "<unset>"):
-                reasons.append(ParamChanged(key, old_params.get(key, "<unset>"), new_params.get(key, "<unset>")))
+        for key, old, new in _param_changes(manifest.get("params", {}), material["params"]):
+            reasons.append(ParamChanged(key, old, new))
         old_inputs, new_inputs = manifest.get("inputs", {}), material["inputs"]
         by_role = {e.role: e.upstream for e in self.graph.edges[name]}
         added = tuple(sorted(set(new_inputs) - set(old_inputs)))
