@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("-B", "--always-make", action="store_true", help="rebuild targets even if up to date")
     make.add_argument("-k", "--keep-going", action="store_true", help="go on with independent artifacts after a failure")
     make.add_argument("--cache", metavar="URL", help="shared artifact cache (fsspec URL)")
+    make.add_argument("--heartbeat", type=float, default=None, metavar="SECONDS",
+                      help="when output is not a terminal, a progress line per running step every SECONDS "
+                           "(default 30, or $RECBUILD_HEARTBEAT; 0 turns it off)")
     _common(make)
 
     status = sub.add_parser("status", help="table of artifacts: up to date / stale / missing, and why")
@@ -169,7 +172,7 @@ def cmd_make(args, term) -> int:
     from recbuild.cache import open_cache
     from recbuild.engine import Engine, MakeOptions
 
-    engine = Engine(graph, builders, term.build_events(), cache=open_cache(graph.recipe, args.cache))
+    engine = Engine(graph, builders, term.build_events(args.heartbeat), cache=open_cache(graph.recipe, args.cache))
     options = MakeOptions(targets=args.targets, jobs=args.jobs, always=args.always_make,
                           keep_going=args.keep_going)
     return engine.make(options)

@@ -171,6 +171,27 @@ class Engine:
                 self.events.warn(f"{name}: could not upload to cache {self.cache.url}: {exc}")
         return None
 
+    def _headlines(self, names: list[str]) -> dict[str, dict[str, float]]:
+        """The figures worth a glance of what this run built or restored (each kind's ``headline``)."""
+        from recbuild.metrics import family_of, ordered, read
+
+        found = {}
+        for name in names:
+            if self.outcomes.get(name, ("",))[0] not in (BUILT, RESTORED):
+                continue
+            wanted = self.builders[self.graph.nodes[name].kind].headline
+            path = self.ws.folder(name) / METRICS_FILE
+            if not wanted or not path.is_file():
+                continue
+            try:
+                numbers = read(path)
+            except (OSError, ValueError, RecursionError):
+                continue
+            picked = {m: numbers[m] for m in ordered(numbers) if family_of(m) in wanted}
+            if picked:
+                found[name] = picked
+        return found
+
     def _record_metrics(self, name: str, key: str) -> None:
         """A published artifact that measured something adds its figures to the history."""
         path = self.ws.folder(name) / METRICS_FILE
@@ -299,12 +320,7 @@ class Engine:
                                   "was abandoned (its previous artifact is intact)") from None
             finally:
                 self.ws.cache.close()
-            sizes = {}
-            for name in names:
-                manifest = self.ws.loaded_manifest(name)
-                if manifest:
-                    sizes[name] = sum(entry["size"] for entry in manifest.get("files", {}).values())
-            stats = {"seconds": time.perf_counter() - started, "sizes": sizes,
+            stats = {"seconds": time.perf_counter() - started, "headlines": self._headlines(names),
                      "files_hashed": self.ws.cache.stats.files_hashed,
                      "bytes_hashed": self.ws.cache.stats.bytes_hashed,
                      "failed": len(self.failures)}

@@ -25,6 +25,7 @@ class RecallEvalBuilder(Builder):
     version = "1"
     description = "recall@k / hitrate@k of a FAISS index (vs exact search) or of a TDM tree + model"
     reference_fields = ("user_embeddings", "towers", "queries", "index", "item_embeddings", "tree", "model")
+    headline = ("recall@k", "index_recall@k")
     metric_docs = {
         "recall@k": "per request, the share of its ground-truth items in the top k; mean over requests",
         "hitrate@k": "ground-truth items found in the top k over all ground-truth items (TorchEasyRec's hitrate)",
