@@ -16,7 +16,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tarfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -181,6 +180,8 @@ def _modified(info: dict) -> float | None:
 
 
 def _deterministic_tar(folder: Path, manifest: dict) -> bytes:
+    import tarfile
+
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for rel in sorted(manifest.get("files", {})):
@@ -200,13 +201,16 @@ def archive_size_limit(files: dict) -> int:
     """The most bytes a deterministic tar of these files can take (headers, PAX records for long
     names, padding and the end blocks included); anything larger is not what push wrote."""
     content = sum(-(-entry["size"] // 512) * 512 for entry in files.values())
-    return content + len(files) * 4096 + 2 * tarfile.RECORDSIZE
+    return content + len(files) * 4096 + 2 * _TAR_RECORD
 
 
 def _safe_extract(data: bytes, target: Path, expected: dict) -> None:
     """Extract the archive's files into ``target``, refusing before a byte is written any member
     that is not a plain (non-sparse) file named in the manifest with the manifest's size, and
     writing no more than the manifest's total."""
+    import tarfile
+
+    plain_file_types = (tarfile.REGTYPE, tarfile.AREGTYPE)
     target = target.resolve()
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
@@ -215,7 +219,7 @@ def _safe_extract(data: bytes, target: Path, expected: dict) -> None:
             for member in members:
                 name = member.name
                 dest = (target / name).resolve()
-                if (os.path.isabs(name) or ".." in Path(name).parts or member.type not in PLAIN_FILE_TYPES
+                if (os.path.isabs(name) or ".." in Path(name).parts or member.type not in plain_file_types
                         or member.issparse() or not str(dest).startswith(str(target) + os.sep)):
                     raise CorruptEntry(f"cache archive member {name!r} is not a plain file inside the "
                                        "artifact folder; refusing to extract it")
@@ -236,7 +240,7 @@ def _safe_extract(data: bytes, target: Path, expected: dict) -> None:
         raise CorruptEntry(f"cache archive is damaged: {exc}") from None
 
 
-PLAIN_FILE_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE)
+_TAR_RECORD = 10240  # tarfile.RECORDSIZE: the archive is padded to a multiple of it
 
 
 def open_cache(recipe, url_override: str | None) -> ArtifactCache | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import shutil
@@ -20,12 +21,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Protocol
-
-from doit.cmd_base import TaskLoader2
-from doit.dependency import FileChangedChecker
-from doit.doit_cmd import DoitMain
-from doit.exceptions import TaskFailed, UnmetDependency
-from doit.task import dict_to_task
 
 from recbuild.builders.base import BuildContext, Progress
 from recbuild.cache import ArtifactCache, CacheError, CorruptEntry
@@ -121,7 +116,7 @@ class Engine:
         ws.forget_manifest(name)
         material = ws.key_material(name)
         if material is None:
-            return self._fail(name, "an input is missing; build its upstream first", TaskFailed)
+            return self._fail(name, "an input is missing; build its upstream first")
         if not force and ws.artifact_status(name).current:
             self.outcomes[name] = (ADOPTED, "")
             return None
@@ -150,14 +145,14 @@ class Engine:
             write_manifest(staged, manifest)
             publish(staged, ws.folder(name), ws.tmp_dir)
         except RecbuildError as exc:
-            return self._fail(name, exc.message, TaskFailed, log)
+            return self._fail(name, exc.message, log)
         except OSError as exc:  # disk full, unwritable workdir, input vanished mid-build
             log.error("%s", traceback.format_exc())
-            return self._fail(name, _os_error_text(exc), TaskFailed, log)
+            return self._fail(name, _os_error_text(exc), log)
         except Exception as exc:  # a bug or an unexpected library error: keep the traceback in the log
             log.error("%s", traceback.format_exc())
             detail = f"{type(exc).__name__}: {exc}".strip()
-            return self._fail(name, f"{detail} (traceback in {self._log_path(name)})", TaskFailed, log)
+            return self._fail(name, f"{detail} (traceback in {self._log_path(name)})", log)
         finally:
             shutil.rmtree(staged, ignore_errors=True)
             _close_logger(log)
@@ -170,6 +165,31 @@ class Engine:
             except Exception as exc:  # an unreachable cache must not fail a good build
                 self.events.warn(f"{name}: could not upload to cache {self.cache.url}: {exc}")
         return None
+
+    def _not_current(self, names: list[str], always: bool) -> list[str]:
+        """The nodes doit has to look at. Those already current (their own key, their inputs and
+        their files all check out, see Workspace.plan) are reported up to date here and never
+        handed to doit: a no-op make does not even import it, and a graph of thousands of
+        artifacts pays doit's per-task cost only for what changed."""
+        if always:
+            return names
+        plan = self.ws.plan(names)
+        todo = []
+        for name in names:
+            if plan[name].current:
+                node = self.graph.nodes[name]
+                self.outcomes[name] = (UP_TO_DATE, "")
+                if not node.is_file_source:
+                    self.events.step_finished(name, node.kind, UP_TO_DATE, 0.0, "")
+            else:
+                todo.append(name)
+        return todo
+
+    def _run_doit(self, todo: list[str], options: MakeOptions) -> int:
+        from doit.doit_cmd import DoitMain
+
+        loader = _doit_classes()[0](self, todo, options)
+        return DoitMain(loader, config_filenames=()).run(["run", *todo])
 
     def _headlines(self, names: list[str]) -> dict[str, dict[str, float]]:
         """The figures worth a glance of what this run built or restored (each kind's ``headline``)."""
@@ -226,7 +246,7 @@ class Engine:
         self.outcomes[name] = (RESTORED, "")
         return True
 
-    def _fail(self, name: str, message: str, failed_cls=TaskFailed, log: logging.Logger | None = None):
+    def _fail(self, name: str, message: str, log: logging.Logger | None = None):
         node = self.graph.nodes[name]
         # one error, one line: builders' multi-line texts are folded
         message = " ".join(part.strip() for part in message.splitlines() if part.strip())
@@ -234,7 +254,9 @@ class Engine:
         self.failures[name] = located
         if log is not None:
             log.error("%s", located)
-        return failed_cls(located)
+        from doit.exceptions import TaskFailed
+
+        return TaskFailed(located)
 
     # ---------------------------------------------------------------------------- logs
     def _log_path(self, name: str) -> Path:
@@ -255,6 +277,7 @@ class Engine:
     def task_dicts(self, names: list[str], force: bool) -> list[dict[str, Any]]:
         """One doit task per node (also what dodo.py hands to plain doit)."""
         specs = []
+        given = set(names)
         for name in names:
             node = self.graph.nodes[name]
             deps = [e.upstream for e in self.graph.edges[name]]
@@ -263,7 +286,7 @@ class Engine:
                 "doc": node.kind,
                 "targets": [str(self.ws.manifest_path(name))],
                 "file_dep": [str(self.ws.manifest_path(d)) for d in deps],
-                "task_dep": deps,
+                "task_dep": [d for d in deps if d in given],  # a current upstream is no task here
                 "verbosity": 0,
                 "meta": {"kind": node.kind, "file_source": node.is_file_source},
             }
@@ -281,11 +304,12 @@ class Engine:
         return self.ws.state_dir / "doit.sqlite"
 
     def doit_config(self, options: "MakeOptions") -> dict[str, Any]:
-        _Checker.workspace = self.ws
+        checker = _doit_classes()[1]
+        checker.workspace = self.ws
         return {
             "dep_file": str(self.state_db),
             "backend": "sqlite3",
-            "check_file_uptodate": _Checker,
+            "check_file_uptodate": checker,
             "reporter": _Reporter(self),
             "verbosity": 0,
             "num_process": options.jobs if options.jobs > 1 else 0,
@@ -310,11 +334,11 @@ class Engine:
                 self.events.warn(f"-j {options.jobs} is far above this machine's {os.cpu_count()} CPUs; "
                                  f"running at most {max_jobs()} steps at once")
             options = dataclasses.replace(options, jobs=max(jobs, 1))
-            loader = _RecipeLoader(self, names, options)
             self.events.run_started([n for n in names])
             started = time.perf_counter()
             try:
-                code = DoitMain(loader, config_filenames=()).run(["run", *targets])
+                todo = self._not_current(names, options.always)
+                code = self._run_doit(todo, options) if todo else 0
             except KeyboardInterrupt:
                 raise Interrupted("interrupted; completed artifacts are kept, the running step "
                                   "was abandoned (its previous artifact is intact)") from None
@@ -328,6 +352,38 @@ class Engine:
         if code == 0 and not self.failures:
             return 0
         return 1
+
+
+@functools.lru_cache(maxsize=1)
+def _doit_classes():
+    """doit's base classes, imported on the first real build (a no-op make never imports doit)."""
+    from doit.cmd_base import TaskLoader2
+    from doit.dependency import FileChangedChecker
+
+    class RecipeLoader(TaskLoader2):
+        """doit TaskLoader2 over an already validated recipe (never reads doit config files)."""
+
+        def __init__(self, engine: Engine, names: list[str], options: MakeOptions):
+            super().__init__()
+            self.engine = engine
+            self.names = names
+            self.options = options
+
+        def setup(self, opt_values):
+            pass
+
+        def load_doit_config(self):
+            return self.engine.doit_config(self.options)
+
+        def load_tasks(self, cmd, pos_args):
+            from doit.task import dict_to_task
+
+            return [dict_to_task(spec) for spec in self.engine.task_dicts(self.names, self.options.always)]
+
+    class _Checker(_CheckerMixin, FileChangedChecker):  # (the name is in doit's db: keep it)
+        pass
+
+    return RecipeLoader, _Checker
 
 
 def max_jobs() -> int:
@@ -383,26 +439,7 @@ def torch_turn(builder, log: logging.Logger) -> Iterator[None]:
         _TORCH_TURN.release()
 
 
-class _RecipeLoader(TaskLoader2):
-    """doit TaskLoader2 over an already validated recipe (never reads doit config files)."""
-
-    def __init__(self, engine: Engine, names: list[str], options: MakeOptions):
-        super().__init__()
-        self.engine = engine
-        self.names = names
-        self.options = options
-
-    def setup(self, opt_values):
-        pass
-
-    def load_doit_config(self):
-        return self.engine.doit_config(self.options)
-
-    def load_tasks(self, cmd, pos_args):
-        return [dict_to_task(spec) for spec in self.engine.task_dicts(self.names, self.options.always)]
-
-
-class _Checker(FileChangedChecker):
+class _CheckerMixin:
     """doit file checker: content digests through the stat cache; a MANIFEST.json's digest is the
     digest of the artifact's files (its ``digest`` field), so a rebuilt-identical upstream is
     unchanged for its dependents (early cut-off) even though its key or params moved."""
@@ -457,6 +494,8 @@ class _Reporter:
 
     def add_failure(self, task, fail):
         seconds = time.perf_counter() - self.engine.started.get(task.name, time.perf_counter())
+        from doit.exceptions import UnmetDependency
+
         if isinstance(fail, UnmetDependency):
             self.engine.failures.setdefault(task.name, "skipped")
             self.engine.events.step_skipped(task.name, self._kind(task),

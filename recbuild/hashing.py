@@ -140,6 +140,40 @@ class StatCache:
         return digest
 
 
+    # Folders: an entry that says "this folder's listing was checked and held exactly what its
+    # manifest lists". A folder's mtime/ctime change whenever an entry is added, removed or renamed
+    # in it, so while its signature holds, nothing new can be inside, and the listing (a scandir
+    # per folder on every no-op) is skipped. Stored beside the file entries, marked by DIR_MARK.
+    DIR_MARK = "<listing checked>"
+
+    def listing_unchanged(self, folder: str) -> bool:
+        cached = self._entries.get(folder + os.sep)
+        if cached is None:
+            return False
+        try:
+            st = os.lstat(folder)
+        except OSError:
+            return False
+        return cached == (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, self.DIR_MARK)
+
+    def remember_listing(self, folder: str) -> None:
+        try:
+            st = os.lstat(folder)
+        except OSError:
+            return
+        if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) <= RACY_WINDOW_NS:
+            return  # changed within a clock tick: a later change could keep the same times
+        entry = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, self.DIR_MARK)
+        with self._lock:
+            self._entries[folder + os.sep] = entry
+            if self._db is not None:
+                try:
+                    self._db.execute("INSERT OR REPLACE INTO stat_cache VALUES (?,?,?,?,?,?)",
+                                     (folder + os.sep, *entry))
+                except sqlite3.OperationalError:
+                    pass
+
+
 def _kind_of(path: str, follow_links: bool) -> str:
     """What a non-regular entry is, for messages."""
     try:
@@ -155,38 +189,47 @@ def _kind_of(path: str, follow_links: bool) -> str:
     return "not a regular file"
 
 
-def walk_files(root: Path, *, follow_links: bool) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """(regular files, other entries with what they are) under a directory, files sorted by relative
-    path, hidden recbuild state excluded. With ``follow_links`` symlinked files and folders are read
-    through (a loop is reported, not followed); without, a symlink is an "other" entry."""
-    files: list[Path] = []
-    others: list[tuple[Path, str]] = []
+def walk_relpaths(root: str | os.PathLike, *, follow_links: bool) -> tuple[list[str], list[tuple[str, str]]]:
+    """(regular files, other entries with what they are) under a directory, as sorted relative
+    POSIX paths, hidden recbuild state excluded. With ``follow_links`` symlinked files and folders
+    are read through (a loop is reported, not followed); without, a symlink is an "other" entry.
+    Strings, not Paths: a no-op make walks every artifact folder, and pathlib costs 10x here."""
+    files: list[str] = []
+    others: list[tuple[str, str]] = []
     seen: set[str] = set()
-    stack = [str(root)]
+    stack = [(os.fspath(root), "")]
     while stack:  # a loop, not recursion: folder depth is not bounded by Python's stack
-        directory = stack.pop()
+        directory, prefix = stack.pop()
         if follow_links:
             real = os.path.realpath(directory)
             if real in seen:
-                others.append((Path(directory), "a symlink loop"))
+                others.append((prefix.rstrip("/") or ".", "a symlink loop"))
                 continue
             seen.add(real)
         with os.scandir(directory) as entries:
             for entry in entries:
+                rel = prefix + entry.name
                 try:
                     if not follow_links and entry.is_symlink():
-                        others.append((Path(entry.path), _kind_of(entry.path, False)))
+                        others.append((rel, _kind_of(entry.path, False)))
                     elif entry.is_dir(follow_symlinks=follow_links):
                         if entry.name != ".recbuild":
-                            stack.append(entry.path)
+                            stack.append((entry.path, rel + "/"))
                     elif entry.is_file(follow_symlinks=follow_links):
-                        files.append(Path(entry.path))
+                        files.append(rel)
                     else:
-                        others.append((Path(entry.path), _kind_of(entry.path, follow_links)))
+                        others.append((rel, _kind_of(entry.path, follow_links)))
                 except OSError:
-                    others.append((Path(entry.path), "unreadable"))
-    files.sort(key=lambda p: p.relative_to(root).as_posix())
+                    others.append((rel, "unreadable"))
+    files.sort()
     return files, others
+
+
+def walk_files(root: Path, *, follow_links: bool) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """walk_relpaths with absolute Paths."""
+    root = Path(root)
+    files, others = walk_relpaths(root, follow_links=follow_links)
+    return [root / rel for rel in files], [(root / rel, what) for rel, what in others]
 
 
 def list_files(root: Path) -> list[Path]:

@@ -7,8 +7,6 @@ date (early cut-off). ``digest`` covers the files only; ``key`` identifies the r
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
 import os
 import shutil
@@ -19,7 +17,7 @@ from typing import Any
 
 from recbuild import __version__
 from recbuild.errors import ForeignFolder, UnsupportedFile
-from recbuild.hashing import ALGORITHM, StatCache, entries_digest, list_files, tree_entries, walk_files
+from recbuild.hashing import ALGORITHM, StatCache, entries_digest, list_files, tree_entries, walk_relpaths
 
 MANIFEST_NAME = "MANIFEST.json"
 
@@ -104,26 +102,40 @@ def safe_relpath(rel: Any) -> bool:
 def read_manifest(folder: Path) -> dict | None:
     """The manifest of an artifact folder, or None when absent, unreadable or of the wrong shape
     (=> the artifact is stale and rebuilt)."""
+    manifest = _load_json(os.path.join(folder, MANIFEST_NAME))
+    return manifest if manifest is not None and manifest_problem(manifest) is None else None
+
+
+def _load_json(path: str) -> Any:
+    """A JSON file's value, or None when it is absent, unreadable, too large or not JSON."""
     try:
-        with open(folder / MANIFEST_NAME, "rb") as handle:
-            manifest = json.loads(handle.read(_MAX_MANIFEST_BYTES))
+        with open(path, "rb") as handle:
+            if os.fstat(handle.fileno()).st_size > _MAX_MANIFEST_BYTES:
+                return None
+            return json.loads(handle.read())  # (read(n) would allocate n bytes up front)
     except (OSError, ValueError, RecursionError):
         return None
-    return manifest if manifest_problem(manifest) is None else None
 
 
 def verify_files(folder: Path, manifest: dict, cache: StatCache) -> list[str]:
     """Problems found comparing the folder with its manifest (empty list = intact)."""
     problems = []
     expected = manifest.get("files", {})
-    files, others = walk_files(folder, follow_links=False)
-    present = {f.relative_to(folder).as_posix() for f in files} - {MANIFEST_NAME}
-    for rel in sorted(present - set(expected)):
-        problems.append(f"unexpected file {rel}")
-    for path, what in others:
-        problems.append(f"unexpected {path.relative_to(folder).as_posix()} ({what})")
+    base = os.path.abspath(folder)
+    folders = {base}
+    for rel in expected:  # every folder on the way to every file
+        parts = rel.split("/")[:-1]
+        folders.update(os.path.join(base, *parts[:i]) for i in range(1, len(parts) + 1))
+    listed = all(cache.listing_unchanged(f) for f in folders)
+    if not listed:  # something was added, removed or renamed since the last check: look
+        files, others = walk_relpaths(base, follow_links=False)
+        present = set(files) - {MANIFEST_NAME}
+        for rel in sorted(present - set(expected)):
+            problems.append(f"unexpected file {rel}")
+        for rel, what in others:
+            problems.append(f"unexpected {rel} ({what})")
     for rel, entry in sorted(expected.items()):
-        path = folder / rel
+        path = os.path.join(base, rel)
         try:
             st = os.lstat(path)
         except OSError:
@@ -134,6 +146,9 @@ def verify_files(folder: Path, manifest: dict, cache: StatCache) -> list[str]:
             continue
         if st.st_size != entry["size"] or cache.file_digest(path, st) != entry["digest"]:
             problems.append(f"modified file {rel}")
+    if not problems and not listed:
+        for f in folders:
+            cache.remember_listing(f)
     return problems
 
 
@@ -146,6 +161,9 @@ def _exchange(a: Path, b: Path) -> bool:
     global _libc
     if _libc is None:
         try:
+            import ctypes
+            import ctypes.util
+
             _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
             _libc.renameat2  # noqa: B018 - probe the symbol
         except (OSError, AttributeError):
@@ -163,11 +181,7 @@ def made_by_recbuild(folder: Path) -> bool:
     Only such folders are ever replaced or deleted; a damaged manifest inside still proves it."""
     if os.path.islink(folder) or not os.path.isdir(folder):
         return False
-    try:
-        with open(folder / MANIFEST_NAME, "rb") as handle:
-            manifest = json.loads(handle.read(_MAX_MANIFEST_BYTES))
-    except (OSError, ValueError, RecursionError):
-        return False
+    manifest = _load_json(os.path.join(folder, MANIFEST_NAME))
     return (isinstance(manifest, dict) and isinstance(manifest.get("recbuild_version"), str)
             and isinstance(manifest.get("kind"), str))
 

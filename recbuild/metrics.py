@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -83,6 +82,8 @@ def format_change(old: float | int | None, new: float | int | None) -> str:
 
 
 def _git_commit(folder: Path) -> str | None:
+    import subprocess
+
     try:
         done = subprocess.run(["git", "-C", str(folder), "rev-parse", "--short=12", "HEAD"],
                               capture_output=True, text=True, timeout=5)

@@ -15,9 +15,10 @@ on use: a symlink re-pointed since the entry was written makes the entry stale.
 
 from __future__ import annotations
 
-import os
 import json
+import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import xxhash
@@ -65,7 +66,8 @@ def _file_digest(path: str) -> str | None:
 def _encode(recipe) -> dict:
     return {
         "path": str(recipe.path), "dir": str(recipe.dir), "name": recipe.name, "workdir": str(recipe.workdir),
-        "model": recipe.model, "default": recipe.default, "cache": recipe.cache, "data": recipe.data,
+        "model": recipe.model, "default": recipe.default, "cache": recipe.cache,
+        "data": {"workdir": recipe.data.get("workdir", "build")},  # the rest is not read after a load
         "nodes": [[n.name, n.section, n.kind, n.params, _loc(n.loc), n.model_overrides]
                   for n in recipe.nodes.values()],
         "locations": [[list(key), _loc(loc)] for key, loc in recipe.locations.items()],
@@ -108,10 +110,39 @@ def _decode(raw: dict):
             raise TypeError(field)
     if not isinstance(raw["default"], list) or not (raw["cache"] is None or isinstance(raw["cache"], dict)):
         raise TypeError("default/cache")
+    if not isinstance(raw["locations"], list):
+        raise TypeError("locations")
     return Recipe(path=Path(raw["path"]), dir=Path(raw["dir"]), name=str(raw["name"]),
                   workdir=Path(raw["workdir"]), model=raw["model"], nodes=nodes, default=raw["default"],
                   cache=raw["cache"], data=raw["data"], families=families,
-                  locations={key(parts): loc(where) for parts, where in raw["locations"]})
+                  locations=_LazyLocations(lambda: {key(parts): loc(where) for parts, where in raw["locations"]}))
+
+
+class _LazyLocations(Mapping):
+    """The recipe's key -> location map, decoded on first use: only errors need it, and a no-op
+    make of a large recipe would otherwise build thousands of Loc objects for nothing."""
+
+    def __init__(self, decode):
+        self._decode = decode
+        self._data: dict = {}
+
+    def _filled(self) -> dict:
+        if self._decode is not None:
+            decode, self._decode = self._decode, None
+            try:
+                self._data = decode()
+            except (TypeError, ValueError):
+                pass  # a damaged entry: errors are then located at the recipe file itself
+        return self._data
+
+    def __getitem__(self, key):
+        return self._filled()[key]
+
+    def __iter__(self):
+        return iter(self._filled())
+
+    def __len__(self) -> int:
+        return len(self._filled())
 
 
 def _still_resolves(recipe, path) -> bool:

@@ -348,3 +348,25 @@ def test_plain_doit_runs_the_same_tasks_and_state(project):
     rerun = subprocess.run(doit, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert project.read("build/final/final.txt") == "BYE" * 2
+
+
+def test_a_file_added_inside_an_artifact_is_seen_after_no_ops(project):
+    """The no-op skips listing folders whose times did not move; adding a file moves them."""
+    import time
+
+    project.recipe("""
+        version: 1
+        artifacts:
+          a: {kind: command, cmd: "mkdir -p ${out}/x/y && echo 1 > ${out}/x/y/f && echo 2 > ${out}/top"}
+    """)
+    assert project.run("make").built == ["a"]
+    time.sleep(0.05)  # past the racy window, so the listings are remembered
+    for _ in range(2):
+        assert project.run("make").built == []
+    for where in ("x/y/new", "x/new", "new"):
+        (project.path / "build" / "a" / where).write_text("stray\n")
+        status = project.run("status")
+        assert f"unexpected file {where}" in status.out, status.out
+        assert project.run("make").built == ["a"]
+        time.sleep(0.05)
+        assert project.run("make").built == []

@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from functools import lru_cache
-from importlib.metadata import entry_points
 
 from recbuild.builders.base import Builder
 from recbuild.errors import RecbuildError
@@ -102,6 +101,8 @@ def all_builders() -> Registry:
 
 
 def _plugin_builders(builtins: dict[str, type[Builder]]) -> dict[str, type[Builder]]:
+    from importlib.metadata import entry_points  # a scan of every installed distribution: only when needed
+
     registry = dict(builtins)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name in registry:

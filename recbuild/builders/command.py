@@ -15,7 +15,6 @@ import shlex
 import tempfile
 from typing import Any
 
-from recbuild import process_tree
 from recbuild.builders.base import Builder, BuildContext
 from recbuild.errors import BuildError
 
@@ -99,6 +98,8 @@ class CommandBuilder(Builder):
         env["RECBUILD_OUT"] = str(ctx.out)
         ctx.log.info("$ %s", command)
         with tempfile.TemporaryFile() as output:
+            from recbuild import process_tree  # (not at import: a no-op make never runs a command)
+
             # The shell and everything it starts die with recbuild (see process_tree).
             returncode = process_tree.run(["/bin/sh", "-c", command], cwd=ctx.recipe_dir, env=env,
                                           stdout=output, stderr=output)

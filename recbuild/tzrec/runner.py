@@ -25,13 +25,10 @@ import os
 import re
 import shlex
 import shutil
-import socket
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from recbuild import process_tree
 from recbuild.errors import BuildError
 
 HELPER = Path(__file__).with_name("helper.py")
@@ -142,6 +139,8 @@ def environment(settings: dict | None) -> TzrecEnv:
 
 
 def free_port() -> int:
+    import socket
+
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -153,6 +152,10 @@ def free_port() -> int:
 
 def call_helper(python: str, command: str, request: dict, env: dict[str, str] | None = None) -> dict:
     """Run helper.py COMMAND in the tzrec interpreter; its JSON answer (raises on a broken answer)."""
+    import tempfile
+
+    from recbuild import process_tree
+
     # Through the reaper like every step (it dies with recbuild); files, not pipes, carry the JSON.
     with tempfile.TemporaryFile() as question, tempfile.TemporaryFile() as out, \
             tempfile.TemporaryFile() as err:
@@ -215,6 +218,8 @@ def launch(argv: Sequence[str], *, cwd: Path, env: dict[str, str], log_path: Pat
     workers and anything else it starts die with it, with recbuild however recbuild dies, and on an
     interrupt. This is the only place recbuild's tzrec kinds start a tzrec step.
     """
+    from recbuild import process_tree
+
     with open(log_path, "ab") as log:
         return process_tree.run(list(argv), cwd=cwd, env=env, stdout=log, stderr=log)
 
