@@ -25,7 +25,8 @@ try:  # relative paths are relative to this file's folder (doit runs from there)
 except RecbuildError as exc:
     sys.exit(f"error: {exc}")
 _engine = Engine(_graph, _builders, Terminal().build_events())
-_engine.ws.state_dir.mkdir(parents=True, exist_ok=True)
+for _folder in (_engine.ws.state_dir, _engine.ws.tmp_dir, _engine.ws.log_dir):
+    _folder.mkdir(parents=True, exist_ok=True)
 for _warning in [*_engine.ws.cache.warnings, *reset_unreadable_state_db(_engine.state_db)]:
     print(f"warning: {_warning}", file=sys.stderr)
 

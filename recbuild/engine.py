@@ -74,6 +74,7 @@ class Engine:
         self.outcomes: dict[str, tuple[str, str]] = {}
         self.started: dict[str, float] = {}
         self.failures: dict[str, str] = {}
+        self._planned: dict = {}  # name -> Status, from make's plan
 
     # ---------------------------------------------------------------------------- actions
     def source_uptodate(self, name: str) -> bool:
@@ -117,7 +118,10 @@ class Engine:
         material = ws.key_material(name)
         if material is None:
             return self._fail(name, "an input is missing; build its upstream first")
-        if not force and ws.artifact_status(name).current:
+        planned = self._planned.get(name)
+        # Ask again only when the answer can have changed since the plan: an upstream rebuilt to
+        # identical bytes (early cut-off), or no plan at all (plain doit).
+        if not force and (planned is None or planned.only_upstream) and ws.artifact_status(name).current:
             self.outcomes[name] = (ADOPTED, "")
             return None
         key = ws.key(name)
@@ -128,7 +132,7 @@ class Engine:
         if self.cache is not None and not force and self._restore(name, key):
             return None
         staged = ws.tmp_dir / f"{name}-{uuid.uuid4().hex[:10]}"
-        staged.mkdir(parents=True)
+        os.mkdir(staged)  # (tmp/ exists: made at the start of make)
         log = self._logger(name)
         try:
             builder = self.builders[node.kind]()
@@ -174,6 +178,7 @@ class Engine:
         if always:
             return names
         plan = self.ws.plan(names)
+        self._planned = plan
         todo = []
         for name in names:
             if plan[name].current:
@@ -264,9 +269,9 @@ class Engine:
         return self.ws.log_dir / f"{safe}.log"
 
     def _logger(self, name: str) -> logging.Logger:
-        self.ws.log_dir.mkdir(parents=True, exist_ok=True)
-        logger = logging.getLogger(f"recbuild.build.{name}")
-        logger.setLevel(logging.INFO)
+        # Not logging.getLogger: registered loggers are never freed and each setLevel walks them
+        # all, which a graph of thousands of steps pays quadratically.
+        logger = logging.Logger(f"recbuild.build.{name}", logging.INFO)
         logger.propagate = False
         handler = logging.FileHandler(self._log_path(name), mode="w", encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -274,8 +279,10 @@ class Engine:
         return logger
 
     # ---------------------------------------------------------------------------- doit
-    def task_dicts(self, names: list[str], force: bool) -> list[dict[str, Any]]:
-        """One doit task per node (also what dodo.py hands to plain doit)."""
+    def task_dicts(self, names: list[str], force: bool, decided: bool = False) -> list[dict[str, Any]]:
+        """One doit task per node (also what dodo.py hands to plain doit). ``decided``: the names
+        are known not to be current (make's plan), so doit need not ask again; each action still
+        checks first and adopts what an upstream's identical rebuild left current (early cut-off)."""
         specs = []
         given = set(names)
         for name in names:
@@ -292,10 +299,10 @@ class Engine:
             }
             if node.is_file_source:
                 spec["actions"] = [(self.run_source, [name])]
-                spec["uptodate"] = [(self.source_uptodate, [name], {})]
+                spec["uptodate"] = [False] if decided else [(self.source_uptodate, [name], {})]
             else:
                 spec["actions"] = [(self.run_artifact, [name, force])]
-                spec["uptodate"] = [(self.artifact_uptodate, [name], {})]
+                spec["uptodate"] = [False] if decided else [(self.artifact_uptodate, [name], {})]
             specs.append(spec)
         return specs
 
@@ -327,6 +334,7 @@ class Engine:
         with WorkdirLock(self.ws.state_dir):
             shutil.rmtree(self.ws.tmp_dir, ignore_errors=True)  # leftovers of killed builds
             self.ws.tmp_dir.mkdir(parents=True, exist_ok=True)
+            self.ws.log_dir.mkdir(parents=True, exist_ok=True)
             for warning in [*self.ws.cache.warnings, *reset_unreadable_state_db(self.state_db)]:
                 self.events.warn(warning)
             jobs = min(options.jobs, len(names), max_jobs())
@@ -378,7 +386,8 @@ def _doit_classes():
         def load_tasks(self, cmd, pos_args):
             from doit.task import dict_to_task
 
-            return [dict_to_task(spec) for spec in self.engine.task_dicts(self.names, self.options.always)]
+            return [dict_to_task(spec)
+                    for spec in self.engine.task_dicts(self.names, self.options.always, decided=True)]
 
     class _Checker(_CheckerMixin, FileChangedChecker):  # (the name is in doit's db: keep it)
         pass

@@ -51,8 +51,6 @@ def write_manifest(folder: Path, manifest: dict) -> Path:
     tmp = folder / f".{MANIFEST_NAME}.tmp"
     with open(tmp, "w", encoding="utf-8") as handle:
         handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
     os.replace(tmp, path)
     return path
 
@@ -206,30 +204,16 @@ def publish(staged: Path, target: Path, trash_dir: Path) -> None:
     if os.path.islink(staged) or not os.path.isdir(staged):
         raise UnsupportedFile(f"{staged} is not a folder; nothing was published")
     check_replaceable(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    trash_dir.mkdir(parents=True, exist_ok=True)
-    _fsync_dir(staged)
-    if target.exists():
+    if not target.parent.is_dir():
+        target.parent.mkdir(parents=True, exist_ok=True)
+    if os.path.lexists(target):
         if _exchange(staged, target):
             shutil.rmtree(staged, ignore_errors=True)
         else:
+            trash_dir.mkdir(parents=True, exist_ok=True)
             aside = trash_dir / f"{target.name}-old-{uuid.uuid4().hex[:8]}"
             os.rename(target, aside)
             os.rename(staged, target)
             shutil.rmtree(aside, ignore_errors=True)
     else:
         os.rename(staged, target)
-    _fsync_dir(target.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
