@@ -100,9 +100,15 @@ def all_builders() -> Registry:
     return Registry()
 
 
-def _plugin_builders(builtins: dict[str, type[Builder]]) -> dict[str, type[Builder]]:
-    from importlib.metadata import entry_points  # a scan of every installed distribution: only when needed
+def entry_points(group: str):
+    """importlib.metadata's, imported on first use: a scan of every installed distribution that a
+    recipe of built-in kinds never needs."""
+    from importlib.metadata import entry_points as scan
 
+    return scan(group=group)
+
+
+def _plugin_builders(builtins: dict[str, type[Builder]]) -> dict[str, type[Builder]]:
     registry = dict(builtins)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name in registry:
