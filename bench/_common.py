@@ -56,8 +56,11 @@ def print_table(headers, rows, title):
 
 def timed(cmd: list[str], cwd: Path) -> tuple[float, str]:
     """Run ``cmd`` in ``cwd``; (wall seconds, stdout). Exits the bench if it fails."""
+    # Measured as users run it: with bytecode caches (a PYTHONDONTWRITEBYTECODE left in a dev shell
+    # would make every run recompile every module it imports).
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     started = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
     elapsed = time.perf_counter() - started
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed in {cwd}:\n{proc.stdout}\n{proc.stderr}")
