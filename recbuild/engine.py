@@ -139,7 +139,7 @@ class Engine:
             ctx = BuildContext(
                 name=name, kind=node.kind, params=dict(node.params), out=staged,
                 inputs=ws.inputs_for(name), recipe_dir=self.graph.recipe.dir, workdir=ws.workdir,
-                model=self.graph.recipe.model_for(name), log=log,
+                model=self.graph.recipe.model_for(name), log=log, log_path=self._log_path(name),
                 _progress_factory=lambda total, unit: self.events.progress(name, total, unit))
             with torch_turn(builder, log):
                 builder.build(ctx)

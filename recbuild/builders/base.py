@@ -86,6 +86,7 @@ class BuildContext:
     workdir: Path
     model: dict[str, Any] = field(default_factory=dict)  # the recipe's `model:` section
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("recbuild.build"))
+    log_path: Path | None = None  # the step's log file: tools may append their own output to it
     threads: int = 2
     # Deterministic facts the builder wants in MANIFEST.json under "meta" (no times, no hosts).
     meta: dict[str, Any] = field(default_factory=dict)

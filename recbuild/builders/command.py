@@ -32,6 +32,24 @@ def _dep_named(name: str, deps) -> str | None:
     return matches[0] if len(matches) == 1 else None
 
 
+def _run_logged(argv: list[str], ctx: BuildContext, env: dict) -> tuple[int, str]:
+    """Run argv in the recipe's folder, its output appended to the step's log as it comes (as Make
+    shows it), below recbuild's reaper: the shell and all it starts die with recbuild (see
+    process_tree). Returns (exit status, the last 64 KiB of what it wrote)."""
+    from recbuild import process_tree  # (not at import: a no-op make never runs a command)
+
+    for handler in ctx.log.handlers:
+        handler.flush()  # the "$ command" line first
+    output = open(ctx.log_path, "a+b") if ctx.log_path else tempfile.TemporaryFile()
+    with output:
+        start = output.seek(0, os.SEEK_END)
+        returncode = process_tree.run(argv, cwd=ctx.recipe_dir, env=env, stdout=output, stderr=output)
+        end = output.seek(0, os.SEEK_END)
+        output.seek(max(start, end - (64 << 10)))
+        text = output.read().decode("utf-8", errors="replace")
+    return returncode, text
+
+
 class CommandBuilder(Builder):
     kind = "command"
     version = "1"
@@ -97,16 +115,7 @@ class CommandBuilder(Builder):
         env.update(ctx.params.get("env", {}))
         env["RECBUILD_OUT"] = str(ctx.out)
         ctx.log.info("$ %s", command)
-        with tempfile.TemporaryFile() as output:
-            from recbuild import process_tree  # (not at import: a no-op make never runs a command)
-
-            # The shell and everything it starts die with recbuild (see process_tree).
-            returncode = process_tree.run(["/bin/sh", "-c", command], cwd=ctx.recipe_dir, env=env,
-                                          stdout=output, stderr=output)
-            output.seek(0)
-            text = output.read().decode("utf-8", errors="replace")
-        for line in text.splitlines():
-            ctx.log.info("| %s", line)
+        returncode, text = _run_logged(["/bin/sh", "-c", command], ctx, env)
         if returncode != 0:
             tail = text.strip().splitlines()[-_TAIL_LINES:]
             shown = ("; last output: " + " | ".join(tail)) if tail else " (no output)"
