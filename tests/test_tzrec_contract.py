@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from recbuild import tzrec_contract
-from recbuild.errors import BuildError
+from recbuild.errors import BuildError, InputError
 from recbuild.exporter import save_torchscript
 from recbuild.models import build_model, resolve
 from recbuild.models.features import example_inputs, parse_features
@@ -200,3 +200,29 @@ def test_required_without_torchscript_is_a_recipe_error(project):
     assert result.code == 2, result.out + result.err
     assert "artifacts.model.tzrec_files: required needs torchscript in formats" in result.err
     assert "Traceback" not in result.err
+
+
+def test_tzrec_predict_over_an_export_without_tzrec_files_says_why(tmp_path):
+    """Checked before tzrec is looked for (precheck): the reason comes from the export's manifest."""
+    from recbuild.builders.base import BuildContext, InputArtifact
+    from recbuild.builders.tzrec import TzrecPredict
+
+    folder = make_checkpoints(tmp_path / "c", [1])
+    export, export_ctx = run_export(tmp_path, folder, "model")  # a sequence feature: no tzrec files
+    towers, towers_ctx = run_towers(tmp_path, export, "towers")
+
+    def precheck(path, kind, meta, tower=None):
+        model = InputArtifact("model", kind, path, (), {"meta": meta})
+        data = InputArtifact("items", "source", tmp_path, (), {})
+        ctx = BuildContext(name="tz", kind="tzrec_predict", params={}, out=tmp_path / "tz", workdir=tmp_path,
+                           inputs={"model": model, "data": data}, recipe_dir=tmp_path)
+        return TzrecPredict().precheck(ctx, {"model": "model", "data": "items", "tower": tower})
+
+    with pytest.raises(InputError, match=r"model 'model' has no pipeline.config or model_acc.json, which "
+                                        r"tzrec.predict loads: recbuild's export wrote no TorchEasyRec "
+                                        r"files \(feature 'clicks' is a sequence"):
+        precheck(export, "export", export_ctx.meta)
+    with pytest.raises(InputError, match=r"has no user/pipeline.config .*towers wrote no TorchEasyRec files "
+                                        r"\(feature 'clicks' is a sequence"):
+        precheck(towers, "towers", towers_ctx.meta, "user")
+    precheck(towers, "towers", towers_ctx.meta, "item")  # the item tower has them
