@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from recbuild.cache import ArtifactCache, CacheError, CorruptEntry, age_days
 from recbuild.errors import RecbuildError
 from recbuild.manifest import publish
-from recbuild.workspace import MODEL_ROLE, Workspace, _digest
+from recbuild.workspace import Workspace
 
 
 @dataclass
@@ -37,19 +37,11 @@ def resolve_keys(ws: Workspace, cache: ArtifactCache, names: list[str]) -> dict[
             except RecbuildError:
                 digests[name] = None
             continue
-        node = ws.graph.nodes[name]
-        builder_cls = ws.builders[node.kind]
-        inputs = {}
-        for edge in ws.graph.edges[name]:
-            inputs[edge.role] = digests.get(edge.upstream)
-        if any(v is None for v in inputs.values()):
+        key = ws.key(name, digests.get)
+        if key is None:
             digests[name] = None
             result[name] = (None, None)
             continue
-        if builder_cls.uses_model:
-            inputs[MODEL_ROLE] = _digest(ws.recipe.model)
-        key = _digest({"kind": node.kind, "builder_version": str(builder_cls.version),
-                       "params": ws.key_params(name), "inputs": inputs})
         cached = cache.lookup(key)
         local = ws.manifest(name)
         if local is not None and local.get("key") == key:

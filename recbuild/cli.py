@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("-B", "--always-make", action="store_true", help="rebuild targets even if up to date")
     make.add_argument("-k", "--keep-going", action="store_true", help="go on with independent artifacts after a failure")
     make.add_argument("--cache", metavar="URL", help="shared artifact cache (fsspec URL)")
+    make.add_argument("--heartbeat", type=float, default=None, metavar="SECONDS",
+                      help="when output is not a terminal, a progress line per running step every SECONDS "
+                           "(default 30, or $RECBUILD_HEARTBEAT; 0 turns it off)")
     _common(make)
 
     status = sub.add_parser("status", help="table of artifacts: up to date / stale / missing, and why")
@@ -61,9 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     clean = sub.add_parser("clean", help="remove built artifacts (all, or the TARGETs)")
     clean.add_argument("targets", nargs="*", metavar="TARGET")
+    clean.add_argument("-n", "--dry-run", action="store_true", help="print what would be removed, remove nothing")
     _common(clean)
 
-    validate = sub.add_parser("validate", help="check the recipe and exit")
+    validate = sub.add_parser("validate", help="check the recipe (and that its source files exist) and exit")
+    validate.add_argument("--allow-missing-sources", action="store_true",
+                          help="report a source that does not exist as a warning, not an error")
     _common(validate)
 
     init = sub.add_parser("init", help="copy a template recipe into DIR so `recbuild make` works at once")
@@ -86,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     metrics = sub.add_parser("metrics", help="table of the metrics artifacts report (recall@k, ...)")
     metrics.add_argument("targets", nargs="*", metavar="TARGET")
     metrics.add_argument("--diff", action="store_true", help="show the change since the previous build")
+    metrics.add_argument("--history", action="store_true", help="show how the figures moved over the last builds")
+    metrics.add_argument("--explain", action="store_true", help="say what each metric means")
     _common(metrics)
 
     serve = sub.add_parser("serve-check", help="load a serving bundle alone and answer one query end to end")
@@ -121,7 +129,7 @@ def _load_targets(args):
     """(graph, builders, names): the recipe's graph and the targets named on the command line,
     checked, or every artifact when none is named."""
     graph, builders = _load(args)
-    _check_targets(graph, args.targets)
+    args.targets = _check_targets(graph, args.targets)
     names = args.targets or [n for n in graph.order if not graph.nodes[n].is_file_source]
     return graph, builders, names
 
@@ -136,18 +144,27 @@ def _workspace(graph, builders, term):
     return ws
 
 
-def _check_targets(graph, targets: list[str]) -> None:
+def _check_targets(graph, targets: list[str]) -> list[str]:
+    """The targets, checked; a matrix artifact's name stands for all its variants."""
     from recbuild.schema import did_you_mean
 
+    families = graph.recipe.families
+    resolved: list[str] = []
     for target in targets:
-        if target not in graph.nodes:
-            raise UsageError(f"{graph.recipe.path}: unknown target {target!r}{did_you_mean(target, graph.nodes)}; "
+        if target in families:
+            resolved.extend(v for v in families[target] if v not in resolved)
+        elif target in graph.nodes:
+            resolved.append(target)
+        else:
+            known = [*graph.nodes, *families]
+            raise UsageError(f"{graph.recipe.path}: unknown target {target!r}{did_you_mean(target, known)}; "
                              "see `recbuild list`")
+    return resolved
 
 
 def cmd_make(args, term) -> int:
     graph, builders = _load(args)
-    _check_targets(graph, args.targets)
+    args.targets = _check_targets(graph, args.targets)
     if args.jobs < 1:
         raise UsageError("recbuild make: -j must be at least 1")
     if args.dry_run:
@@ -155,7 +172,7 @@ def cmd_make(args, term) -> int:
     from recbuild.cache import open_cache
     from recbuild.engine import Engine, MakeOptions
 
-    engine = Engine(graph, builders, term.build_events(), cache=open_cache(graph.recipe, args.cache))
+    engine = Engine(graph, builders, term.build_events(args.heartbeat), cache=open_cache(graph.recipe, args.cache))
     options = MakeOptions(targets=args.targets, jobs=args.jobs, always=args.always_make,
                           keep_going=args.keep_going)
     return engine.make(options)
@@ -172,11 +189,16 @@ def _dry_run(graph, builders, targets, term) -> int:
     for status in plan.values():
         if graph.nodes[status.name].is_file_source:
             continue
+        kind = graph.nodes[status.name].kind
         if status.current:
             term.debug(f"  up to date  {status.name}")
+        elif status.only_upstream:
+            # its own key is unchanged: it builds only if an upstream's rebuild changes its output
+            ups = ", ".join(r.upstream for r in status.reasons)
+            term.out(f"  may build   {status.name} ({kind}): only if {ups} changes its output when rebuilt")
         else:
             why = "; ".join(str(r) for r in status.reasons)
-            term.out(f"  would build {status.name} ({graph.nodes[status.name].kind}): {why}")
+            term.out(f"  will build  {status.name} ({kind}): {why}")
     if not stale:
         term.info("nothing to build: everything is up to date")
     ws.cache.close()
@@ -185,7 +207,7 @@ def _dry_run(graph, builders, targets, term) -> int:
 
 def cmd_status(args, term) -> int:
     graph, builders = _load(args)
-    _check_targets(graph, args.targets)
+    args.targets = _check_targets(graph, args.targets)
     ws = _workspace(graph, builders, term)
     plan = ws.plan(args.targets or list(graph.nodes))
     rows = []
@@ -205,7 +227,10 @@ def cmd_status(args, term) -> int:
 
 def cmd_explain(args, term) -> int:
     graph, builders = _load(args)
-    _check_targets(graph, [args.target])
+    variants = _check_targets(graph, [args.target])
+    if variants != [args.target]:
+        raise UsageError(f"{args.target} is a matrix of {len(variants)} variants; explain one of them: "
+                         f"{', '.join(variants)}")
     ws = _workspace(graph, builders, term)
     plan = ws.plan([args.target])
     status = plan[args.target]
@@ -287,6 +312,11 @@ def cmd_clean(args, term) -> int:
     if foreign:  # decided before anything is removed: all or nothing
         raise ForeignFolder(f"recbuild did not make {', '.join(foreign)} (no recbuild MANIFEST.json), so "
                             "it will not delete it; nothing was removed. Remove it yourself if you mean to")
+    if args.dry_run:
+        for name in present:
+            term.out(f"  would remove {name} ({ws.folder(name)})")
+        term.info(f"would remove {len(present)} artifact{'s' if len(present) != 1 else ''}")
+        return 0
     with WorkdirLock(ws.state_dir):
         for name in present:
             shutil.rmtree(ws.folder(name))
@@ -304,9 +334,23 @@ def cmd_clean(args, term) -> int:
 
 
 def cmd_validate(args, term) -> int:
+    from recbuild.sources import missing_source
+
     graph, _ = _load(args)
+    missing = []
+    for node in graph.nodes.values():
+        if node.is_file_source:
+            why = missing_source(node.params["path"], graph.recipe.dir)
+            if why:
+                missing.append(f"{node.loc}: {node.section}.{node.name}: {why}")
+    if missing and not args.allow_missing_sources:
+        raise RecipeError(missing + [f"{graph.recipe.path}: {len(missing)} source(s) missing; "
+                                     "--allow-missing-sources reports them as warnings"])
+    for line in missing:
+        term.warn(line)
     sources = sum(1 for n in graph.nodes.values() if n.section == "sources")
-    term.info(f"{graph.recipe.path}: ok ({sources} sources, {len(graph.nodes) - sources} artifacts)")
+    term.info(f"{graph.recipe.path}: ok ({sources} sources, {len(graph.nodes) - sources} artifacts"
+              + (f", {len(missing)} missing" if missing else "") + ")")
     return 0
 
 
@@ -404,60 +448,102 @@ def cmd_cache(args, term) -> int:
         ws.cache.close()
 
 
-def _flatten(value, prefix: str = "") -> dict[str, float]:
-    flat: dict[str, float] = {}
-    if isinstance(value, dict):
-        for key in sorted(value):
-            flat.update(_flatten(value[key], f"{prefix}.{key}" if prefix else str(key)))
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        flat[prefix] = float(value)
-    return flat
-
-
-def _read_metrics(path: Path, term) -> dict[str, float]:
-    """Flattened numbers of a metrics.json; an unreadable file is reported and shown as empty."""
-    import json
-
-    if not path.is_file():
-        return {}
-    try:
-        return _flatten(json.loads(path.read_text(encoding="utf-8")))
-    except (ValueError, RecursionError) as exc:
-        term.warn(f"{path} is unreadable ({str(exc)[:80]}); skipped")
-        return {}
-
-
-def _fmt_metric(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if float(value).is_integer() and abs(value) >= 1:
-        return f"{value:,.0f}"
-    return f"{value:.4f}"
-
-
 def cmd_metrics(args, term) -> int:
+    from recbuild import metrics
+
     graph, builders, names = _load_targets(args)
     ws = _workspace(graph, builders, term)
     ws.cache.close()
-    rows = []
+    if args.history:
+        return _metrics_history(graph, ws, names, term)
+    current: dict[str, dict[str, float]] = {}
     for name in names:
-        path = ws.folder(name) / "metrics.json"
-        if not path.is_file():
-            continue
-        current = _read_metrics(path, term)
-        previous = _read_metrics(ws.previous_metrics_path(name), term)
-        for metric, value in current.items():
-            row = [name, metric, _fmt_metric(value)]
-            if args.diff:
-                old = previous.get(metric)
-                delta = None if old is None else value - old
-                row += [_fmt_metric(old), "-" if delta is None else f"{delta:+.4f}"]
-            rows.append(row)
-    if not rows:
-        term.info("no metrics yet: build an artifact that reports them (e.g. recall_eval) first")
+        path = ws.folder(name) / metrics.METRICS_FILE
+        if path.is_file():
+            try:
+                current[name] = metrics.read(path)
+            except (ValueError, RecursionError) as exc:
+                term.warn(f"{path} is unreadable ({str(exc)[:80]}); skipped")
+    if not current:
+        term.info("no metrics yet: build an artifact that reports them (recall_eval, train, tdm_tree ...) first")
         return 0
-    headers = ["artifact", "metric", "value"] + (["previous", "change"] if args.diff else [])
-    term.table(headers, rows)
+    previous = {name: _previous_metrics(ws, name) for name in current} if args.diff else {}
+    variant_of = {v: family for family, variants in graph.recipe.families.items() for v in variants}
+    plain = [n for n in current if n not in variant_of]
+    rows = []
+    for name in plain:
+        for metric in metrics.ordered(current[name]):
+            value = current[name][metric]
+            row = [name, metric, metrics.format_value(value)]
+            if args.diff:
+                old = previous[name].get(metric)
+                row += [metrics.format_value(old), metrics.format_change(old, value)]
+            rows.append(row)
+    if rows:
+        term.table(["artifact", "metric", "value"] + (["previous", "change"] if args.diff else []), rows)
+    for family, variants in graph.recipe.families.items():
+        shown = [v for v in variants if v in current]
+        if not shown:
+            continue
+        table = []
+        for metric in metrics.ordered(m for v in shown for m in current[v]):
+            row = [metric]
+            for variant in shown:
+                value = current[variant].get(metric)
+                cell = metrics.format_value(value)
+                if args.diff and value is not None:
+                    cell += f" ({metrics.format_change(previous[variant].get(metric), value)})"
+                row.append(cell)
+            table.append(row)
+        term.table(["metric", *shown], table, title=f"{family}: {len(variants)} variants")
+    if args.explain:
+        _explain_metrics(graph, builders, current, term)
+    return 0
+
+
+def _previous_metrics(ws, name: str) -> dict[str, float]:
+    """The figures of the build before the current one (from the history)."""
+    from recbuild import metrics
+
+    current_key = (ws.manifest(name) or {}).get("key")
+    older = [r for r in metrics.history(ws.workdir, name) if r.get("key") != current_key]
+    return older[-1]["metrics"] if older else {}
+
+
+def _explain_metrics(graph, builders, current: dict[str, dict[str, float]], term) -> None:
+    from recbuild import metrics
+
+    docs: dict[str, str] = {}
+    for name, numbers in current.items():
+        known = builders[graph.nodes[name].kind].metric_docs
+        for metric in numbers:
+            family = metrics.family_of(metric)
+            if family in known:
+                docs.setdefault(family, known[family])
+    if docs:
+        term.out("")
+        for family in metrics.ordered(docs):
+            term.out(f"  {family:<22} {docs[family]}")
+
+
+def _metrics_history(graph, ws, names: list[str], term, last: int = 6) -> int:
+    from recbuild import metrics
+
+    shown = 0
+    for name in names:
+        records = metrics.history(ws.workdir, name)[-last:]
+        if not records:
+            continue
+        shown += 1
+        headers = ["metric"] + [f"{r.get('time', '?')[:16].replace('T', ' ')} "
+                                f"{(r.get('commit') or '')[:7]}".strip() for r in records]
+        table = []
+        for metric in metrics.ordered(m for r in records for m in r["metrics"]):
+            table.append([metric] + [metrics.format_value(r["metrics"].get(metric)) for r in records])
+        term.table(headers, table, title=f"{name}: last {len(records)} builds")
+    if not shown:
+        term.info("no history yet: each build that reports metrics adds to "
+                  f"{ws.workdir / metrics.HISTORY_FILE}")
     return 0
 
 

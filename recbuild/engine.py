@@ -32,6 +32,8 @@ from recbuild.cache import ArtifactCache, CacheError, CorruptEntry
 from recbuild.errors import Interrupted, RecbuildError
 from recbuild.graph import Graph
 from recbuild.lock import WorkdirLock
+from recbuild.metrics import METRICS_FILE
+from recbuild.metrics import record as record_metrics
 from recbuild.manifest import MANIFEST_NAME, check_replaceable, make_manifest, publish, write_manifest
 from recbuild.workspace import Workspace
 
@@ -60,7 +62,6 @@ class MakeOptions:
 BUILT, UP_TO_DATE, HASHED = "built", "up to date", "hashed"
 ADOPTED = UP_TO_DATE  # verified on disk although doit had no record (fresh state db, restored workdir)
 RESTORED = "restored from cache"
-METRICS_NAME = "metrics.json"
 
 
 class _StepFailed(Exception):
@@ -139,7 +140,7 @@ class Engine:
             ctx = BuildContext(
                 name=name, kind=node.kind, params=dict(node.params), out=staged,
                 inputs=ws.inputs_for(name), recipe_dir=self.graph.recipe.dir, workdir=ws.workdir,
-                model=self.graph.recipe.model, log=log,
+                model=self.graph.recipe.model_for(name), log=log,
                 _progress_factory=lambda total, unit: self.events.progress(name, total, unit))
             with torch_turn(builder, log):
                 builder.build(ctx)
@@ -147,7 +148,6 @@ class Engine:
                                      params=material["params"], cache=ws.cache, meta=ctx.meta or None)
             manifest.update(ws.manifest_extras(name))
             write_manifest(staged, manifest)
-            self._remember_metrics(name)
             publish(staged, ws.folder(name), ws.tmp_dir)
         except RecbuildError as exc:
             return self._fail(name, exc.message, TaskFailed, log)
@@ -162,6 +162,7 @@ class Engine:
             shutil.rmtree(staged, ignore_errors=True)
             _close_logger(log)
         ws.set_manifest(name, manifest)
+        self._record_metrics(name, key)
         self.outcomes[name] = (BUILT, "")
         if self.cache is not None and self.cache.push_enabled:
             try:
@@ -170,13 +171,32 @@ class Engine:
                 self.events.warn(f"{name}: could not upload to cache {self.cache.url}: {exc}")
         return None
 
-    def _remember_metrics(self, name: str) -> None:
-        """Keep the metrics of the build being replaced, for `recbuild metrics --diff`."""
-        current = self.ws.folder(name) / METRICS_NAME
-        if current.is_file():
-            previous = self.ws.previous_metrics_path(name)
-            previous.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(current, previous)
+    def _headlines(self, names: list[str]) -> dict[str, dict[str, float]]:
+        """The figures worth a glance of what this run built or restored (each kind's ``headline``)."""
+        from recbuild.metrics import family_of, ordered, read
+
+        found = {}
+        for name in names:
+            if self.outcomes.get(name, ("",))[0] not in (BUILT, RESTORED):
+                continue
+            wanted = self.builders[self.graph.nodes[name].kind].headline
+            path = self.ws.folder(name) / METRICS_FILE
+            if not wanted or not path.is_file():
+                continue
+            try:
+                numbers = read(path)
+            except (OSError, ValueError, RecursionError):
+                continue
+            picked = {m: numbers[m] for m in ordered(numbers) if family_of(m) in wanted}
+            if picked:
+                found[name] = picked
+        return found
+
+    def _record_metrics(self, name: str, key: str) -> None:
+        """A published artifact that measured something adds its figures to the history."""
+        path = self.ws.folder(name) / METRICS_FILE
+        if path.is_file():
+            record_metrics(self.ws.workdir, self.graph.recipe.dir, name, key, path)
 
     def _restore(self, name: str, key: str) -> bool:
         """Restore ``name`` from the shared cache if an intact entry exists; True on success."""
@@ -187,7 +207,6 @@ class Engine:
                 return False
             staged.mkdir(parents=True)
             manifest = self.cache.restore(key, staged, ws.cache)
-            self._remember_metrics(name)
             publish(staged, ws.folder(name), ws.tmp_dir)
         except CorruptEntry as exc:
             self._corrupt_keys.add(key)
@@ -203,6 +222,7 @@ class Engine:
         finally:
             shutil.rmtree(staged, ignore_errors=True)
         ws.set_manifest(name, manifest)
+        self._record_metrics(name, key)
         self.outcomes[name] = (RESTORED, "")
         return True
 
@@ -210,7 +230,7 @@ class Engine:
         node = self.graph.nodes[name]
         # one error, one line: builders' multi-line texts are folded
         message = " ".join(part.strip() for part in message.splitlines() if part.strip())
-        located = f"{node.loc}: {message}"
+        located = f"{node.loc}: {node.section}.{name}: {message}"  # the location first, as in recipe errors
         self.failures[name] = located
         if log is not None:
             log.error("%s", located)
@@ -300,12 +320,7 @@ class Engine:
                                   "was abandoned (its previous artifact is intact)") from None
             finally:
                 self.ws.cache.close()
-            sizes = {}
-            for name in names:
-                manifest = self.ws.loaded_manifest(name)
-                if manifest:
-                    sizes[name] = sum(entry["size"] for entry in manifest.get("files", {}).values())
-            stats = {"seconds": time.perf_counter() - started, "sizes": sizes,
+            stats = {"seconds": time.perf_counter() - started, "headlines": self._headlines(names),
                      "files_hashed": self.ws.cache.stats.files_hashed,
                      "bytes_hashed": self.ws.cache.stats.bytes_hashed,
                      "failed": len(self.failures)}
@@ -448,8 +463,10 @@ class _Reporter:
                                             f"upstream failed: {fail.message.strip()}")
             return
         message = self.engine.failures.get(task.name)
-        if message is None:
-            message = (fail.message or fail.get_msg()).strip().splitlines()[-1]
+        if message is None:  # a failure doit saw before our action ran: located the same way
+            node = self.engine.graph.nodes.get(task.name)
+            text = (fail.message or fail.get_msg()).strip().splitlines()[-1]
+            message = f"{node.loc}: {node.section}.{task.name}: {text}" if node else text
             self.engine.failures[task.name] = message
         self.engine.events.step_failed(task.name, self._kind(task), message, seconds)
 

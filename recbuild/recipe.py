@@ -43,6 +43,7 @@ class NodeSpec:
     kind: str  # builder kind, or "source" for a plain path source
     params: dict[str, Any]  # the spec without ``kind``, schema defaults applied
     loc: Loc
+    model_overrides: dict[str, Any] = field(default_factory=dict)  # a matrix variant's model.PATH values
 
     @property
     def is_file_source(self) -> bool:
@@ -61,9 +62,16 @@ class Recipe:
     cache: dict[str, Any] | None
     data: dict[str, Any]  # the resolved recipe (after extends, --set, interpolation)
     locations: dict[KeyPath, Loc] = field(repr=False, default_factory=dict)
+    families: dict[str, list[str]] = field(default_factory=dict)  # matrix name -> its variants
 
     def locate(self, path: KeyPath) -> Loc:
         return locate(self.locations, path, str(self.path))
+
+    def model_for(self, name: str) -> dict[str, Any]:
+        """The model section an artifact reads: the recipe's, with its matrix variant's values."""
+        from recbuild.matrix import model_for
+
+        return model_for(self.model, self.nodes[name].model_overrides)
 
 
 def locate(locations: dict[KeyPath, Loc], path: KeyPath, file: str) -> Loc:
@@ -389,7 +397,8 @@ def _apply_defaults(schema: dict, params: dict) -> dict:
     return result
 
 
-def build_nodes(data: dict, locations: dict, file: str, builders: dict) -> tuple[dict, list]:
+def build_nodes(data: dict, locations: dict, file: str, builders: dict,
+                variants: dict | None = None) -> tuple[dict, list]:
     problems: list[tuple[int, str]] = []
 
     def where(path: KeyPath) -> Loc:
@@ -409,7 +418,7 @@ def build_nodes(data: dict, locations: dict, file: str, builders: dict) -> tuple
         entries = data.get(section) or {}
         for name, spec in entries.items():
             path = (section, name)
-            if not _NAME_RE.fullmatch(name) or name in RESERVED_NAMES:
+            if (not _NAME_RE.fullmatch(name) or name in RESERVED_NAMES) and name not in (variants or {}):
                 fail(path, f"bad name {name!r}: use letters, digits, '_' and '-', starting with a letter or '_'")
                 continue
             if name in nodes:
@@ -495,7 +504,13 @@ def _load_recipe(path, overrides, builders) -> Recipe:
                                                                      "(add `version: 1`)")))
     if problems:
         raise RecipeError([m for _, m in sorted(problems)])
-    nodes, problems = build_nodes(data, locations, shown, builders)
+    from recbuild import matrix
+
+    data, expansion = matrix.expand(data, locations, shown, builders)
+    nodes, problems = build_nodes(data, locations, shown, builders, expansion.variants)
+    for name, variant in expansion.variants.items():
+        if name in nodes:
+            nodes[name].model_overrides = variant.model
     default = list(data.get("default") or [])
     for index, target in enumerate(default):
         if target not in nodes:
@@ -519,5 +534,5 @@ def _load_recipe(path, overrides, builders) -> Recipe:
         path=recipe_path, dir=recipe_dir, name=data.get("name") or recipe_dir.name,
         workdir=workdir,
         model=data.get("model") or {}, nodes=nodes, default=default, cache=cache,
-        data=data, locations=locations,
+        data=data, locations=locations, families=expansion.families,
     )

@@ -24,7 +24,7 @@ import xxhash
 
 from recbuild import __version__
 
-_FORMAT = 2
+_FORMAT = 3
 
 
 def _enabled() -> bool:
@@ -66,8 +66,10 @@ def _encode(recipe) -> dict:
     return {
         "path": str(recipe.path), "dir": str(recipe.dir), "name": recipe.name, "workdir": str(recipe.workdir),
         "model": recipe.model, "default": recipe.default, "cache": recipe.cache, "data": recipe.data,
-        "nodes": [[n.name, n.section, n.kind, n.params, _loc(n.loc)] for n in recipe.nodes.values()],
+        "nodes": [[n.name, n.section, n.kind, n.params, _loc(n.loc), n.model_overrides]
+                  for n in recipe.nodes.values()],
         "locations": [[list(key), _loc(loc)] for key, loc in recipe.locations.items()],
+        "families": recipe.families,
     }
 
 
@@ -92,11 +94,15 @@ def _decode(raw: dict):
         return tuple(parts)
 
     nodes = {}
-    for name, section, kind, params, where in raw["nodes"]:
+    for name, section, kind, params, where, overrides in raw["nodes"]:
         if not (isinstance(name, str) and isinstance(section, str) and isinstance(kind, str)
-                and isinstance(params, dict)):
+                and isinstance(params, dict) and isinstance(overrides, dict)):
             raise TypeError("node")
-        nodes[name] = NodeSpec(name, section, kind, params, loc(where))
+        nodes[name] = NodeSpec(name, section, kind, params, loc(where), overrides)
+    families = raw["families"]
+    if not (isinstance(families, dict) and all(isinstance(v, list) and all(n in nodes for n in v)
+                                               for v in families.values())):
+        raise TypeError("families")
     for field in ("model", "data"):
         if not isinstance(raw[field], dict):
             raise TypeError(field)
@@ -104,7 +110,7 @@ def _decode(raw: dict):
         raise TypeError("default/cache")
     return Recipe(path=Path(raw["path"]), dir=Path(raw["dir"]), name=str(raw["name"]),
                   workdir=Path(raw["workdir"]), model=raw["model"], nodes=nodes, default=raw["default"],
-                  cache=raw["cache"], data=raw["data"],
+                  cache=raw["cache"], data=raw["data"], families=families,
                   locations={key(parts): loc(where) for parts, where in raw["locations"]})
 
 

@@ -89,6 +89,12 @@ def kind_schema(builder_cls) -> dict:
     params = copy.deepcopy(builder_cls.schema)
     properties = {"kind": {"const": builder_cls.kind}}
     properties.update(params.get("properties", {}))
+    properties["matrix"] = {
+        "type": "object", "minProperties": 1,
+        "additionalProperties": {"type": "array", "minItems": 1},
+        "description": "Variants side by side: {PARAM: [values...]} (or model.PATH for kinds that read "
+                       "the model section) expands this artifact into NAME@VALUE variants; artifacts "
+                       "that read it follow per variant."}
     result = {"type": "object", "properties": properties,
               "required": ["kind", *params.get("required", [])], "additionalProperties": False}
     if builder_cls.description:

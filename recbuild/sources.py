@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob as globlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,23 @@ def scan_source(spec: str, recipe_dir: Path, cache: StatCache, name: str,
         raise BuildError(f"source {name!r}: cannot read {exc.filename}: {exc.strerror}") from None
     shown = path if not is_glob(str(spec)) else root
     return SourceScan(shown, tuple(files), entries, entries_digest(entries))
+
+
+def missing_source(spec: str, recipe_dir: Path) -> str | None:
+    """Why a local source has nothing to read (cheap: no hashing), or None. URLs are not checked
+    here: that needs the network and credentials, which `make` has and `validate` may not."""
+    if is_url(spec):
+        return None
+    if spec.startswith("file://"):
+        spec = spec[len("file://"):]
+    path = Path(spec) if Path(spec).is_absolute() else recipe_dir / spec
+    if is_glob(spec):
+        return None if any(globlib.iglob(str(path), recursive=True)) else f"{spec}: no files match"
+    if not os.path.lexists(path):
+        return f"{spec} does not exist (paths are relative to {recipe_dir})"
+    if path.is_dir() and not any(path.iterdir()):
+        return f"{spec} is an empty folder"
+    return None
 
 
 def _scan_url(url: str, name: str) -> SourceScan:

@@ -95,56 +95,116 @@ class Terminal:
         for row in rows:
             print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip(), file=self.stdout, flush=True)
 
-    def build_events(self) -> "BuildEvents":
-        return BuildEvents(self)
+    def build_events(self, heartbeat: float | None = None) -> "BuildEvents":
+        return BuildEvents(self, heartbeat)
 
 
-class _RichProgress(Progress):
-    def __init__(self, events: "BuildEvents", name: str, total: float | None, unit: str):
-        super().__init__(total, unit)
-        self._events = events
-        self._task = events._live_tasks.get(name)
-        if self._task is not None and events._progress is not None:
-            events._progress.update(self._task, total=total, completed=0, unit=unit)
+def fmt_count(value: float) -> str:
+    return f"{value:,.0f}" if float(value).is_integer() or value >= 100 else f"{value:,.1f}"
 
-    def advance(self, amount: float = 1) -> None:
-        super().advance(amount)
-        if self._task is not None and self._events._progress is not None:
-            self._events._progress.update(self._task, completed=self.done)
+
+def fmt_rate(per_second: float, unit: str) -> str:
+    shown = f"{per_second:,.0f}" if per_second >= 10 else f"{per_second:.1f}"
+    return f"{shown} {unit}/s"
+
+
+def fmt_fact(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1000 else f"{value:,.0f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def describe(progress: Progress, elapsed: float) -> str:
+    """One line of facts about a running step: phase, done/total, rate, ETA, notes, elapsed."""
+    parts = []
+    if progress.phase_name:
+        parts.append(progress.phase_name)
+    now = time.monotonic()
+    if progress.done or progress.total:
+        unit = progress.unit or ""
+        count = fmt_count(progress.done) + (f"/{fmt_count(progress.total)}" if progress.total else "")
+        parts.append(f"{count} {unit}".strip())
+        spent = now - progress.phase_started
+        if progress.done and spent > 0.5:
+            rate = progress.done / spent
+            parts.append(fmt_rate(rate, unit))
+            if progress.total and progress.total > progress.done:
+                parts.append(f"ETA {_fmt_seconds((progress.total - progress.done) / rate)}")
+    parts.extend(f"{key} {fmt_fact(value)}" for key, value in progress.facts.items())
+    parts.append(_fmt_seconds(elapsed))
+    return ", ".join(parts)
+
+
+class _Running:
+    """What the UI knows of a running step."""
+
+    def __init__(self, name: str, kind: str):
+        self.name = name
+        self.kind = kind
+        self.started = time.monotonic()
+        self.progress = Progress(None, "")
+
+    def line(self) -> str:
+        return f"{self.name} ({self.kind}): {describe(self.progress, time.monotonic() - self.started)}"
+
+
+class _LiveLines:
+    """Rich renderable: one live line per running step, re-read at every refresh."""
+
+    def __init__(self, events: "BuildEvents"):
+        self.events = events
+
+    def __rich__(self):
+        from rich.text import Text
+
+        with self.events._lock:
+            running = list(self.events.running.values())
+        text = Text()
+        for i, step in enumerate(running):
+            if i:
+                text.append("\n")
+            text.append("  ⋯ ", style="cyan")
+            text.append(f"{step.name} ", style="bold")
+            text.append(f"({step.kind}) ", style="dim")
+            text.append(describe(step.progress, time.monotonic() - step.started))
+        return text
 
 
 class BuildEvents:
-    """Implements engine.Events for a terminal."""
+    """Implements engine.Events. On a terminal, one live line per running step; otherwise (CI logs)
+    a heartbeat line per running step every ``heartbeat`` seconds, with the same facts."""
 
-    def __init__(self, term: Terminal):
+    def __init__(self, term: Terminal, heartbeat: float | None = None):
         self.term = term
         self.counts: dict[str, int] = {}
-        self.rows: list[list[Any]] = []
-        self._progress = None
-        self._live_tasks: dict[str, Any] = {}
+        self.running: dict[str, _Running] = {}
+        self.heartbeat = heartbeat if heartbeat is not None else float(os.environ.get("RECBUILD_HEARTBEAT", "30"))
         self._lock = threading.Lock()
-        self._kinds: dict[str, str] = {}
+        self._live = None
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
 
     def run_started(self, names: list[str]) -> None:
-        if self.term.rich and self.term.verbosity >= 1:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress,
-                                       SpinnerColumn, TextColumn, TimeElapsedColumn)
+        if self.term.verbosity < 1:
+            return
+        if self.term.rich:
+            from rich.live import Live
 
-            from rich.progress import ProgressColumn
-            from rich.text import Text
+            self._live = Live(_LiveLines(self), console=self.term._console, refresh_per_second=4,
+                              transient=True)
+            self._live.start()
+        elif self.heartbeat > 0:
+            self._beat = threading.Thread(target=self._heartbeat, name="recbuild-heartbeat", daemon=True)
+            self._beat.start()
 
-            class RateColumn(ProgressColumn):
-                def render(self, task):
-                    unit = task.fields.get("unit") or ""
-                    if not unit or not task.speed:
-                        return Text("")
-                    return Text(f"{task.speed:,.0f} {unit}/s", style="cyan")
-
-            self._progress = RichProgress(
-                SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
-                MofNCompleteColumn(), TextColumn("{task.fields[unit]}"), RateColumn(),
-                TimeElapsedColumn(), console=self.term._console, transient=True)
-            self._progress.start()
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.heartbeat):
+            with self._lock:
+                lines = [step.line() for step in self.running.values()]
+            for line in lines:
+                print(f"  ... {line}", file=self.term.stdout, flush=True)
 
     def _line(self, status: str, name: str, kind: str, seconds: float | None, detail: str = "") -> None:
         if self.term.verbosity < 1:
@@ -163,40 +223,33 @@ class BuildEvents:
             print(text.rstrip(), file=self.term.stdout, flush=True)
 
     def step_started(self, name: str, kind: str) -> None:
-        self._kinds[name] = kind
-        if self._progress is not None:
-            with self._lock:
-                self._live_tasks[name] = self._progress.add_task(f"{name} ({kind})", total=None, unit="")
-        else:
+        with self._lock:
+            self.running[name] = _Running(name, kind)
+        if not self.term.rich:
             self.term.debug(f"  building {name} ({kind}) ...")
 
-    def _stop_live(self, name: str) -> None:
-        if self._progress is not None:
-            with self._lock:
-                task = self._live_tasks.pop(name, None)
-                if task is not None:
-                    self._progress.remove_task(task)
+    def _stop_running(self, name: str) -> None:
+        with self._lock:
+            self.running.pop(name, None)
 
     def step_finished(self, name: str, kind: str, outcome: str, seconds: float, detail: str = "") -> None:
-        self._stop_live(name)
+        self._stop_running(name)
         if outcome == "hashed":
             self.term.debug(f"  hashed source {name}: {detail}")
             return
         if kind == "source":
             return
         self.counts[outcome] = self.counts.get(outcome, 0) + 1
-        self.rows.append([name, kind, outcome, _fmt_seconds(seconds) if seconds else "-"])
         self._line(outcome, name, kind, seconds if outcome != "up to date" else None, detail)
 
     def step_failed(self, name: str, kind: str, message: str, seconds: float) -> None:
-        self._stop_live(name)
+        self._stop_running(name)
         self.counts["failed"] = self.counts.get("failed", 0) + 1
-        self.rows.append([name, kind, "FAILED", _fmt_seconds(seconds)])
         self._line("FAILED", name, kind, seconds)
-        self.term.error(f"{name}: {message}")
+        self.term.error(message)  # the engine's messages start with the recipe location and the name
 
     def step_skipped(self, name: str, kind: str, reason: str) -> None:
-        self._stop_live(name)
+        self._stop_running(name)
         self.counts["skipped"] = self.counts.get("skipped", 0) + 1
         self._line("skipped", name, kind, None, reason)
 
@@ -204,20 +257,23 @@ class BuildEvents:
         self.term.warn(message)
 
     def progress(self, name: str, total: float | None, unit: str) -> Progress:
-        if self._progress is None:
-            return Progress(total, unit)
-        return _RichProgress(self, name, total, unit)
+        """The running step's progress state (the UI reads it; the builder writes it)."""
+        with self._lock:
+            step = self.running.get(name)
+        return step.progress if step is not None else Progress(total, unit)
 
     def run_finished(self, stats: dict) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
+        self._stop.set()
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
         if self.term.verbosity < 1:
             return
-        sizes = stats.get("sizes", {})
-        if self.term.rich and self.rows:
-            self.term.table(["artifact", "kind", "result", "time", "size"],
-                            [row + [fmt_bytes(sizes[row[0]]) if row[0] in sizes else "-"] for row in self.rows])
+        headlines = stats.get("headlines", {})
+        if headlines:
+            rows = [[name, "  ".join(f"{metric} {fmt_fact(value)}" for metric, value in figures.items())]
+                    for name, figures in headlines.items()]
+            self.term.table(["artifact", "results"], rows)
         parts = [f"{count} {outcome}" for outcome, count in sorted(self.counts.items())]
         summary = ", ".join(parts) if parts else "nothing to do"
         self.term.out(f"{summary} in {_fmt_seconds(stats['seconds'])}")

@@ -106,6 +106,14 @@ class ForeignFolderInTheWay(Reason):
 
 
 @dataclass(frozen=True)
+class InputUnavailable(Reason):
+    upstreams: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return f"input {', '.join(self.upstreams)} is missing or unreadable"
+
+
+@dataclass(frozen=True)
 class UpstreamStale(Reason):
     upstream: str
 
@@ -145,10 +153,29 @@ class Status:
     def current(self) -> bool:
         return self.state == "up to date"
 
+    @property
+    def only_upstream(self) -> bool:
+        """Stale only because an upstream will rebuild (early cut-off may spare it)."""
+        return self.state == "stale" and all(isinstance(r, UpstreamStale) for r in self.reasons)
+
 
 def _short(value: Any) -> str:
     text = json.dumps(value, sort_keys=True, default=str)
     return text if len(text) <= 50 else text[:47] + "..."
+
+
+def _param_changes(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted param, old, new) for every changed leaf: `params.n: 3 -> 4`, not the whole mapping."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        changes = []
+        for key in sorted(set(old) | set(new), key=str):
+            path = f"{prefix}.{key}" if prefix else str(key)
+            if key not in old or key not in new:
+                changes.append((path, old.get(key, "<unset>"), new.get(key, "<unset>")))
+            else:
+                changes.extend(_param_changes(old[key], new[key], path))
+        return changes
+    return [] if old == new else [(prefix, old, new)]
 
 
 def _digest(value: Any) -> str:
@@ -186,9 +213,6 @@ class Workspace:
     def tmp_dir(self) -> Path:
         return self.state_dir / "tmp"
 
-    def previous_metrics_path(self, name: str) -> Path:
-        return self.state_dir / "previous" / name / "metrics.json"
-
     @property
     def log_dir(self) -> Path:
         return self.state_dir / "logs"
@@ -225,7 +249,10 @@ class Workspace:
     def current_digest(self, name: str) -> str | None:
         """What a dependent sees of ``name`` now: the digest of its files."""
         if self.is_file_source(name):
-            return self.scan(name).digest
+            try:
+                return self.scan(name).digest
+            except BuildError:  # missing or unreadable: the source's own status says why
+                return None
         manifest = self.manifest(name)
         return manifest.get("digest") if manifest else None
 
@@ -235,18 +262,21 @@ class Workspace:
         builder_cls = self.builders[node.kind]
         return {k: v for k, v in node.params.items() if k not in builder_cls.key_exclude}
 
-    def key_material(self, name: str) -> dict | None:
-        """Everything the artifact's content depends on; None while an input is missing."""
+    def key_material(self, name: str, digest_of=None) -> dict | None:
+        """Everything the artifact's content depends on; None while an input is missing.
+        ``digest_of(upstream)`` gives an input's digest (default: what is on disk now; the shared
+        cache passes its own, so keys of artifacts not present here can be computed)."""
         node = self.graph.nodes[name]
         builder_cls = self.builders[node.kind]
+        digest_of = digest_of or self.current_digest
         inputs = {}
         for edge in self.graph.edges[name]:
-            digest = self.current_digest(edge.upstream)
+            digest = digest_of(edge.upstream)
             if digest is None:
                 return None
             inputs[edge.role] = digest
         if builder_cls.uses_model:
-            inputs[MODEL_ROLE] = _digest(self.recipe.model)
+            inputs[MODEL_ROLE] = _digest(self.recipe.model_for(name))
         material = {"kind": node.kind, "builder_version": str(builder_cls.version),
                     "params": self.key_params(name), "inputs": inputs}
         facts = builder_cls.key_facts(node.params)
@@ -254,8 +284,8 @@ class Workspace:
             material["facts"] = facts
         return material
 
-    def key(self, name: str) -> str | None:
-        material = self.key_material(name)
+    def key(self, name: str, digest_of=None) -> str | None:
+        material = self.key_material(name, digest_of)
         return None if material is None else _digest(material)
 
     # -- inputs for builders
@@ -312,6 +342,9 @@ class Workspace:
         material = self.key_material(name)
         if material is not None:
             reasons.extend(self._diff(name, manifest, material))
+        else:
+            reasons.append(InputUnavailable(tuple(e.upstream for e in self.graph.edges[name]
+                                                  if self.current_digest(e.upstream) is None)))
         if not reasons:
             problems = verify_files(self.folder(name), manifest, self.cache)
             if problems:
@@ -331,10 +364,8 @@ class Workspace:
         for key in sorted(set(old_facts) | set(new_facts)):
             if old_facts.get(key) != new_facts.get(key):
                 reasons.append(CodeChanged(key, old_facts.get(key), new_facts.get(key)))
-        old_params, new_params = manifest.get("params", {}), material["params"]
-        for key in sorted(set(old_params) | set(new_params)):
-            if old_params.get(key, "<unset>") != new_params.get(key, "<unset>"):
-                reasons.append(ParamChanged(key, old_params.get(key, "<unset>"), new_params.get(key, "<unset>")))
+        for key, old, new in _param_changes(manifest.get("params", {}), material["params"]):
+            reasons.append(ParamChanged(key, old, new))
         old_inputs, new_inputs = manifest.get("inputs", {}), material["inputs"]
         by_role = {e.role: e.upstream for e in self.graph.edges[name]}
         added = tuple(sorted(set(new_inputs) - set(old_inputs)))
@@ -345,8 +376,9 @@ class Workspace:
             if old_inputs[role] != new_inputs[role]:
                 if role == MODEL_ROLE:
                     old_model = manifest.get("model", {})
-                    keys = tuple(sorted(k for k in set(old_model) | set(self.recipe.model)
-                                        if old_model.get(k) != self.recipe.model.get(k)))
+                    model = self.recipe.model_for(name)
+                    keys = tuple(sorted(k for k in set(old_model) | set(model)
+                                        if old_model.get(k) != model.get(k)))
                     reasons.append(ModelChanged(keys))
                 else:
                     reasons.append(InputChanged(role, by_role.get(role, role)))
@@ -370,7 +402,7 @@ class Workspace:
         builder_cls = self.builders[node.kind]
         extras: dict[str, Any] = {"builder_version": str(builder_cls.version)}
         if builder_cls.uses_model:
-            extras["model"] = copy.deepcopy(self.recipe.model)
+            extras["model"] = copy.deepcopy(self.recipe.model_for(name))
         facts = builder_cls.key_facts(node.params)
         if facts:
             extras["facts"] = facts

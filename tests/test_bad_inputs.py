@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -168,7 +169,7 @@ CASES = [
     ("item-embeddings-on-non-towers", "  emb: {kind: item_embeddings, towers: checkpoints, items: items}\n",
      {}, "emb", 1, ["item/"]),
     ("source-glob-matches-nothing", "  emb: {kind: item_embeddings, towers: towers, items: nothing}\n",
-     {}, "emb", 1, ["error: nothing: ", "no files match"]),
+     {}, "emb", 1, ["sources.nothing: ", "no files match"]),
     ("command-fails", "  broken: {kind: command, cmd: 'echo boom >&2; exit 7'}\n", {}, "broken", 1,
      ["status 7", "boom"]),
 ]
@@ -205,9 +206,9 @@ def test_bad_input(base, tmp_path, case_id, extra, files, target, code, parts):
     assert "Traceback" not in err
     for part in parts:
         assert part in lines[0], lines[0]
-    if code == 1:
-        failing = parts[0][len("error: "):-2] if parts[0].startswith("error: ") else target
-        assert lines[0].startswith(f"error: {failing}: recbuild.yaml:"), lines[0]
+    if code == 1:  # the location first, then the artifact or source
+        failing = parts[0][:-2] if parts[0].startswith("sources.") else f"artifacts.{target}"
+        assert re.match(rf"error: recbuild\.yaml:\d+:\d+: {re.escape(failing)}: ", lines[0]), lines[0]
         assert not (folder / "build" / target).exists()
     # nothing that was built before is lost
     assert json.loads((folder / "build/towers/MANIFEST.json").read_text())["kind"] == "towers"

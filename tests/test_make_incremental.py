@@ -132,8 +132,18 @@ def test_dry_run_touches_nothing(project):
     project.recipe(CHAIN)
     result = project.run("make", "-n")
     assert result.code == 0
-    assert "would build upper" in result.out and "not built yet" in result.out
+    assert "will build  upper (command): not built yet" in result.out
     assert not (project.path / "build/upper").exists()
+
+
+def test_dry_run_tells_will_from_may(chain):
+    """`will build`: its own key changed. `may build`: only if an upstream's rebuild changes its
+    output (early cut-off may spare it)."""
+    chain.recipe(CHAIN.replace("vars: {n: 3}", "vars: {n: 4}"))
+    result = chain.run("make", "-n")
+    assert "will build  head (command): param params.n: 3 -> 4" in result.out
+    assert "may build   final (command): only if head changes its output when rebuilt" in result.out
+    assert "upper" not in result.out and "side" not in result.out
 
 
 def test_failure_keeps_previous_artifact_and_reports_location(chain):
@@ -141,7 +151,7 @@ def test_failure_keeps_previous_artifact_and_reports_location(chain):
     result = chain.run("make")
     assert result.code == 1
     assert result.failed == ["side"]
-    assert "side: recbuild.yaml:19:3: command exited with status 3" in result.err
+    assert "error: recbuild.yaml:19:3: artifacts.side: command exited with status 3" in result.err
     assert "Traceback" not in result.err + result.out
     assert chain.read("build/side/size.txt").strip() == "12"
     assert not list((chain.path / "build/.recbuild/tmp").iterdir())

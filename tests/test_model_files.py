@@ -180,7 +180,11 @@ def test_serve_check_refuses_a_crafted_bundle(project, tmp_path):
     bundle = project.path / "bundle"
     tower_folder(bundle / "user")
     (bundle / "serving_config.json").write_text(json.dumps({"faiss_neigh_num": 5}))
-    (bundle / "user" / "faiss_index").write_bytes(b"")
+    faiss = pytest.importorskip("faiss")
+    index = faiss.IndexFlatIP(4)
+    index.add(torch.randn(3, 4).numpy())
+    faiss.write_index(index, str(bundle / "user" / "faiss_index"))
+    (bundle / "user" / "id_mapping").write_text("1\n2\n3\n")
     marker = tmp_path / "ran"
     pickled_sample_inputs(bundle / "user" / "model.pt2", marker)
     result = project.run("serve-check", str(bundle), "--query", '{"item_id": 1}')

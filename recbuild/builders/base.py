@@ -12,6 +12,7 @@ and a no-op ``make`` stay fast.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -38,15 +39,37 @@ class InputArtifact:
 
 
 class Progress:
-    """Progress of a long step. The engine swaps in one that the UI renders; this one is silent."""
+    """What a long step is doing, for the UI to show: a phase (``epoch 2/5``, ``training IVF``,
+    ``writing``), done/total in a unit, and facts worth watching (``loss``, ``auc``).
+
+    Builders only write to it; the UI reads it (a live line on a terminal, a heartbeat line in CI
+    logs). Writes are plain attribute updates, safe to make from a worker thread.
+    """
 
     def __init__(self, total: float | None = None, unit: str = "rows"):
+        self.phase_name = ""
         self.total = total
         self.unit = unit
         self.done = 0.0
+        self.facts: dict[str, Any] = {}
+        self.phase_started = time.monotonic()
+
+    def phase(self, name: str, total: float | None = None, unit: str | None = None) -> "Progress":
+        """Start a new phase: the count starts again from zero."""
+        self.phase_name = name
+        self.total = total
+        if unit is not None:
+            self.unit = unit
+        self.done = 0.0
+        self.phase_started = time.monotonic()
+        return self
 
     def advance(self, amount: float = 1) -> None:
         self.done += amount
+
+    def note(self, **facts: Any) -> None:
+        """Facts shown beside the count (the latest value of each)."""
+        self.facts.update(facts)
 
     def close(self) -> None:
         pass
@@ -78,10 +101,11 @@ class BuildContext:
         value = self.inputs.get(field_name, [])
         return list(value) if isinstance(value, list) else [value]
 
-    def progress(self, total: float | None = None, unit: str = "rows") -> Progress:
+    def progress(self, total: float | None = None, unit: str = "rows", phase: str = "") -> Progress:
+        """The step's progress, at a new phase (see Progress)."""
         if self._progress_factory is None:
-            return Progress(total, unit)
-        return self._progress_factory(total, unit)
+            return Progress(total, unit).phase(phase, total, unit)
+        return self._progress_factory(total, unit).phase(phase, total, unit)
 
 
 class Builder:
@@ -100,6 +124,9 @@ class Builder:
                         tracer); under ``make -j N`` such steps take turns (see engine.torch_turn)
       shell_fields      params run by a shell: every ${vars.*}/${env.*} value interpolated into them
                         is shell-quoted (``${raw:...}`` pastes it as is)
+      metric_docs       what each figure in its metrics.json means, one line per name
+                        (``recall@k`` stands for every k), for `recbuild metrics --explain`
+      headline          the metric families worth a glance after a build (``recall@k``, ``auc``)
       description       one line for `recbuild templates`/docs
 
     ``key_facts(params)`` returns facts about the outside world the output depends on that no param
@@ -115,6 +142,8 @@ class Builder:
     key_exclude: ClassVar[tuple[str, ...]] = ()
     uses_torch: ClassVar[bool] = False
     shell_fields: ClassVar[tuple[str, ...]] = ()
+    metric_docs: ClassVar[dict[str, str]] = {}
+    headline: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""
 
     def references(self, params: dict[str, Any]) -> dict[str, list[str]]:

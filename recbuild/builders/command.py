@@ -24,6 +24,15 @@ _PLACEHOLDER = re.compile(r"\$\{\s*(out|deps\.[^}]*|params\.[^}]*)\s*\}")
 _TAIL_LINES = 15
 
 
+def _dep_named(name: str, deps) -> str | None:
+    """The dependency ``${deps.NAME}`` means: NAME itself, or, in a matrix variant, the one variant
+    of the matrix artifact NAME it reads (``index@256`` for ``${deps.index}``)."""
+    if name in deps:
+        return name
+    matches = [d for d in deps if d.startswith(name + "@")]
+    return matches[0] if len(matches) == 1 else None
+
+
 class CommandBuilder(Builder):
     kind = "command"
     version = "1"
@@ -55,7 +64,7 @@ class CommandBuilder(Builder):
             ref = match.group(1).strip()
             if ref == "out":
                 continue
-            if ref.startswith("deps.") and ref[5:] in deps:
+            if ref.startswith("deps.") and _dep_named(ref[5:], deps) is not None:
                 continue
             if ref.startswith("params.") and ref[7:] in params.get("params", {}):
                 continue
@@ -77,7 +86,7 @@ class CommandBuilder(Builder):
             if ref == "out":
                 return shlex.quote(str(ctx.out))
             if ref.startswith("deps."):
-                return shlex.quote(str(paths[ref[5:]]))
+                return shlex.quote(str(paths[_dep_named(ref[5:], paths)]))
             value = ctx.params["params"][ref[7:]]
             return shlex.quote(value if isinstance(value, str) else str(value))
 

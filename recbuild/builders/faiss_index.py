@@ -98,13 +98,9 @@ class FaissIndexBuilder(Builder):
             nbits=p.get("nbits", 8), hnsw_m=p.get("M", 32), ef_construction=p.get("ef_construction", 200),
             nprobe=p.get("nprobe", 32), ef_search=p.get("ef_search", 64), train_size=p.get("train_size"),
             seed=p.get("seed", 42))
-        bar = ctx.progress(table.num_rows, "rows")
-        try:
-            result = build_index(table, spec, ctx.out, batch_rows=p.get("batch_size", 65536),
-                                 threads=ctx.threads, allow_duplicate_ids=p.get("allow_duplicate_ids", False),
-                                 progress=bar.advance)
-        finally:
-            bar.close()
+        result = build_index(table, spec, ctx.out, batch_rows=p.get("batch_size", 65536),
+                             threads=ctx.threads, allow_duplicate_ids=p.get("allow_duplicate_ids", False),
+                             progress=ctx.progress(table.num_rows, "rows", "checking ids"))
         ctx.meta.update({"type": index_type, "metric": spec.metric, "dim": result.dim,
                          "count": result.count})
         ctx.log.info("faiss_index %s: %d x %d (%s, %s)", ctx.name, result.count, result.dim, index_type,

@@ -25,6 +25,19 @@ class RecallEvalBuilder(Builder):
     version = "1"
     description = "recall@k / hitrate@k of a FAISS index (vs exact search) or of a TDM tree + model"
     reference_fields = ("user_embeddings", "towers", "queries", "index", "item_embeddings", "tree", "model")
+    headline = ("recall@k", "index_recall@k")
+    metric_docs = {
+        "recall@k": "per request, the share of its ground-truth items in the top k; mean over requests",
+        "hitrate@k": "ground-truth items found in the top k over all ground-truth items (TorchEasyRec's hitrate)",
+        "exact.recall@k": "recall@k of an exact (brute-force) search over the same vectors: the index's ceiling",
+        "exact.hitrate@k": "hitrate@k of the exact search",
+        "index_recall@k": "overlap of the index's top k with the exact top k: 1.0 = the index loses nothing",
+        "requests": "requests evaluated (rows grouped by request_column)",
+        "requests_without_gt": "requests skipped: no positive ground truth",
+        "gt_items": "distinct (request, item) ground-truth pairs",
+        "search.distances_per_query": "vector distances faiss computed per query (deterministic stand-in for latency)",
+        "search.scored_per_query": "TDM: tree nodes the model scored per query",
+    }
     schema = {
         "type": "object",
         "properties": {

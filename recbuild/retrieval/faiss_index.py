@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -167,8 +167,9 @@ class _ThreadLimit:
 
 def build_index(table: EmbeddingTable, spec: IndexSpec, out_dir: Path, *, batch_rows: int = 65536,
                 threads: int | None = None, allow_duplicate_ids: bool = False,
-                progress: Callable[[int], None] | None = None) -> BuildResult:
-    """Build the index of ``table`` into ``out_dir`` (faiss_index, id_mapping, index_meta.json)."""
+                progress=None) -> BuildResult:
+    """Build the index of ``table`` into ``out_dir`` (faiss_index, id_mapping, index_meta.json).
+    ``progress`` (optional) is told its phases (``phase(name, total, unit)``) and ``advance(rows)``."""
     import faiss
 
     count = table.num_rows
@@ -185,6 +186,8 @@ def build_index(table: EmbeddingTable, spec: IndexSpec, out_dir: Path, *, batch_
     index = None
     dim = None
     if spec.is_ivf:
+        if progress:
+            progress.phase(f"training {spec.index_type} ({spec.nlist:,} lists)", train_size, "rows")
         positions = sample_positions(count, train_size, spec.seed)
         sample = table.vectors_at(positions, batch_rows)
         dim = sample.shape[1]
@@ -192,9 +195,13 @@ def build_index(table: EmbeddingTable, spec: IndexSpec, out_dir: Path, *, batch_
         tune_blas_threshold(dim)
         with _ThreadLimit(threads):
             index.train(sample)
+        if progress:
+            progress.advance(train_size)
         del sample
 
     out_dir = Path(out_dir)
+    if progress:
+        progress.phase("adding vectors", count, "rows")
     with open(out_dir / ID_MAPPING_FILE, "wb") as mapping, _ThreadLimit(threads):
         for part in table.batches(batch_rows, dim=dim):
             if index is None:
@@ -204,9 +211,11 @@ def build_index(table: EmbeddingTable, spec: IndexSpec, out_dir: Path, *, batch_
             index.add(part.vectors)
             write_lines(mapping, id_strings(part.ids))
             if progress:
-                progress(len(part.vectors))
+                progress.advance(len(part.vectors))
     assert index is not None and index.ntotal == count
 
+    if progress:
+        progress.phase("writing")
     faiss.write_index(index, str(out_dir / INDEX_FILE))
     meta = {
         "type": spec.index_type,

@@ -170,6 +170,7 @@ class StepRun:
     # -- running
     def run(self, module: str, args: Sequence[str], *, distributed: bool) -> None:
         args = [str(a) for a in args]
+        self.ctx.progress(None, "", f"running {module}")  # the line says which tzrec tool runs
         argv = runner.run_module(self.tz, module, args, distributed=distributed, cwd=self.cwd,
                                  log_path=self.log_path, what=f"tzrec {self.step}")
         self.ctx.log.info("ran: %s", " ".join(argv))
