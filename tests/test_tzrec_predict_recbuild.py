@@ -38,6 +38,7 @@ sources:
   users: {kind: sample_data, table: users, n_items: "${vars.n_items}", n_users: "${vars.n_users}",
           seed: "${vars.seed}"}
 artifacts:
+  checkpoints: {epochs: 1}
   towers: {kind: towers, model: model, tzrec_files: required}
   user_embeddings: {kind: user_embeddings, towers: towers, users: users}
   tz_items: {kind: tzrec_predict, model: towers, tower: item, data: items,
