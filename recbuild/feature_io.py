@@ -57,8 +57,10 @@ class FeatureSpec:
     group: str  # user | item
     column: str | None = None  # parquet column; defaults to name
     value_type: str | None = None  # int64 | string | float; default by kind
-    buckets: int | None = None  # id / sequence: hash bucket count used by the model
-    dim: int | None = None  # id / sequence: embedding dim
+    # id / sequence: the model's bucket count and embedding dim. Not written to fg.json (the model
+    # owns them: pipeline.yaml); read from fg.json files of older exports, for information only.
+    buckets: int | None = None
+    dim: int | None = None
     max_len: int | None = None  # sequence only
     delimiter: str = DEFAULT_SEQUENCE_DELIMITER  # sequence stored as a delimited string
 
@@ -88,19 +90,27 @@ class FeatureSpec:
 
     # -- fg.json (TorchEasyRec's shape) ---------------------------------------------------------
     def to_fg(self) -> dict[str, Any]:
+        """This feature's fg.json entry, keys and values as TorchEasyRec's ``fg_json()`` writes them.
+
+        No bucketizer (``hash_bucket_size``, ``num_buckets``, vocab, boundaries): the exported
+        module maps raw ids to rows itself (``mix64(id) % buckets``), so a feature generator that
+        also hashed would feed it wrong ids. Without one, FG passes the value through as
+        ``value_type``. The bucket count and embedding dim are the model's (pipeline.yaml).
+        """
         entry: dict[str, Any] = {
             "feature_type": _KIND_TO_FG[self.kind],
             "feature_name": self.name,
+            "default_value": "" if self.kind == "id" else "0",  # tzrec's proto defaults
             "expression": f"{self.group}:{self.column}",
             "value_type": self.value_type,
         }
-        if self.buckets is not None:
-            entry["hash_bucket_size"] = self.buckets
-        if self.dim is not None:
-            entry["embedding_dim"] = self.dim
+        if self.kind == "numeric":
+            return entry
+        entry["need_prefix"] = False
         if self.kind == "sequence":
-            entry["sequence_length"] = self.max_len
             entry["sequence_delim"] = self.delimiter
+            entry["sequence_length"] = self.max_len
+        entry["value_dim"] = 1
         return entry
 
     @classmethod
@@ -137,9 +147,10 @@ def specs_to_fg(specs: Iterable[FeatureSpec]) -> dict[str, Any]:
 
 
 def write_fg(folder: str | Path, specs: Iterable[FeatureSpec]) -> Path:
-    """Write ``fg.json`` deterministically (sorted keys, fixed indent, trailing newline)."""
+    """Write ``fg.json`` as TorchEasyRec's export does (``json.dump(..., indent=4)``, its key order,
+    no trailing newline): the same bytes for the same features."""
     path = Path(folder) / FG_FILE
-    path.write_text(json.dumps(specs_to_fg(specs), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(specs_to_fg(specs), indent=4), encoding="utf-8")
     return path
 
 

@@ -28,14 +28,32 @@ def expected_hash(value: str) -> int:
 # -- fg.json ---------------------------------------------------------------------------------------
 def test_fg_round_trip_in_torcheasyrec_shape(tmp_path):
     write_fg(tmp_path, SPECS)
-    doc = json.loads((tmp_path / "fg.json").read_text())
-    assert doc["features"][1] == {
-        "feature_type": "id_feature", "feature_name": "cate", "expression": "item:cate_name",
-        "value_type": "string", "hash_bucket_size": 50, "embedding_dim": 4}
-    assert doc["features"][2]["feature_type"] == "raw_feature"
+    text = (tmp_path / "fg.json").read_text()
+    doc = json.loads(text)
+    assert text == json.dumps(doc, indent=4)  # as tzrec.export writes it: indent 4, no newline at the end
+    # keys in the order tzrec's IdFeature.fg_json() writes them; no bucketizer: the graph hashes ids
+    assert list(doc["features"][0].items()) == [
+        ("feature_type", "id_feature"), ("feature_name", "item_id"), ("default_value", ""),
+        ("expression", "item:item_id"), ("value_type", "int64"), ("need_prefix", False), ("value_dim", 1)]
+    assert doc["features"][1]["value_type"] == "string" and doc["features"][1]["expression"] == "item:cate_name"
+    assert doc["features"][2] == {"feature_type": "raw_feature", "feature_name": "price", "default_value": "0",
+                                  "expression": "item:price", "value_type": "float"}
     assert doc["features"][3]["feature_type"] == "sequence_id_feature"
-    assert doc["features"][3]["sequence_length"] == 3
-    assert load_fg(tmp_path) == SPECS
+    assert doc["features"][3]["sequence_length"] == 3 and doc["features"][4]["sequence_delim"] == "|"
+    for entry in doc["features"]:
+        assert not {"hash_bucket_size", "num_buckets", "vocab_list", "boundaries", "embedding_dim"} & set(entry)
+    # what a reader needs comes back; the model's buckets and dims live in pipeline.yaml only
+    reader_fields = [(s.name, s.kind, s.group, s.column, s.value_type, s.max_len, s.delimiter) for s in SPECS]
+    assert [(s.name, s.kind, s.group, s.column, s.value_type, s.max_len, s.delimiter)
+            for s in load_fg(tmp_path)] == reader_fields
+
+
+def test_fg_of_older_exports_still_loads(tmp_path):
+    """fg.json written before the tzrec shape (sorted keys, hash_bucket_size, embedding_dim)."""
+    (tmp_path / "fg.json").write_text(json.dumps({"features": [
+        {"embedding_dim": 4, "expression": "item:cate_name", "feature_name": "cate", "feature_type": "id_feature",
+         "hash_bucket_size": 50, "value_type": "string"}]}, indent=2, sort_keys=True) + "\n")
+    assert load_fg(tmp_path) == [SPECS[1]]
 
 
 def test_fg_accepts_num_buckets_and_defaults():

@@ -4,7 +4,10 @@ Folder (root = the selected checkpoint):
   model.pt2, scripted_model.pt, [aoti_model.pt2]   the formats asked for (verified against eager)
   model.pt            the selected state_dict (what `kind: towers` loads)
   pipeline.yaml       resolved model config + which checkpoint was selected and how
-  fg.json             every feature the model reads
+  fg.json             every feature the model reads (TorchEasyRec's shape, no bucketizer)
+  pipeline.config, model_acc.json   with tzrec_files (default auto, when the features allow):
+                      what `tzrec.predict --scripted_model_path` loads; scripted_model.pt then
+                      also takes tzrec's call style (recbuild/tzrec_contract.py)
   <assets>            files copied in by basename
   sparse/, dense/     with split: sparse_dense (embedding tables as parquet + dense module)
   history/<step>/     with exports_to_keep: N > 1, the N-1 previous exports (see below)
@@ -26,7 +29,8 @@ from recbuild.builders.base import BuildContext, Builder
 from recbuild.errors import BuildError
 
 EXPORT_OWN_FILES = {"model.pt2", "scripted_model.pt", "aoti_model.pt2", "model.pt", "pipeline.yaml",
-                    "fg.json", "history", "sparse", "dense", "MANIFEST.json"}
+                    "fg.json", "pipeline.config", "model_acc.json", "history", "sparse", "dense",
+                    "MANIFEST.json"}
 
 
 def _asset_source(entry) -> str:
@@ -45,31 +49,81 @@ def default_metrics(model_config: dict) -> tuple[str, ...]:
     return ("auc", "recall@50")
 
 
-def write_export_folder(folder: Path, model, config: dict, specs, formats, tolerance: float,
-                        state_dict: dict, pipeline_extra: dict, split: str = "none") -> dict:
-    """Write one export (formats + model.pt + pipeline.yaml + fg.json); returns max_abs_diff per format."""
-    from recbuild.exporter import verify_formats, write_formats, write_pipeline_yaml
+TZREC_FILES_SCHEMA = {
+    "enum": ["auto", "required", "off"], "default": "auto",
+    "description": "TorchEasyRec's predict files beside recbuild's (scripted_model.pt taking both "
+                   "call styles, pipeline.config, model_acc.json): auto = when every feature fits "
+                   "tzrec's FG_NONE input (else skipped, with the reason in the manifest), required = "
+                   "fail when one does not, off = never (docs/tzrec.md)"}
+
+
+def check_tzrec_files(params: dict) -> list[tuple[str, str]]:
+    """Recipe-time problems of `tzrec_files` (export and towers)."""
+    formats = params.get("formats", ["torch_export", "torchscript"])
+    if params.get("tzrec_files") == "required" and "torchscript" not in formats:
+        return [("tzrec_files", "required needs torchscript in formats (TorchEasyRec's predict loads "
+                                "scripted_model.pt)")]
+    return []
+
+
+def write_module(folder: Path, module, specs, formats, tolerance: float, tzrec_files: str,
+                 where: str) -> tuple[dict, dict]:
+    """One exported module: recbuild's formats + fg.json, and TorchEasyRec's predict files when
+    ``tzrec_files`` allows (then scripted_model.pt is the module taking both call styles).
+
+    Returns (max_abs_diff per format, facts on TorchEasyRec's files for the manifest).
+    """
+    from recbuild import tzrec_contract
+    from recbuild.exporter import verify_formats, write_formats
     from recbuild.feature_io import write_fg
     from recbuild.models.features import example_inputs, io_specs
+
+    skipped = tzrec_contract.plan(tzrec_files, specs, formats, where)
+    recbuild_only = [f for f in formats if skipped is not None or f != "torchscript"]
+    write_formats(module, example_inputs(specs, 4, seed=0), folder, recbuild_only)
+    if skipped is None:
+        tzrec_contract.write_files(module, specs, folder)
+    verify_inputs = example_inputs(specs, 7, seed=1)
+    diffs = verify_formats(module, verify_inputs, folder, formats, tolerance)
+    write_fg(folder, io_specs(specs))
+    if skipped is not None:
+        return diffs, {"written": False, "reason": skipped}
+    both_ways = tzrec_contract.verify(module, specs, folder, verify_inputs, tolerance)
+    return diffs, {"written": True, "files": list(tzrec_contract.FILES), "max_abs_diff": both_ways}
+
+
+def write_export_folder(folder: Path, model, config: dict, specs, formats, tolerance: float,
+                        state_dict: dict, pipeline_extra: dict, split: str = "none",
+                        tzrec_files: str = "auto") -> tuple[dict, dict]:
+    """Write one export (formats + model.pt + pipeline.yaml + fg.json [+ TorchEasyRec's files]);
+    returns (max_abs_diff per format, facts on TorchEasyRec's files)."""
+    from recbuild.exporter import write_pipeline_yaml
     from recbuild.training import save_state_dict
 
     folder.mkdir(parents=True, exist_ok=True)
-    write_formats(model, example_inputs(specs, 4, seed=0), folder, formats)
-    diffs = verify_formats(model, example_inputs(specs, 7, seed=1), folder, formats, tolerance)
+    diffs, tzrec = write_module(folder, model, specs, formats, tolerance, tzrec_files, "the model")
     save_state_dict(state_dict, folder / "model.pt")
     write_pipeline_yaml(folder, config, pipeline_extra)
-    write_fg(folder, io_specs(specs))
     if split == "sparse_dense":
         from recbuild.exporter import write_sparse_dense
 
         diffs.update(write_sparse_dense(model, specs, folder, formats, tolerance))
-    return diffs
+    return diffs, tzrec
+
+
+def log_tzrec_facts(ctx: BuildContext, what: str, facts: dict) -> None:
+    if facts["written"]:
+        ctx.log.info("%s: TorchEasyRec's predict files written; scripted_model.pt called both ways: "
+                     "max_abs_diff %s", what, facts["max_abs_diff"])
+    elif facts["reason"] != "tzrec_files: off":
+        ctx.log.warning("%s: TorchEasyRec's predict files not written (tzrec_files: auto): %s", what,
+                        facts["reason"])
 
 
 class ExportBuilder(Builder):
     kind = "export"
     uses_torch = True
-    version = "1"
+    version = "2"  # 2: fg.json in tzrec's shape without buckets; TorchEasyRec's predict files
     uses_model = True
     reference_fields = ("checkpoints", "assets")
     path_fields = ("assets",)  # an asset may be a plain file path (an implicit source)
@@ -100,6 +154,7 @@ class ExportBuilder(Builder):
             "tolerance": {"type": "number", "exclusiveMinimum": 0, "default": 1e-4,
                           "description": "max |exported - eager| on the verification batch"},
             "split": {"enum": ["none", "sparse_dense"], "default": "none"},
+            "tzrec_files": TZREC_FILES_SCHEMA,
         },
         "required": ["checkpoints"],
     }
@@ -120,7 +175,7 @@ class ExportBuilder(Builder):
         done = params.get("done_file", "EXPORT_DONE")
         if done in EXPORT_OWN_FILES:
             problems.append(("done_file", f"{done!r} is a file the export writes itself"))
-        return problems
+        return problems + check_tzrec_files(params)
 
     def build(self, ctx: BuildContext) -> None:
         from recbuild.exporter import instantiate, load_state_dict, select_checkpoint
@@ -143,7 +198,8 @@ class ExportBuilder(Builder):
 
         exports = [(None, selection.step, selection.weights, selection.name)]
         exports += [(step, step, weights, f"model.ckpt-{step}") for step, weights in selection.history]
-        diffs_by_step = {}
+        tzrec_files = p.get("tzrec_files", "auto")
+        diffs_by_step, tzrec_by_step = {}, {}
         for history_step, step, weights, name in exports:
             label = f"{checkpoints.name}/{name}"
             state = load_state_dict(weights, label)
@@ -152,14 +208,16 @@ class ExportBuilder(Builder):
             info = selection.describe() if history_step is None else \
                 {"checkpoint": name, "step": step, "select": selection.select}
             extra = {"checkpoint": info, "formats": formats, "split": split}
-            diffs_by_step[step] = write_export_folder(folder, model, config, specs, formats, tolerance,
-                                                      state, extra, split)
+            diffs_by_step[step], tzrec_by_step[step] = write_export_folder(
+                folder, model, config, specs, formats, tolerance, state, extra, split, tzrec_files)
             ctx.log.info("exported %s: max_abs_diff %s", label, diffs_by_step[step])
+            log_tzrec_facts(ctx, label, tzrec_by_step[step])
 
         for source, name in assets:
             shutil.copyfile(source, ctx.out / name)
         ctx.meta.update(selection.describe())
         ctx.meta["max_abs_diff"] = diffs_by_step[selection.step]
+        ctx.meta["tzrec"] = tzrec_by_step[selection.step]
         if selection.history:
             ctx.meta["history"] = [step for step, _ in selection.history]
         # Written last: a reader that sees the done file sees a complete export.

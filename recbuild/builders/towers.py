@@ -4,7 +4,9 @@ For a `tdm` export it writes `item/` only: the node embedding (TorchEasyRec's `e
 output `item_tower_emb`, which `item_embeddings` runs over the item table to feed a learnt tree.
 
 Each folder: model.pt2 / scripted_model.pt (the formats asked for), fg.json with only its own
-features, pipeline.yaml (model config + tower + the export's checkpoint). The model config and the
+features, pipeline.yaml (model config + tower + the export's checkpoint), and with tzrec_files
+(default auto, when the tower's features allow) pipeline.config + model_acc.json, scripted_model.pt
+then taking tzrec.predict's call style too (recbuild/tzrec_contract.py). The model config and the
 weights come from the export artifact (pipeline.yaml + model.pt).
 
 Before exporting, each tower is traced with *every* feature of the model as input and the graph is
@@ -15,6 +17,7 @@ fails the build (EasyRec issue 460: a "split" user tower that still needs produc
 from __future__ import annotations
 
 from recbuild.builders.base import BuildContext, Builder
+from recbuild.builders.export import TZREC_FILES_SCHEMA, check_tzrec_files, log_tzrec_facts, write_module
 from recbuild.errors import BuildError
 
 TOWERS = (("user", "user_tower_emb"), ("item", "item_tower_emb"))
@@ -45,7 +48,7 @@ def check_tower_inputs(tower, tower_name: str, specs, group: str) -> None:
 class TowersBuilder(Builder):
     kind = "towers"
     uses_torch = True
-    version = "1"
+    version = "2"  # 2: fg.json in tzrec's shape without buckets; TorchEasyRec's predict files
     reference_fields = ("model",)
     description = "split a two-tower export into user/ and item/ exported modules"
     schema = {
@@ -56,15 +59,19 @@ class TowersBuilder(Builder):
                         "items": {"enum": ["torch_export", "torchscript", "aoti"]},
                         "default": ["torch_export", "torchscript"]},
             "tolerance": {"type": "number", "exclusiveMinimum": 0, "default": 1e-4},
+            "tzrec_files": TZREC_FILES_SCHEMA,
         },
         "required": ["model"],
     }
 
+    def check(self, params):
+        return check_tzrec_files(params)
+
     def build(self, ctx: BuildContext) -> None:
-        from recbuild.exporter import (instantiate, load_state_dict, read_pipeline_yaml, verify_formats,
-                                       write_formats, write_pipeline_yaml)
-        from recbuild.feature_io import write_fg
-        from recbuild.models.features import example_inputs, group_features, io_specs, parse_features
+        for path, message in self.check(ctx.params):
+            raise BuildError(f"{path}: {message}")
+        from recbuild.exporter import instantiate, load_state_dict, read_pipeline_yaml, write_pipeline_yaml
+        from recbuild.models.features import example_inputs, group_features, parse_features
 
         export = ctx.input("model")
         pipeline = read_pipeline_yaml(export.path)
@@ -78,7 +85,8 @@ class TowersBuilder(Builder):
         model = instantiate(config, load_state_dict(weights, label), label, ctx.recipe_dir)
         formats = list(ctx.params.get("formats", ["torch_export", "torchscript"]))
         tolerance = float(ctx.params.get("tolerance", 1e-4))
-        diffs = {}
+        tzrec_files = ctx.params.get("tzrec_files", "auto")
+        diffs, tzrec = {}, {}
         for group, output, tower_name, tower in self._towers(model, config, export.name):
             tower.eval()
             check_tower_inputs(tower, tower_name, specs, group)
@@ -89,13 +97,14 @@ class TowersBuilder(Builder):
                 raise BuildError(f"the {group} tower outputs {sorted(outputs)}; it must output {output!r}")
             folder = ctx.out / group
             folder.mkdir()
-            write_formats(tower, example_inputs(own, 4, seed=0), folder, formats)
-            diffs[group] = verify_formats(tower, example_inputs(own, 7, seed=1), folder, formats, tolerance)
-            write_fg(folder, io_specs(own))
+            diffs[group], tzrec[group] = write_module(folder, tower, own, formats, tolerance, tzrec_files,
+                                                      f"the {group} tower")
+            log_tzrec_facts(ctx, f"{group}/", tzrec[group])
             write_pipeline_yaml(folder, config, {"tower": group, "output": output,
                                                  "checkpoint": pipeline.get("checkpoint", {}),
                                                  "formats": formats})
         ctx.meta["max_abs_diff"] = diffs
+        ctx.meta["tzrec"] = tzrec
         ctx.meta["features"] = {group: [s.name for s in group_features(specs, group)] for group in diffs}
 
     @staticmethod

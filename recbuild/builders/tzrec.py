@@ -318,7 +318,8 @@ class TzrecPredict(_TzrecStep):
     reference_fields = ("model", "data")
     path_fields = ("data",)
     schema = _schema({
-        "model": {**_STR, "description": "a tzrec_export artifact"},
+        "model": {**_STR, "description": "a tzrec_export artifact, or recbuild's export / towers "
+                                         "(their TorchEasyRec files, tzrec_files)"},
         "tower": {"type": ["string", "null"], "default": None,
                   "description": "exported folder inside it: user | item (match models), model | "
                                  "embedding (TDM); default: the top when it holds scripted_model.pt"},
@@ -332,18 +333,40 @@ class TzrecPredict(_TzrecStep):
         "edit_config": _EDITS,
     }, ["model", "data"])
 
-    def run(self, ctx, run, p):
+    def precheck(self, ctx, p):
+        self._folder(ctx, p)
+
+    @staticmethod
+    def _folder(ctx, p):
+        """The exported folder to run: it must hold what tzrec.predict loads."""
         from recbuild.retrieval.bundle import export_layout
-        from recbuild.tzrec import outputs
 
         model = ctx.input("model")
         tower = p.get("tower")
         folder = model.path / tower if tower else model.path
+        where = (tower + "/") if tower else ""
         if not (folder / "scripted_model.pt").is_file():
             layout = export_layout(model.path)
             hint = {"towers": "set tower: user or tower: item", "tdm": "set tower: model or tower: embedding"}
-            raise InputError(f"model {model.name!r} has no {(tower + '/') if tower else ''}scripted_model.pt"
+            raise InputError(f"model {model.name!r} has no {where}scripted_model.pt"
                              f"{'; ' + hint[layout] if layout in hint else '; build it with kind: tzrec_export'}")
+        missing = [name for name in ("pipeline.config", "model_acc.json") if not (folder / name).is_file()]
+        if missing:
+            # recbuild's export/towers say in their manifest why they wrote no TorchEasyRec files
+            facts = (model.manifest.get("meta") or {}).get("tzrec") or {}
+            facts = facts.get(tower, {}) if tower and "written" not in facts else facts
+            why = f" ({facts['reason']})" if isinstance(facts, dict) and facts.get("reason") else ""
+            raise InputError(f"model {model.name!r} has no {where}{' or '.join(missing)}, which tzrec.predict "
+                             f"loads: recbuild's {model.kind} wrote no TorchEasyRec files{why}"
+                             if model.kind in ("export", "towers") else
+                             f"model {model.name!r} has no {where}{' or '.join(missing)}, which tzrec.predict "
+                             "loads; build it with kind: tzrec_export, or recbuild's export/towers")
+        return folder
+
+    def run(self, ctx, run, p):
+        from recbuild.tzrec import outputs
+
+        folder = self._folder(ctx, p)
         data = ctx.input("data")
         args = ["--scripted_model_path", run.rel(folder), "--predict_input_path",
                 run.table(data, _data_suffix(data)), "--predict_output_path", run.out(),
