@@ -200,8 +200,10 @@ class ExportBuilder(Builder):
         exports += [(step, step, weights, f"model.ckpt-{step}") for step, weights in selection.history]
         tzrec_files = p.get("tzrec_files", "auto")
         diffs_by_step, tzrec_by_step = {}, {}
+        progress = ctx.progress(len(exports), "checkpoints", "exporting " + ", ".join(formats))
         for history_step, step, weights, name in exports:
             label = f"{checkpoints.name}/{name}"
+            progress.note(checkpoint=name)
             state = load_state_dict(weights, label)
             model = instantiate(config, state, label, ctx.recipe_dir)
             folder = ctx.out if history_step is None else ctx.out / "history" / str(history_step)
@@ -212,6 +214,7 @@ class ExportBuilder(Builder):
                 folder, model, config, specs, formats, tolerance, state, extra, split, tzrec_files)
             ctx.log.info("exported %s: max_abs_diff %s", label, diffs_by_step[step])
             log_tzrec_facts(ctx, label, tzrec_by_step[step])
+            progress.advance(1)
 
         for source, name in assets:
             shutil.copyfile(source, ctx.out / name)

@@ -113,6 +113,7 @@ class RecallEvalBuilder(Builder):
         index_input = ctx.input("index")
         index, id_mapping = fi.load_index(index_input.path)
         meta = fi.read_meta(index_input.path)
+        progress = ctx.progress(None, "", "reading queries")
         requests = _collect_requests(ctx, p)
         queries, gt, skipped, _ = requests.finished()
         if queries.shape[1] != index.d:
@@ -124,6 +125,7 @@ class RecallEvalBuilder(Builder):
         top = max(ks)
         fi.set_search_params(index, p.get("nprobe"), p.get("ef_search"))
         fi.tune_blas_threshold(index.d)
+        progress.phase(f"index search, {len(queries):,} queries")
         started = time.perf_counter()
         _, approx = index.search(queries, top)
         elapsed = time.perf_counter() - started
@@ -132,6 +134,7 @@ class RecallEvalBuilder(Builder):
         exact_vectors, baseline = _exact_vectors(ctx, p, index, id_mapping)
         exact_metrics = None
         if exact_vectors is not None:
+            progress.phase("exact search (the baseline)")
             flat = fi.new_index(fi.IndexSpec(index_type="Flat", metric=meta["metric"]), index.d)
             flat.add(exact_vectors)
             _, exact = flat.search(queries, top)

@@ -87,7 +87,10 @@ class TowersBuilder(Builder):
         tolerance = float(ctx.params.get("tolerance", 1e-4))
         tzrec_files = ctx.params.get("tzrec_files", "auto")
         diffs, tzrec = {}, {}
-        for group, output, tower_name, tower in self._towers(model, config, export.name):
+        towers = list(self._towers(model, config, export.name))
+        progress = ctx.progress(len(towers), "towers", "exporting " + ", ".join(formats))
+        for group, output, tower_name, tower in towers:
+            progress.note(tower=group)
             tower.eval()
             check_tower_inputs(tower, tower_name, specs, group)
             own = group_features(specs, group)
@@ -100,6 +103,7 @@ class TowersBuilder(Builder):
             diffs[group], tzrec[group] = write_module(folder, tower, own, formats, tolerance, tzrec_files,
                                                       f"the {group} tower")
             log_tzrec_facts(ctx, f"{group}/", tzrec[group])
+            progress.advance(1)
             write_pipeline_yaml(folder, config, {"tower": group, "output": output,
                                                  "checkpoint": pipeline.get("checkpoint", {}),
                                                  "formats": formats})
