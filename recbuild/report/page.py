@@ -30,30 +30,32 @@ SECTIONS = {
                           "Per recall artifact, or per matrix family with one line per variant: the share of "
                           "each query's ground-truth items found in the top k, beside exact search over the "
                           "same vectors (the index's ceiling).",
-                          "No artifact of this recipe reports recall@k (a recall_eval artifact does)."),
+                          "Nothing to show: no built artifact reports recall@k (recall_eval artifacts do)."),
     "training": SectionInfo("training", "Training curves",
                             "Every metric of each training artifact's evaluation file "
                             "(train_eval_result_v2.txt) against the training step.",
-                            "No artifact of this recipe trains a model (train, tzrec_train_eval)."),
+                            "Nothing to show: no built artifact holds a train_eval_result_v2.txt (train and "
+                            "tzrec_train_eval artifacts do)."),
     "history": SectionInfo("history", "Metrics across builds",
                            "The headline figures of each artifact at every build that changed it, from "
                            "metrics-history.jsonl in the workdir (hover for the git commit).",
-                           "No artifact of this recipe reports metrics."),
+                           "Nothing to show: metrics-history.jsonl records no build of this recipe's "
+                           "artifacts yet."),
     "embeddings": SectionInfo("embeddings", "Embedding norms",
                               "The distribution of vector lengths (L2 norms) in each embedding table; "
                               "towers that L2-normalise give one spike at 1.",
-                              "No artifact of this recipe writes embeddings (item_embeddings, "
-                              "user_embeddings)."),
+                              "Nothing to show: no built artifact holds an embedding table (item_embeddings "
+                              "and user_embeddings artifacts do)."),
     "trees": SectionInfo("trees", "TDM tree balance",
                          "Per level of each TDM tree: how many nodes it holds against a full k-ary tree, and "
                          "how evenly the leaves spread under the nodes of the level (fewest, mean, most).",
-                         "No artifact of this recipe builds a TDM tree (tdm_tree)."),
+                         "Nothing to show: no built artifact holds a serving_tree (tdm_tree artifacts do)."),
     "graph": SectionInfo("graph", "Artifact graph", "Every source and artifact of the recipe, coloured by "
                          "kind, and what reads what.", ""),
     "metrics": SectionInfo("metrics", "Metrics table",
                            "Every figure of every metrics.json, as `recbuild metrics` lists them (matrix "
                            "variants as columns).",
-                           "No artifact of this recipe reports metrics."),
+                           "Nothing to show: no built artifact has a metrics.json."),
 }
 
 STYLE = """
