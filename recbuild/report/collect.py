@@ -216,8 +216,10 @@ def _history(workdir: Path, artifacts: list[str], family_of: dict[str, str], gra
         series = []
         for member in members:
             names = metrics.ordered(m for r in by_artifact[member] for m in r["metrics"])
-            chosen = [m for m in names if metrics.family_of(m) in wanted] if wanted else \
-                names[: 3 if is_family else UNHEADLINED_SERIES]
+            if wanted:
+                chosen = [m for m in names if metrics.family_of(m) in wanted]
+            else:  # no headline declared: the first top-level figures (exact.* and search.* are detail)
+                chosen = sorted(names, key=lambda m: "." in m)[: 3 if is_family else UNHEADLINED_SERIES]
             for metric in chosen:
                 points = [(plot_time(r.get("time")), r["metrics"][metric], r.get("commit"))
                           for r in by_artifact[member] if readers.is_number(r["metrics"].get(metric))]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from datetime import datetime, timedelta
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -16,6 +17,7 @@ HEIGHT = 420
 BASELINE_COLOR = "#444444"
 MARGIN = dict(l=70, r=30, t=70, b=60)
 PALETTE = ("#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880")  # plotly's
+MIN_TIME_SPAN = timedelta(hours=1)
 DASHES = ("solid", "dash", "dot", "dashdot", "longdash")
 
 
@@ -49,13 +51,16 @@ def recall_figure(item: RecallCurves) -> go.Figure:
 
 def training_figure(item: TrainingCurves) -> go.Figure:
     fig = go.Figure()
+    steps = sorted({step for curve in item.curves for step in curve.x})
     for curve in item.curves:
         fig.add_trace(go.Scatter(x=curve.x, y=curve.y, name=curve.label, mode="lines+markers",
                                  hovertemplate="%{fullData.name}<br>step %{x}: %{y:.4f}<extra></extra>"))
     return _layout(fig, f"training: {item.artifact}",
                    f"every metric of its evaluation file, {item.evaluations} evaluation"
                    f"{'s' if item.evaluations != 1 else ''}",
-                   xaxis=dict(title="global_step (training steps)", rangemode="tozero"),
+                   xaxis=dict(title="global_step (training steps)", tickformat=",d",
+                              # few evaluations: tick exactly those steps (no "2.5" between them)
+                              tickvals=steps if len(steps) <= 12 else None),
                    yaxis=dict(title="metric value on the eval data"))
 
 
@@ -76,8 +81,19 @@ def history_figure(item: MetricsHistory) -> go.Figure:
                                                "<extra></extra>"))
     return _layout(fig, f"metrics across builds: {item.title}",
                    f"{item.builds} build{'s' if item.builds != 1 else ''} recorded in metrics-history.jsonl",
-                   xaxis=dict(title="build time (as recorded)", type="date"),
+                   xaxis=dict(title="build time (as recorded)", type="date", range=_time_range(item)),
                    yaxis=dict(title="value"))
+
+
+def _time_range(item: MetricsHistory) -> list[str] | None:
+    """At least an hour wide: the variants of one make land seconds apart, and a date axis zoomed
+    to seconds labels them with fractions of a second."""
+    times = [datetime.strptime(t, "%Y-%m-%d %H:%M:%S") for s in item.series for t in s.times]
+    if not times or max(times) - min(times) >= MIN_TIME_SPAN:
+        return None
+    middle = min(times) + (max(times) - min(times)) / 2
+    return [(middle - MIN_TIME_SPAN / 2).strftime("%Y-%m-%d %H:%M:%S"),
+            (middle + MIN_TIME_SPAN / 2).strftime("%Y-%m-%d %H:%M:%S")]
 
 
 def norms_figure(item: NormHistogram) -> go.Figure:
@@ -114,11 +130,25 @@ def tree_figure(item: TreeBalance) -> go.Figure:
     fig.add_trace(go.Scatter(x=item.levels, y=item.leaves_min, name="fewest leaves", mode="lines+markers",
                              hovertemplate="level %{x}: at least %{y:,}<extra></extra>"), row=1, col=2)
     fig.update_xaxes(title_text="level (root = 0)", dtick=1)
-    fig.update_yaxes(title_text="nodes (log scale)", type="log", row=1, col=1)
-    fig.update_yaxes(title_text="leaves (log scale)", type="log", row=1, col=2)
-    return _layout(fig, f"TDM tree balance: {item.artifact}",
-                   f"{item.leaves:,} leaves on {len(item.levels)} levels, branching k={item.k}",
-                   height=HEIGHT + 40)
+    fig.update_yaxes(title_text="nodes (log scale)", type="log", row=1, col=1,
+                     **_log_ticks(max([*item.nodes, *item.capacity])))
+    fig.update_yaxes(title_text="leaves (log scale)", type="log", row=1, col=2, **_log_ticks(max(item.leaves_max)))
+    _layout(fig, f"TDM tree balance: {item.artifact}",
+            f"{item.leaves:,} leaves on {len(item.levels)} levels, branching k={item.k}", height=HEIGHT + 60)
+    return fig.update_layout(margin=dict(MARGIN, t=120))  # room for the subplot titles under the subtitle
+
+
+def _log_ticks(largest: float) -> dict:
+    """Log-axis ticks at 1, 2, 5, 10, 20, 50 ... written out in full (plotly's own minor labels
+    print 20 as a small "2")."""
+    values, decade = [], 1
+    while decade <= max(largest, 1) * 10:
+        values += [decade, 2 * decade, 5 * decade]
+        decade *= 10
+    shown = [v for v in values if v <= max(largest, 1) * 2] or [1]
+    if len(shown) > 12:  # many decades: powers of ten only
+        shown = [v for v in shown if str(v).startswith("1")]
+    return dict(tickvals=shown, ticktext=[f"{v:,}" for v in shown])
 
 
 def graph_figure(graph: ArtifactGraph) -> go.Figure:
