@@ -95,6 +95,9 @@ def test_report_output_path_and_errors(project):
     page = project.read("out/page.html")
     assert page.count('class="empty">Nothing to show') == 6 and 'class="pending"' not in page
     assert not (project.path / "build" / "report.html").exists()
+    into_folder = project.run("report", "-o", "out")
+    assert into_folder.code == 1
+    assert into_folder.err.strip() == "error: is a folder; the report is one file, e.g. -o report.html: out"
 
     project.recipe(RECIPE.replace("kind: command, deps: [fixtures], cmd: \"cp ${deps.fixtures}/eval.txt",
                                   "kind: comand, deps: [fixtures], cmd: \"cp ${deps.fixtures}/eval.txt"))

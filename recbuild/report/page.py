@@ -3,6 +3,7 @@ tables and notes as plain HTML. Opens offline; nothing is fetched."""
 
 from __future__ import annotations
 
+import errno
 import html
 import os
 from dataclasses import dataclass
@@ -143,11 +144,16 @@ def write(report: Report, path: Path) -> int:
     returns the number of plots."""
     page, count = render(report)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a folder; the report is one file, e.g. -o report.html",
+                                str(path))
     partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         partial.write_text(page, encoding="utf-8")
         os.replace(partial, path)
+    except OSError as exc:  # name the file the user asked for, not the temporary one
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     finally:
         partial.unlink(missing_ok=True)
     return count
