@@ -307,5 +307,16 @@ def test_history_of_a_family_keeps_its_first_headline_family(tmp_path):
                                               "recall@8 · recall@10", "recall@8 · recall@50"]
 
 
-def test_git_commit_outside_a_repository_is_none(tmp_path):
-    assert collect.git_commit(tmp_path) is None
+def test_git_commit_of_the_recipe_folder(tmp_path):
+    import subprocess
+
+    assert collect.git_commit(tmp_path) is None  # not in a repository
+    (tmp_path / "recbuild.yaml").write_text("version: 1\n", encoding="utf-8")
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    for args in (["init", "-q"], ["add", "recbuild.yaml"], ["commit", "-qm", "recipe"]):
+        subprocess.run(git + args, check=True, capture_output=True)
+    head = subprocess.run(git + ["rev-parse", "--short=12", "HEAD"], check=True, capture_output=True,
+                          text=True).stdout.strip()
+    assert collect.git_commit(tmp_path) == head
+    (tmp_path / "recbuild.yaml").write_text("version: 1\nname: edited\n", encoding="utf-8")
+    assert collect.git_commit(tmp_path) == f"{head} + uncommitted changes"

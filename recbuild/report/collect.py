@@ -38,7 +38,8 @@ def collect(graph: Graph, builders: dict, generated_at: str, norm_sample_rows: i
     artifacts = [n for n in graph.order if not graph.nodes[n].is_file_source]
     family_of = {v: family for family, variants in recipe.families.items() for v in variants}
     built = {n: (recipe.workdir / n / MANIFEST_NAME).is_file() for n in artifacts}
-    current, metric_notes = _current_metrics(recipe.workdir, [n for n in artifacts if built[n]])
+    done = [n for n in artifacts if built[n]]
+    current, metric_notes = _current_metrics(recipe.workdir, done)
 
     def pending(wanted) -> list[str]:
         return _hint_names([n for n in artifacts if wanted(n) and not built[n]], recipe.families)
@@ -46,13 +47,13 @@ def collect(graph: Graph, builders: dict, generated_at: str, norm_sample_rows: i
     reports_metrics = [n for n in artifacts if builders[graph.nodes[n].kind].metric_docs]
     recall = _recall(artifacts, current, family_of)
     recall.pending = pending(lambda n: "recall@k" in builders[graph.nodes[n].kind].metric_docs)
-    training = _training(recipe.workdir, [n for n in artifacts if built[n]])
+    training = _training(recipe.workdir, done)
     training.pending = pending(lambda n: graph.nodes[n].kind in TRAINING_KINDS)
     history = _history(recipe.workdir, artifacts, family_of, graph, builders)
     history.pending = pending(lambda n: n in reports_metrics)
-    embeddings = _embeddings(recipe.workdir, [n for n in artifacts if built[n]], norm_sample_rows)
+    embeddings = _embeddings(recipe.workdir, done, norm_sample_rows)
     embeddings.pending = pending(lambda n: graph.nodes[n].kind in EMBEDDING_KINDS)
-    trees = _trees(recipe.workdir, [n for n in artifacts if built[n]])
+    trees = _trees(recipe.workdir, done)
     trees.pending = pending(lambda n: graph.nodes[n].kind in TREE_KINDS)
     table = Section(items=[_table(artifacts, current, recipe.families, family_of)] if current else [],
                     notes=metric_notes, pending=pending(lambda n: n in reports_metrics))
@@ -91,14 +92,14 @@ def _hint_names(names: list[str], families: dict[str, list[str]]) -> list[str]:
 
 
 def git_commit(folder: Path) -> str | None:
-    """The short commit of the repository holding the recipe, "+ changes" when its tracked files
+    """The short commit of the repository holding the recipe, "+ uncommitted changes" when its tracked files
     differ from it; None outside a repository."""
     def git(*args: str) -> str | None:
         try:
-            done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=5)
+            ran = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=5)
         except (OSError, subprocess.SubprocessError):
             return None
-        return done.stdout.strip() if done.returncode == 0 else None
+        return ran.stdout.strip() if ran.returncode == 0 else None
 
     commit = git("rev-parse", "--short=12", "HEAD")
     if not commit:

@@ -40,8 +40,9 @@ def recall_figure(item: RecallCurves) -> go.Figure:
                                  marker=dict(symbol="diamond"),
                                  hovertemplate="%{fullData.name}<br>k=%{x}: recall %{y:.4f}<extra></extra>"))
     ks = sorted({k for curve in [*item.variants, *item.baselines] for k in curve.x})
-    subtitle = (f"{len(item.variants)} variants" if len(item.variants) > 1 else "one index") + \
-        (" beside exact (brute-force) search over the same vectors" if item.baselines else "")
+    parts = [f"{len(item.variants)} variants" if len(item.variants) > 1 else "",
+             "beside exact (brute-force) search over the same vectors" if item.baselines else ""]
+    subtitle = " ".join(p for p in parts if p) or None
     return _layout(fig, f"recall@k: {item.title}", subtitle,
                    xaxis=dict(title="k (items retrieved per query, log scale)", type="log", tickvals=ks,
                               ticktext=[str(k) for k in ks]),
