@@ -30,6 +30,7 @@ artifacts:
   item_embeddings: {kind: command, deps: [fixtures], cmd: "cp ${deps.fixtures}/emb.parquet ${out}/part-0.parquet"}
   tree: {kind: command, deps: [fixtures], cmd: "cp ${deps.fixtures}/serving_tree ${out}/serving_tree"}
   broken: {kind: command, cmd: "echo '{oops' > ${out}/metrics.json"}
+  model: {kind: command, deps: [tree], cmd: "cp ${deps.tree}/serving_tree ${out}/"}  # an export's asset
 """
 
 
@@ -78,6 +79,8 @@ def test_report_of_crafted_artifacts(project):
     assert page.count(get_plotlyjs()[:500]) == 1
     assert "<script src" not in page and "<link" not in page
     assert "recall@k: index" in page and "TDM tree balance: tree" in page
+    # the same tree bytes in another artifact: named on the tree's plot, not drawn twice
+    assert "TDM tree balance: model" not in page and "the same serving_tree is in model" in page
     assert "broken: metrics.json is unreadable" in page  # the note is on the page too
     assert "Not built yet" not in page
     # the page is no artifact: the next make has nothing to do

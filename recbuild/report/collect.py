@@ -16,7 +16,7 @@ from pathlib import Path
 
 from recbuild import __version__, metrics
 from recbuild.graph import Graph
-from recbuild.manifest import MANIFEST_NAME
+from recbuild.manifest import MANIFEST_NAME, read_manifest
 from recbuild.report import readers
 from recbuild.report.model import (
     ArtifactGraph, Curve, GraphNode, HistorySeries, MetricsHistory, MetricsTable, NormHistogram,
@@ -281,10 +281,17 @@ def _embeddings(workdir: Path, names: list[str], budget: int) -> Section[NormHis
 
 # -- TDM trees -----------------------------------------------------------------------------------
 def _trees(workdir: Path, names: list[str]) -> Section[TreeBalance]:
+    """One plot per distinct tree: an export that ships the tree's serving_tree as an asset holds
+    the same bytes (its manifest's digest says so) and is named on the tree's plot instead."""
     section: Section[TreeBalance] = Section()
+    shown: dict[str, TreeBalance] = {}  # file digest -> its plot
     for name in names:
         path = workdir / name / readers.SERVING_TREE
         if not path.is_file():
+            continue
+        digest = _recorded_digest(workdir / name, readers.SERVING_TREE)
+        if digest and digest in shown:
+            shown[digest].also_in.append(name)
             continue
         try:
             stats = readers.tree_levels(path)
@@ -296,7 +303,16 @@ def _trees(workdir: Path, names: list[str]) -> Section[TreeBalance]:
             artifact=name, k=stats.k, levels=levels, nodes=stats.nodes,
             capacity=[stats.k ** level for level in levels], leaves_min=stats.leaves_min,
             leaves_mean=stats.leaves_mean, leaves_max=stats.leaves_max, leaves=stats.leaves))
+        if digest:
+            shown[digest] = section.items[-1]
     return section
+
+
+def _recorded_digest(folder: Path, relpath: str) -> str | None:
+    """The digest the artifact's manifest records for one of its files (None if it records none)."""
+    entry = ((read_manifest(folder) or {}).get("files") or {}).get(relpath)
+    digest = entry.get("digest") if isinstance(entry, dict) else None
+    return digest if isinstance(digest, str) else None
 
 
 # -- graph and table -----------------------------------------------------------------------------

@@ -134,8 +134,9 @@ def tree_figure(item: TreeBalance) -> go.Figure:
     fig.update_yaxes(title_text="nodes (log scale)", type="log", row=1, col=1,
                      **_log_ticks(max([*item.nodes, *item.capacity])))
     fig.update_yaxes(title_text="leaves (log scale)", type="log", row=1, col=2, **_log_ticks(max(item.leaves_max)))
+    also = f"; the same serving_tree is in {', '.join(item.also_in)}" if item.also_in else ""
     _layout(fig, f"TDM tree balance: {item.artifact}",
-            f"{item.leaves:,} leaves on {len(item.levels)} levels, branching k={item.k}", height=HEIGHT + 60)
+            f"{item.leaves:,} leaves on {len(item.levels)} levels, branching k={item.k}{also}", height=HEIGHT + 60)
     return fig.update_layout(margin=dict(MARGIN, t=120))  # room for the subplot titles under the subtitle
 
 

@@ -89,6 +89,7 @@ class TreeBalance:
     leaves_mean: list[float]
     leaves_max: list[int]
     leaves: int
+    also_in: list[str] = field(default_factory=list)  # artifacts holding the same serving_tree bytes
 
 
 @dataclass
