@@ -106,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("-k", type=int, default=10, help="how many items to print (default 10)")
     _common(serve)
 
+    report = sub.add_parser("report", help="write one self-contained HTML page of plots: recall@k, training "
+                            "curves, metrics history, embedding norms, TDM tree balance, the graph")
+    report.add_argument("-o", "--output", metavar="FILE", help="where to write it (default: <workdir>/report.html)")
+    _common(report)
+
     schema = sub.add_parser("schema", help="print the recipe JSON schema")
     schema.add_argument("--markdown", action="store_true", help="print the recipe reference instead")
     _common(schema, recipe=False)
@@ -586,10 +591,28 @@ def cmd_serve_check(args, term) -> int:
     return 0
 
 
+def cmd_report(args, term) -> int:
+    import time
+
+    from recbuild.report import DEFAULT_NAME, collect, page
+
+    graph, builders = _load(args)
+    data = collect.collect(graph, builders, generated_at=time.strftime("%Y-%m-%d %H:%M:%S %z"))
+    path = Path(args.output) if args.output else graph.recipe.workdir / DEFAULT_NAME
+    plots = page.write(data, path)
+    for note in collect.notes(data):
+        term.warn(note)
+    pending = collect.pending(data)
+    term.info(f"wrote {path} ({plots} plot{'s' if plots != 1 else ''})"
+              + (f"; not built yet: {', '.join(pending)}" if pending else ""))
+    return 0
+
+
 COMMANDS = {"make": cmd_make, "status": cmd_status, "explain": cmd_explain, "list": cmd_list,
             "graph": cmd_graph, "clean": cmd_clean, "validate": cmd_validate, "init": cmd_init,
             "templates": cmd_templates, "schema": cmd_schema, "cache": cmd_cache,
-            "metrics": cmd_metrics, "serve-check": cmd_serve_check}
+            "metrics": cmd_metrics, "serve-check": cmd_serve_check,
+            "report": cmd_report}
 
 
 def _raise_interrupt(signum, frame):
