@@ -29,7 +29,7 @@ from recbuild.graph import Graph
 from recbuild.lock import WorkdirLock
 from recbuild.metrics import METRICS_FILE
 from recbuild.metrics import record as record_metrics
-from recbuild.manifest import MANIFEST_NAME, check_replaceable, make_manifest, publish, write_manifest
+from recbuild.manifest import MANIFEST_NAME, artifact_folders, check_replaceable, make_manifest, publish, write_manifest
 from recbuild.workspace import Workspace
 
 
@@ -161,6 +161,7 @@ class Engine:
             shutil.rmtree(staged, ignore_errors=True)
             _close_logger(log)
         ws.set_manifest(name, manifest)
+        self._remember_published(name, manifest)
         self._record_metrics(name, key)
         self.outcomes[name] = (BUILT, "")
         if self.cache is not None and self.cache.push_enabled:
@@ -195,6 +196,20 @@ class Engine:
 
         loader = _doit_classes()[0](self, todo, options)
         return DoitMain(loader, config_filenames=()).run(["run", *todo])
+
+    def _remember_published(self, name: str, manifest: dict) -> None:
+        """The published files' digests under their final paths (they were hashed in tmp/)."""
+        folder = os.fspath(self.ws.folder(name))
+        for rel, entry in manifest.get("files", {}).items():
+            path = os.path.join(folder, rel)
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            if st.st_size == entry["size"]:
+                self.ws.cache.remember(path, st, entry["digest"])
+        for listed in artifact_folders(folder, manifest.get("files", {})):
+            self.ws.cache.remember_listing(listed, settled=True)
 
     def _headlines(self, names: list[str]) -> dict[str, dict[str, float]]:
         """The figures worth a glance of what this run built or restored (each kind's ``headline``)."""
@@ -247,6 +262,7 @@ class Engine:
         finally:
             shutil.rmtree(staged, ignore_errors=True)
         ws.set_manifest(name, manifest)
+        self._remember_published(name, manifest)
         self._record_metrics(name, key)
         self.outcomes[name] = (RESTORED, "")
         return True

@@ -140,6 +140,19 @@ class StatCache:
         return digest
 
 
+    def remember(self, path: str, st: os.stat_result, digest: str) -> None:
+        """Record a digest recbuild computed itself of a file nobody else writes (a step's output,
+        hashed after the step ended and then published by rename): no racy window applies, so
+        the first no-op after a build reads no file again."""
+        entry = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, digest)
+        with self._lock:
+            self._entries[path] = entry
+            if self._db is not None:
+                try:
+                    self._db.execute("INSERT OR REPLACE INTO stat_cache VALUES (?,?,?,?,?,?)", (path, *entry))
+                except sqlite3.OperationalError:
+                    pass
+
     # Folders: an entry that says "this folder's listing was checked and held exactly what its
     # manifest lists". A folder's mtime/ctime change whenever an entry is added, removed or renamed
     # in it, so while its signature holds, nothing new can be inside, and the listing (a scandir
@@ -156,12 +169,14 @@ class StatCache:
             return False
         return cached == (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, self.DIR_MARK)
 
-    def remember_listing(self, folder: str) -> None:
+    def remember_listing(self, folder: str, settled: bool = False) -> None:
+        """``settled``: recbuild itself just wrote the folder and nothing else writes into it (a
+        published artifact under the workdir lock), so no racy window applies."""
         try:
             st = os.lstat(folder)
         except OSError:
             return
-        if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) <= RACY_WINDOW_NS:
+        if not settled and time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) <= RACY_WINDOW_NS:
             return  # changed within a clock tick: a later change could keep the same times
         entry = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, self.DIR_MARK)
         with self._lock:

@@ -115,15 +115,22 @@ def _load_json(path: str) -> Any:
         return None
 
 
+def artifact_folders(folder, files) -> set[str]:
+    """The folder and every folder on the way to every file in it (absolute paths)."""
+    base = os.path.abspath(folder)
+    folders = {base}
+    for rel in files:
+        parts = rel.split("/")[:-1]
+        folders.update(os.path.join(base, *parts[:i]) for i in range(1, len(parts) + 1))
+    return folders
+
+
 def verify_files(folder: Path, manifest: dict, cache: StatCache) -> list[str]:
     """Problems found comparing the folder with its manifest (empty list = intact)."""
     problems = []
     expected = manifest.get("files", {})
     base = os.path.abspath(folder)
-    folders = {base}
-    for rel in expected:  # every folder on the way to every file
-        parts = rel.split("/")[:-1]
-        folders.update(os.path.join(base, *parts[:i]) for i in range(1, len(parts) + 1))
+    folders = artifact_folders(base, expected)
     listed = all(cache.listing_unchanged(f) for f in folders)
     if not listed:  # something was added, removed or renamed since the last check: look
         files, others = walk_relpaths(base, follow_links=False)
