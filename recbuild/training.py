@@ -155,17 +155,75 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float((ranks[labels].sum() - positives * (positives + 1) / 2.0) / (positives * negatives))
 
 
-def recall_at_k(top_items: np.ndarray, truth_query: np.ndarray, truth_item: np.ndarray,
-                n_items: int) -> float:
+def recall_at_k(top_items: np.ndarray, truth_query: np.ndarray, truth_item: np.ndarray) -> float:
     """Micro-averaged recall: hits over unique (query, item) ground-truth pairs.
 
     top_items: [Q, K] candidate indexes per query; truth_*: unique pairs (query index, item index).
+    Each pair is looked up in its own query's row: no set operation over all queries' candidates.
     """
     if len(truth_query) == 0:
         return float("nan")
-    recalled = (np.arange(top_items.shape[0])[:, None] * n_items + top_items).ravel()
-    truth = truth_query.astype(np.int64) * n_items + truth_item
-    return float(np.isin(truth, recalled).sum() / len(truth))
+    hits = (top_items[truth_query] == np.asarray(truth_item)[:, None]).any(axis=1)
+    return float(np.count_nonzero(hits) / len(truth_query))
+
+
+def recall_from_ranks(ranks: np.ndarray, k: int) -> float:
+    """recall_at_k from each truth pair's position in its query's ranking (rank < k is a hit)."""
+    if len(ranks) == 0:
+        return float("nan")
+    return float(np.count_nonzero(ranks < k) / len(ranks))
+
+
+# Scores compared at once when ranking truth pairs (the gathered rows of one block).
+RANK_BLOCK_ELEMENTS = 1 << 19
+
+
+def truth_ranks(scores, rows: np.ndarray, items: np.ndarray, depth: int,
+                may_hold_nan: bool = True) -> np.ndarray:
+    """Where ``torch.topk(scores, depth)`` puts item ``items[p]`` in row ``rows[p]``; ``depth`` when
+    it leaves it out. ``scores``: a float tensor [R, N]; ``may_hold_nan=False`` when the caller
+    knows it cannot (skips a pass over the scores).
+
+    A pair whose score no other item of its row shares comes right after the higher scores: two
+    vectorised comparisons per score instead of a selection per row, and the same answer whatever
+    order topk gives to ties elsewhere. A pair that shares its score (or a row holding NaN, which
+    topk puts first) is placed by torch.topk itself on its row: topk selects in every row on its
+    own, so that is the order the whole matrix would have given.
+    """
+    import torch
+
+    matrix = scores.numpy()
+    rows = np.asarray(rows, dtype=np.int64)
+    items = np.asarray(items, dtype=np.int64)
+    values = matrix[rows, items]
+    ranks = np.empty(len(rows), dtype=np.int64)
+    shared = np.empty(len(rows), dtype=bool)
+    block = max(1, RANK_BLOCK_ELEMENTS // max(matrix.shape[1], 1))
+    for lo in range(0, len(rows), block):
+        gathered = matrix[rows[lo:lo + block]]
+        value = values[lo:lo + block, None]
+        ranks[lo:lo + block] = np.count_nonzero(gathered > value, axis=1)
+        shared[lo:lo + block] = np.count_nonzero(gathered == value, axis=1) != 1  # NaN: 0
+    if may_hold_nan:
+        shared |= np.isnan(matrix).any(axis=1)[rows]
+    ranks = np.minimum(ranks, depth)
+    for pair in np.flatnonzero(shared):
+        top = torch.topk(scores[rows[pair]:rows[pair] + 1], depth, dim=1).indices[0].numpy()
+        where = np.flatnonzero(top == items[pair])
+        ranks[pair] = where[0] if len(where) else depth
+    return ranks
+
+
+def products_are_finite(left, right) -> bool:
+    """True when every entry of ``left @ right.T`` is surely finite (so no score is NaN): both
+    finite, and too small for a sum of products to overflow float32."""
+    import torch
+
+    if left.numel() == 0 or right.numel() == 0:
+        return True
+    if not (bool(torch.isfinite(left).all()) and bool(torch.isfinite(right).all())):
+        return False
+    return float(left.abs().max()) * float(right.abs().max()) * left.shape[1] < 1e37
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,7 +318,7 @@ def build_item_catalog(train_files, eval_files, item_reader: _Reader, label_colu
 @dataclass
 class RetrievalEvalSet:
     user_inputs: dict[str, np.ndarray]  # [Q] unique queries
-    truth_query: np.ndarray  # unique (query, item) pairs
+    truth_query: np.ndarray  # unique (query, item) pairs, sorted by query
     truth_item: np.ndarray
 
 
@@ -436,6 +494,7 @@ class Trainer:
         self.tree_dir = tree_dir
         self.sampler: TreeSampler | None = None
         self.tdm_eval: tuple[dict, np.ndarray] | None = None  # fixed eval samples, same every eval
+        self.score_buffer = None  # retrieval eval: [eval_batch_size, items] scores, reused
 
     # -- public ----------------------------------------------------------------------------------
     def run(self, train_files: list[Path], eval_files: list[Path] | None) -> dict[str, Any]:
@@ -593,24 +652,40 @@ class Trainer:
                               for chunk in _batched(catalog.inputs, s.eval_batch_size)])
         n_items = item_emb.shape[0]
         ks = sorted(set(s.k))
-        tops = []
+        # Exact search: each truth pair's place in torch.topk(scores, depth) of its query's row.
+        depth = min(ks[-1], n_items)
+        ranks = np.empty(len(eval_set.truth_query), dtype=np.int64)
+        start = 0
         for chunk in _batched(eval_set.user_inputs, s.eval_batch_size):
             user_emb = _tower_outputs(user_tower, _to_tensors(chunk), "user_tower_emb")
-            # exact search; torch.topk breaks score ties by lower index (catalog order)
-            tops.append(torch.topk(user_emb @ item_emb.T, min(ks[-1], n_items), dim=1).indices.numpy())
-        top = np.concatenate(tops)
-        metrics = {f"recall@{k}": recall_at_k(top[:, :k], eval_set.truth_query, eval_set.truth_item, n_items)
-                   for k in ks}
+            stop = start + len(user_emb)
+            lo, hi = np.searchsorted(eval_set.truth_query, [start, stop])
+            scores = self._scores(user_emb, item_emb)
+            ranks[lo:hi] = truth_ranks(scores, eval_set.truth_query[lo:hi] - start,
+                                       eval_set.truth_item[lo:hi], depth,
+                                       may_hold_nan=not products_are_finite(user_emb, item_emb))
+            start = stop
+        metrics = {f"recall@{k}": recall_from_ranks(ranks, k) for k in ks}
         if self.popularity is None:
             # The same K items for every query: the most clicked in training (ties: catalog order).
             ranked = np.argsort(-catalog.train_counts, kind="stable")
-            self.popularity = {
-                f"popularity_recall@{k}": recall_at_k(
-                    np.broadcast_to(ranked[:k], (len(top), min(k, n_items))),
-                    eval_set.truth_query, eval_set.truth_item, n_items)
-                for k in ks}
+            position = np.empty(n_items, dtype=np.int64)
+            position[ranked] = np.arange(n_items)
+            self.popularity = {f"popularity_recall@{k}": recall_from_ranks(position[eval_set.truth_item], k)
+                               for k in ks}
         metrics.update(self.popularity)
         return metrics
+
+    def _scores(self, user_emb, item_emb):
+        """user_emb @ item_emb.T into a buffer kept across evaluations: the same product, without
+        faulting in a fresh [eval_batch_size, items] matrix (hundreds of MB) every time."""
+        import torch
+
+        shape = (self.settings.eval_batch_size, item_emb.shape[0])
+        if self.score_buffer is None or tuple(self.score_buffer.shape) != shape:
+            self.score_buffer = torch.empty(shape, dtype=item_emb.dtype)
+        with torch.no_grad():
+            return torch.mm(user_emb, item_emb.T, out=self.score_buffer[:len(user_emb)])
 
     def _tdm_eval_samples(self, eval_files):
         """Layer-wise samples of the eval clicks, drawn once so every evaluation sees the same set."""

@@ -64,7 +64,7 @@ def test_auc_matches_pairwise_definition():
 def test_recall_is_micro_averaged_over_unique_truth():
     top = np.array([[0, 1], [2, 3]])
     # query 0 truth {1, 4}: 1 hit; query 1 truth {3}: 1 hit -> 2 / 3
-    assert recall_at_k(top, np.array([0, 0, 1]), np.array([1, 4, 3]), n_items=5) == pytest.approx(2 / 3)
+    assert recall_at_k(top, np.array([0, 0, 1]), np.array([1, 4, 3])) == pytest.approx(2 / 3)
 
 
 def test_in_batch_loss_masks_same_item_rows():
@@ -266,3 +266,38 @@ def test_tdm_without_a_tree_is_a_clear_error(tmp_path):
                        workdir=tmp_path, inputs={"data": write_split(data / "train", "train", 300)}, model=TDM_MODEL)
     with pytest.raises(BuildError, match="set `tree:`"):
         TrainBuilder().build(ctx)
+
+
+# ---------------------------------------------------------------------------------------------
+# speed work (issue 17): every shortcut gives the bytes of the straightforward computation
+
+
+def test_truth_ranks_place_pairs_as_torch_topk_does_ties_and_nan_included():
+    from recbuild.training import truth_ranks
+
+    rng = np.random.default_rng(3)
+    scores = torch.from_numpy(np.round(rng.random((40, 300)), 2).astype(np.float32))  # many ties
+    scores[5, 7] = float("nan")
+    scores[6] = 0.5  # one row all equal
+    depth = 50
+    top = torch.topk(scores, depth, dim=1).indices.numpy()
+    rows = np.repeat(np.arange(40), 30)
+    items = np.concatenate([rng.choice(300, 30, replace=False) for _ in range(40)])
+    items[:depth] = top[0]  # row 0: every retrieved item, in order
+    expected = np.array([list(top[r]).index(i) if i in top[r] else depth for r, i in zip(rows, items)])
+    np.testing.assert_array_equal(truth_ranks(scores, rows, items, depth), expected)
+    distinct = torch.from_numpy(rng.permutation(40 * 300).reshape(40, 300).astype(np.float32))
+    top = torch.topk(distinct, depth, dim=1).indices.numpy()
+    expected = np.array([list(top[r]).index(i) if i in top[r] else depth for r, i in zip(rows, items)])
+    np.testing.assert_array_equal(truth_ranks(distinct, rows, items, depth, may_hold_nan=False), expected)
+
+
+def test_recall_from_ranks_equals_recall_of_the_top_k_matrix():
+    from recbuild.training import recall_from_ranks
+
+    rng = np.random.default_rng(1)
+    top = np.stack([rng.permutation(60)[:20] for _ in range(30)])
+    pairs = np.unique(np.stack([rng.integers(0, 30, 200), rng.integers(0, 60, 200)], axis=1), axis=0)
+    ranks = np.array([list(top[q]).index(i) if i in top[q] else 20 for q, i in pairs])
+    for k in (1, 5, 20):
+        assert recall_from_ranks(ranks, k) == recall_at_k(top[:, :k], pairs[:, 0], pairs[:, 1])
