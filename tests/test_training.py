@@ -301,3 +301,29 @@ def test_recall_from_ranks_equals_recall_of_the_top_k_matrix():
     ranks = np.array([list(top[q]).index(i) if i in top[q] else 20 for q, i in pairs])
     for k in (1, 5, 20):
         assert recall_from_ranks(ranks, k) == recall_at_k(top[:, :k], pairs[:, 0], pairs[:, 1])
+
+
+def test_unique_rows_is_numpy_unique_over_rows():
+    from recbuild.training import _unique_rows
+
+    rng = np.random.default_rng(2)
+    for shape in ((0, 2), (1, 1), (500, 1), (800, 4)):
+        matrix = rng.integers(-3, 3, shape).astype(np.int64) << 61  # sign and high bits matter
+        expected = np.unique(matrix, axis=0, return_index=True, return_inverse=True)
+        for got, want in zip(_unique_rows(matrix), expected):
+            np.testing.assert_array_equal(got, want.reshape(got.shape))
+
+
+def test_catalog_lookup_falls_back_when_row_hashes_collide(monkeypatch):
+    from recbuild import training
+    from recbuild.training import ItemCatalog, _row_view
+
+    rng = np.random.default_rng(4)
+    keys = np.unique(rng.integers(0, 50, (300, 3)), axis=0)
+    queries = keys[rng.integers(0, len(keys), 1000)]
+    expected = np.searchsorted(_row_view(keys), _row_view(queries))
+    fresh = ItemCatalog(keys=keys, inputs={}, train_counts=np.zeros(len(keys), dtype=np.int64))
+    np.testing.assert_array_equal(fresh.index_of(queries), expected)
+    monkeypatch.setattr(training, "_row_hashes", lambda m: np.zeros(len(m), dtype=np.uint64))
+    colliding = ItemCatalog(keys=keys, inputs={}, train_counts=np.zeros(len(keys), dtype=np.int64))
+    np.testing.assert_array_equal(colliding.index_of(queries), expected)
