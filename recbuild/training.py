@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -483,20 +484,33 @@ def _id_feature(item_specs) -> str:
 
 @contextmanager
 def _torch_settings(threads: int, seed: int):
-    """Seeded, deterministic, fixed thread count; restores the process-wide settings afterwards."""
+    """Seeded, deterministic, fixed thread count; restores the process-wide settings afterwards.
+
+    Deterministic mode goes through ``torch.set_deterministic_debug_mode("error")``: it sets the
+    flag every eager op checks exactly as ``torch.use_deterministic_algorithms(True)`` does (error,
+    not warn), without the latter's import of the inductor config (dynamo, sympy, ~800 modules,
+    about 1 s before the first step) for a setting only ``torch.compile`` reads. When inductor is
+    already loaded, its flag is set too, so nothing is less strict than before.
+    """
     import torch
 
     previous_threads = torch.get_num_threads()
-    previous_deterministic = torch.are_deterministic_algorithms_enabled()
+    previous_mode = torch.get_deterministic_debug_mode()
+    inductor = sys.modules.get("torch._inductor.config")
+    previous_inductor = inductor.deterministic if inductor is not None else None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         torch.set_num_threads(max(1, threads))
-        torch.use_deterministic_algorithms(True)
+        torch.set_deterministic_debug_mode("error")
+        if inductor is not None:
+            inductor.deterministic = True
         try:
             yield
         finally:
             torch.set_num_threads(previous_threads)
-            torch.use_deterministic_algorithms(previous_deterministic)
+            torch.set_deterministic_debug_mode(previous_mode)
+            if inductor is not None:
+                inductor.deterministic = previous_inductor
 
 
 def _to_tensors(arrays: dict[str, np.ndarray]):
@@ -800,11 +814,81 @@ class _Optimizers:
 
     def zero_grad(self):
         for opt in self.optimizers:
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()
 
     def step(self):
         for opt in self.optimizers:
             opt.step()
+
+
+class _AdamState:
+    """The update of torch.optim.Adam / SparseAdam with their default settings, computed by torch's
+    own functional ``adam`` / ``sparse_adam``, with the moments and step counts kept here.
+
+    Why not torch.optim: constructing an Optimizer, and the first zero_grad() and step(), import
+    torch._dynamo (~1 s before the first step, the compiler stack training never uses); the
+    functional updates do not. Same arithmetic, same bytes: tests/test_training.py steps both side
+    by side and compares the weights bit for bit.
+    """
+
+    BETAS = (0.9, 0.999)
+    EPS = 1e-8
+
+    def __init__(self, params, lr: float):
+        self.params = list(params)
+        self.lr = lr
+        self.state: dict[int, dict] = {}
+
+    def zero_grad(self) -> None:
+        for param in self.params:
+            param.grad = None
+
+    def _with_grad(self) -> list:
+        return [p for p in self.params if p.grad is not None]
+
+    def _moments(self, param, step) -> dict:
+        import torch
+
+        if id(param) not in self.state:
+            self.state[id(param)] = {
+                "step": step,
+                "exp_avg": torch.zeros_like(param, memory_format=torch.preserve_format),
+                "exp_avg_sq": torch.zeros_like(param, memory_format=torch.preserve_format)}
+        return self.state[id(param)]
+
+
+class _DenseAdam(_AdamState):
+    def step(self) -> None:
+        import torch
+        from torch.optim.adam import adam
+
+        # torch.optim.Adam keeps its step count in a 0-d CPU tensor of this dtype
+        step_dtype = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+        with torch.no_grad():
+            params = self._with_grad()
+            states = [self._moments(p, torch.tensor(0.0, dtype=step_dtype)) for p in params]
+            adam(params, [p.grad for p in params], [s["exp_avg"] for s in states],
+                 [s["exp_avg_sq"] for s in states], [], [s["step"] for s in states],
+                 amsgrad=False, has_complex=False, beta1=self.BETAS[0], beta2=self.BETAS[1],
+                 lr=self.lr, weight_decay=0, eps=self.EPS, maximize=False, foreach=None,
+                 capturable=False, differentiable=False, fused=None, grad_scale=None,
+                 found_inf=None, decoupled_weight_decay=False)
+
+
+class _SparseAdam(_AdamState):
+    def step(self) -> None:
+        import torch
+        from torch.optim._functional import sparse_adam
+
+        with torch.no_grad():
+            params = self._with_grad()
+            states = [self._moments(p, 0) for p in params]
+            for state in states:
+                state["step"] += 1
+            sparse_adam(params, [p.grad for p in params], [s["exp_avg"] for s in states],
+                        [s["exp_avg_sq"] for s in states], [s["step"] for s in states],
+                        eps=self.EPS, beta1=self.BETAS[0], beta2=self.BETAS[1], lr=self.lr,
+                        maximize=False)
 
 
 def _make_optimizer(model, lr: float) -> _Optimizers:
@@ -821,9 +905,9 @@ def _make_optimizer(model, lr: float) -> _Optimizers:
     dense_params = [p for p in model.parameters() if id(p) not in sparse_ids]
     optimizers = []
     if sparse_params:
-        optimizers.append(torch.optim.SparseAdam(sparse_params, lr=lr))
+        optimizers.append(_SparseAdam(sparse_params, lr))
     if dense_params:
-        optimizers.append(torch.optim.Adam(dense_params, lr=lr))
+        optimizers.append(_DenseAdam(dense_params, lr))
     return _Optimizers(optimizers)
 
 

@@ -327,3 +327,68 @@ def test_catalog_lookup_falls_back_when_row_hashes_collide(monkeypatch):
     monkeypatch.setattr(training, "_row_hashes", lambda m: np.zeros(len(m), dtype=np.uint64))
     colliding = ItemCatalog(keys=keys, inputs={}, train_counts=np.zeros(len(keys), dtype=np.int64))
     np.testing.assert_array_equal(colliding.index_of(queries), expected)
+
+
+def test_own_optimizer_state_steps_exactly_like_torch_optim():
+    """_make_optimizer runs torch's functional Adam / SparseAdam without torch.optim.Optimizer."""
+    from recbuild.models import build_model
+    from recbuild.models.features import example_inputs, parse_features
+    from recbuild.training import _make_optimizer, _torch_settings
+
+    config = model_section()
+    config["features"][0]["buckets"] = 30000  # one table large enough for SparseAdam
+
+    class TorchOptim:
+        def __init__(self, model):
+            ours = _make_optimizer(model, 0.01).optimizers
+            assert [type(o).__name__ for o in ours] == ["_SparseAdam", "_DenseAdam"]
+            self.optimizers = [(torch.optim.SparseAdam if type(o).__name__ == "_SparseAdam"
+                                else torch.optim.Adam)(o.params, lr=0.01) for o in ours]
+
+        def zero_grad(self):
+            for opt in self.optimizers:
+                opt.zero_grad()
+
+        def step(self):
+            for opt in self.optimizers:
+                opt.step()
+
+    def weights_after_steps(make_optimizer):
+        with _torch_settings(1, 5):
+            model = build_model(config)
+            optimizer = make_optimizer(model)
+            for step in range(4):
+                out = model(example_inputs(parse_features(config), batch_size=32, seed=step))
+                loss = in_batch_softmax_loss(out["user_tower_emb"], out["item_tower_emb"], 0.05)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            return model.state_dict()
+
+    ours = weights_after_steps(lambda model: _make_optimizer(model, 0.01))
+    reference = weights_after_steps(TorchOptim)
+    assert all(torch.equal(ours[name], reference[name]) for name in reference)
+
+
+def test_training_starts_without_the_compiler_stack(tmp_path):
+    """The deterministic switch and the optimizers must not import torch._dynamo / inductor
+    (about 1 s each before the first step), and determinism stays on as error, not warning."""
+    import subprocess
+    import sys
+
+    train_art = write_split(tmp_path / "train", "train", 600)
+    code = f"""
+import sys, torch
+from pathlib import Path
+from recbuild.training import Trainer, TrainSettings, _torch_settings
+with _torch_settings(1, 0):
+    assert torch.are_deterministic_algorithms_enabled()
+    assert not torch.is_deterministic_algorithms_warn_only_enabled()
+assert not torch.are_deterministic_algorithms_enabled()
+out = Path({str(tmp_path / "out")!r}); out.mkdir()
+Trainer({model_section()!r}, TrainSettings(batch_size=128, threads=1), out).run([Path({str(train_art.files[0])!r})], [])
+loaded = [m for m in ("torch._dynamo", "torch._inductor") if m in sys.modules]
+assert not loaded, loaded
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
