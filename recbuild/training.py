@@ -54,6 +54,10 @@ class TrainSettings:
     logq_correction: bool = True
     negatives_per_level: int = 6  # tdm
     threads: int = 2
+    # Converted batches kept for the next epochs (and eval batches for the next evaluations), bytes
+    # per table; a table that does not fit is read and converted again on every pass, one batch at
+    # a time. Not a recipe param: the bytes written do not depend on it.
+    batch_cache_bytes: int = 256 << 20
 
 
 def checkpoint_dir(out: Path, step: int) -> Path:
@@ -525,6 +529,51 @@ def _batched(arrays: dict[str, np.ndarray], size: int) -> Iterator[dict[str, np.
         yield {name: value[start:start + size] for name, value in arrays.items()}
 
 
+@dataclass
+class _Batch:
+    """One training or eval batch, converted: model inputs and what the loss or metric needs."""
+
+    inputs: dict  # feature name -> tensor (owns its memory: Arrow views are copied)
+    labels: np.ndarray | None = None  # the label column as read, when the data has one
+    items: np.ndarray | None = None  # retrieval: catalog index of each row's item
+    log_q: Any = None  # retrieval: per-row log sampling probability (tensor)
+
+    @property
+    def nbytes(self) -> int:
+        tensors = [*self.inputs.values(), *([self.log_q] if self.log_q is not None else [])]
+        arrays = [a for a in (self.labels, self.items) if a is not None]
+        return sum(t.numel() * t.element_size() for t in tensors) + sum(a.nbytes for a in arrays)
+
+
+class _ReplayableBatches:
+    """The batches of one table, converted on the first pass and replayed on the next while they
+    fit ``budget`` bytes. A table that does not fit streams on every pass (read, convert, one
+    batch at a time); the cache is given up as soon as it would exceed the budget."""
+
+    def __init__(self, read: Callable[[], Iterable], convert: Callable[[Any], _Batch], budget: int):
+        self.read, self.convert, self.budget = read, convert, budget
+        self.kept: list[_Batch] | None = None
+        self.fits = budget > 0
+
+    def __iter__(self) -> Iterator[_Batch]:
+        return iter(self.kept) if self.kept is not None else self._stream()
+
+    def _stream(self) -> Iterator[_Batch]:
+        kept, size = [], 0
+        for table in self.read():
+            batch = self.convert(table)
+            if self.fits:
+                size += batch.nbytes
+                self.fits = size <= self.budget
+                if self.fits:
+                    kept.append(batch)
+                else:
+                    kept = []  # let go of it at once: this table streams on every pass
+            yield batch
+        if self.fits:
+            self.kept = kept
+
+
 def _tower_outputs(model, inputs, output_name: str):
     import torch
 
@@ -557,6 +606,8 @@ class Trainer:
         self.tree_dir = tree_dir
         self.sampler: TreeSampler | None = None
         self.tdm_eval: tuple[dict, np.ndarray] | None = None  # fixed eval samples, same every eval
+        self.log_q: np.ndarray | None = None  # retrieval: log sampling probability per catalog item
+        self.eval_batches: _ReplayableBatches | None = None  # ranking: converted eval data
         self.score_buffer = None  # retrieval eval: [eval_batch_size, items] scores, reused
 
     # -- public ----------------------------------------------------------------------------------
@@ -585,7 +636,6 @@ class Trainer:
         self.reader = _Reader(specs)
         user_reader = _Reader(group_features(specs, "user"))
         self.item_reader = _Reader(group_features(specs, "item"))
-        log_q = None
         if task == "retrieval":
             # Both are the same whatever the read size: read in large slices (fewer, larger sorts).
             read_rows = max(s.eval_batch_size, SET_UP_READ_ROWS)
@@ -596,7 +646,7 @@ class Trainer:
                                                          self.catalog, self.label, read_rows)
             if s.logq_correction:
                 counts = self.catalog.train_counts
-                log_q = np.log(np.maximum(counts, 1) / max(int(counts.sum()), 1)).astype(np.float32)
+                self.log_q = np.log(np.maximum(counts, 1) / max(int(counts.sum()), 1)).astype(np.float32)
         if task == "tdm":
             if self.tree_dir is None:
                 raise BuildError("model family tdm trains over a tree: set `tree:` to a tdm_tree artifact")
@@ -609,13 +659,15 @@ class Trainer:
         optimizer = _make_optimizer(model, s.lr)
         row_filter = positives_only(self.label) if task in ("retrieval", "tdm") and self.label else None
         columns = sorted(set(self.reader.columns + ([self.label] if self.label else [])))
+        batches = _ReplayableBatches(lambda: iter_tables(train_files, columns, s.batch_size, row_filter),
+                                     self._convert, s.batch_cache_bytes)
         step, steps_per_epoch, saved = 0, 0, []
         for _ in range(s.epochs):
             model.train()
             epoch_steps = 0
             progress = self.progress_factory(None, "batches") if self.progress_factory else None
-            for table in iter_tables(train_files, columns, s.batch_size, row_filter):
-                loss = self._loss(model, table, log_q)
+            for batch in batches:
+                loss = self._loss(model, batch)
                 if loss is None:
                     continue
                 if not bool(loss.isfinite()):
@@ -659,32 +711,46 @@ class Trainer:
             meta["last_eval"] = json.loads(self.eval_lines[-1])
         return meta
 
-    def _loss(self, model, table, log_q):
+    def _convert(self, table) -> _Batch:
+        """A parquet batch as model inputs, labels and (retrieval) catalog indexes: the work done
+        once per batch, not once per epoch, when the table fits the cache."""
         import torch
 
-        arrays = self.reader.numpy(table)
-        inputs = _to_tensors(arrays)
+        batch = _Batch(inputs=_to_tensors(self.reader.numpy(table)))
+        if self.label:
+            batch.labels = np.array(table.column(self.label).to_numpy(), copy=True)
+        if self.task == "retrieval":
+            names = self.item_reader.names
+            batch.items = self.catalog.index_of(_key_matrix({n: batch.inputs[n].numpy() for n in names},
+                                                            names))
+            if self.log_q is not None:
+                batch.log_q = torch.from_numpy(self.log_q[batch.items])
+        return batch
+
+    def _loss(self, model, batch: _Batch):
+        import torch
+
+        # Models read their inputs and never write them: a cached batch replays as it was read.
+        inputs = batch.inputs
         outputs = model(inputs) if self.task != "tdm" else {}
         labels = None
-        if self.label:
-            labels = torch.from_numpy(table.column(self.label).to_numpy().astype(np.float32))
+        if batch.labels is not None:
+            labels = torch.from_numpy(batch.labels.astype(np.float32))
         if hasattr(model, "compute_loss"):  # entry models may bring their own loss
             return model.compute_loss(outputs, inputs, labels)
         if self.task == "ranking":
             return torch.nn.functional.binary_cross_entropy_with_logits(outputs["logits"], labels)
         if self.task == "tdm":
-            user = {n: arrays[n] for n in self.user_reader.names}
-            samples, tdm_labels = self.sampler.samples(user, arrays[self.sampler.id_feature], self.rng)
+            user = {n: inputs[n].numpy() for n in self.user_reader.names}
+            samples, tdm_labels = self.sampler.samples(user, inputs[self.sampler.id_feature].numpy(),
+                                                       self.rng)
             if len(tdm_labels) == 0:
                 return None  # no clicked item of this batch is in the tree
             logits = model(_to_tensors(samples))["logits"]
             return torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.from_numpy(tdm_labels))
-        names = self.item_reader.names
-        keys = _key_matrix({n: arrays[n] for n in names}, names)
-        batch_log_q = torch.from_numpy(log_q[self.catalog.index_of(keys)]) if log_q is not None else None
         return in_batch_softmax_loss(outputs["user_tower_emb"], outputs["item_tower_emb"],
-                                     float(self.config.get("temperature", 0.05)), _row_view(keys),
-                                     batch_log_q)
+                                     float(self.config.get("temperature", 0.05)), batch.items,
+                                     batch.log_q)
 
     def _checkpoint(self, model, step: int) -> None:
         save_state_dict(model.state_dict(), checkpoint_dir(self.out, step) / WEIGHTS_FILE)
@@ -782,12 +848,17 @@ class Trainer:
     def _auc(self, model) -> float:
         import torch
 
+        if self.eval_batches is None:
+            s = self.settings
+            columns = sorted(set(self.reader.columns + [self.label]))
+            self.eval_batches = _ReplayableBatches(
+                lambda: iter_tables(self.eval_files, columns, s.eval_batch_size), self._convert,
+                s.batch_cache_bytes)
         scores, labels = [], []
-        columns = sorted(set(self.reader.columns + [self.label]))
-        for table in iter_tables(self.eval_files, columns, self.settings.eval_batch_size):
+        for batch in self.eval_batches:
             with torch.no_grad():
-                scores.append(model(_to_tensors(self.reader.numpy(table)))["logits"].numpy())
-            labels.append(table.column(self.label).to_numpy())
+                scores.append(model(batch.inputs)["logits"].numpy())
+            labels.append(batch.labels)
         return auc(np.concatenate(labels), np.concatenate(scores))
 
 
@@ -923,9 +994,20 @@ def in_batch_softmax_loss(user_emb, item_emb, temperature: float, item_keys=None
     if log_q is not None:
         logits = logits - log_q.unsqueeze(0)
     if item_keys is not None:
-        keys = torch.from_numpy(np.unique(item_keys, return_inverse=True)[1].ravel().astype(np.int64))
+        keys = _item_codes(item_keys)
         same = keys.unsqueeze(0) == keys.unsqueeze(1)
         same.fill_diagonal_(False)
         logits = logits.masked_fill(same, float("-inf"))
     targets = torch.arange(logits.shape[0])
     return torch.nn.functional.cross_entropy(logits, targets)
+
+
+def _item_codes(item_keys):
+    """int64 codes equal where the items are: integer keys (e.g. catalog indexes) as they are,
+    other keys (e.g. structured rows) through np.unique."""
+    import torch
+
+    keys = np.asarray(item_keys)
+    if keys.ndim != 1 or not np.issubdtype(keys.dtype, np.integer):
+        keys = np.unique(keys, return_inverse=True)[1].ravel()
+    return torch.from_numpy(keys.astype(np.int64, copy=False))

@@ -392,3 +392,53 @@ assert not loaded, loaded
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def _train_directly(tmp_path: Path, name: str, config: dict, cache_bytes: int, eval_data=True,
+                    tree=None, **settings) -> dict[str, bytes]:
+    from recbuild.training import Trainer, TrainSettings
+
+    data = tmp_path / "data"
+    if not data.exists():
+        write_split(data / "train", "train", 3000)
+        write_split(data / "eval", "eval", 1200)
+    out = tmp_path / name
+    out.mkdir()
+    trainer = Trainer(config, TrainSettings(batch_cache_bytes=cache_bytes, threads=1, **settings), out,
+                      tree_dir=tree)
+    trainer.run([data / "train" / "part-0.parquet"], [data / "eval" / "part-0.parquet"] if eval_data else [])
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("family", ["dssm", "deepfm", "tdm"])
+def test_cached_batches_train_to_the_bytes_of_streamed_ones(tmp_path, family):
+    """Converted batches kept across epochs (and evaluations) give the files of re-reading the
+    data every time: budget 0 streams, a budget of about two batches gives up half-way."""
+    tree = tdm_tree(tmp_path).path if family == "tdm" else None
+    config = TDM_MODEL if family == "tdm" else model_section(family)
+    settings = {"epochs": 2, "batch_size": 256, "eval_every": 3, "k": [10, 50], "eval_batch_size": 500}
+    runs = {budget: _train_directly(tmp_path, f"run-{budget}", config, budget, tree=tree, **settings)
+            for budget in (0, 40_000, 256 << 20)}
+    assert len(runs[0]) > 4 and any(name.endswith("train_eval_result_v2.txt") for name in runs[0])
+    assert runs[0] == runs[40_000] == runs[256 << 20]
+
+
+def test_replayable_batches_keep_what_fits_and_stream_the_rest():
+    from recbuild.training import _Batch, _ReplayableBatches
+
+    reads = []
+
+    def read():
+        reads.append(1)
+        return iter(range(4))
+
+    def convert(i):
+        return _Batch(inputs={"x": torch.full((10,), i, dtype=torch.int64)})  # 80 bytes each
+
+    fits = _ReplayableBatches(read, convert, budget=320)
+    assert [int(b.inputs["x"][0]) for b in fits] == [0, 1, 2, 3] and fits.kept is not None
+    assert [int(b.inputs["x"][0]) for b in fits] == [0, 1, 2, 3] and len(reads) == 1
+    too_big = _ReplayableBatches(read, convert, budget=200)
+    for _ in range(2):
+        assert [int(b.inputs["x"][0]) for b in too_big] == [0, 1, 2, 3]
+    assert too_big.kept is None and len(reads) == 3
