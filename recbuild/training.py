@@ -917,12 +917,12 @@ class _AdamState:
     def _with_grad(self) -> list:
         return [p for p in self.params if p.grad is not None]
 
-    def _moments(self, param, step) -> dict:
+    def _moments(self, param, first_step: Callable[[], Any]) -> dict:
         import torch
 
         if id(param) not in self.state:
             self.state[id(param)] = {
-                "step": step,
+                "step": first_step(),
                 "exp_avg": torch.zeros_like(param, memory_format=torch.preserve_format),
                 "exp_avg_sq": torch.zeros_like(param, memory_format=torch.preserve_format)}
         return self.state[id(param)]
@@ -937,7 +937,7 @@ class _DenseAdam(_AdamState):
         step_dtype = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
         with torch.no_grad():
             params = self._with_grad()
-            states = [self._moments(p, torch.tensor(0.0, dtype=step_dtype)) for p in params]
+            states = [self._moments(p, lambda: torch.tensor(0.0, dtype=step_dtype)) for p in params]
             adam(params, [p.grad for p in params], [s["exp_avg"] for s in states],
                  [s["exp_avg_sq"] for s in states], [], [s["step"] for s in states],
                  amsgrad=False, has_complex=False, beta1=self.BETAS[0], beta2=self.BETAS[1],
@@ -953,7 +953,7 @@ class _SparseAdam(_AdamState):
 
         with torch.no_grad():
             params = self._with_grad()
-            states = [self._moments(p, 0) for p in params]
+            states = [self._moments(p, lambda: 0) for p in params]
             for state in states:
                 state["step"] += 1
             sparse_adam(params, [p.grad for p in params], [s["exp_avg"] for s in states],
