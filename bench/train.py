@@ -324,8 +324,12 @@ def run(args, scratch: Path) -> None:
     while len(clean) < args.reps and len(rounds) < args.max_rounds:
         wait_for_quiet(args.max_wait)
         rounds.append(one_round(len(rounds), work, settings, batches, scratch))
-        if max(r["other"] for r in rounds[-1].values()) < args.quiet:
+        quiet = max(r["other"] for r in rounds[-1].values()) < args.quiet
+        if quiet:
             clean.append(rounds[-1])
+        print(f"round {len(rounds)} ({'quiet' if quiet else 'busy neighbour'}): " + ", ".join(
+            f"{v} {r['seconds']:.2f} s / others {r['other']:.2f}" for v, r in rounds[-1].items()),
+            file=sys.stderr, flush=True)
     used = clean if len(clean) >= args.reps else rounds
     note = f"{len(used)} rounds without a busy neighbour" if used is clean else \
         f"only {len(clean)} of {len(rounds)} rounds were quiet: all rounds reported, figures are noisy"
