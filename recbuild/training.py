@@ -184,16 +184,17 @@ RANK_BLOCK_ELEMENTS = 1 << 19
 
 
 def truth_ranks(scores, rows: np.ndarray, items: np.ndarray, depth: int,
-                may_hold_nan: bool = True) -> np.ndarray:
+                may_hold_nan: bool = True, workers: int = 1) -> np.ndarray:
     """Where ``torch.topk(scores, depth)`` puts item ``items[p]`` in row ``rows[p]``; ``depth`` when
     it leaves it out. ``scores``: a float tensor [R, N]; ``may_hold_nan=False`` when the caller
-    knows it cannot (skips a pass over the scores).
+    knows it cannot (skips a pass over the scores); ``workers`` threads share the comparisons.
 
-    A pair whose score no other item of its row shares comes right after the higher scores: two
-    vectorised comparisons per score instead of a selection per row, and the same answer whatever
-    order topk gives to ties elsewhere. A pair that shares its score (or a row holding NaN, which
-    topk puts first) is placed by torch.topk itself on its row: topk selects in every row on its
-    own, so that is the order the whole matrix would have given.
+    A pair whose score no other item of its row shares comes right after the higher scores: a
+    count of higher scores instead of a selection per row, and the same answer whatever order topk
+    gives to ties elsewhere. With ``depth`` or more higher scores the pair is out whatever the ties.
+    Otherwise a pair that shares its score (or a row holding NaN, which topk puts first) is placed
+    by torch.topk itself on its row: topk selects in every row on its own, so that is the order the
+    whole matrix would have given.
     """
     import torch
 
@@ -202,13 +203,19 @@ def truth_ranks(scores, rows: np.ndarray, items: np.ndarray, depth: int,
     items = np.asarray(items, dtype=np.int64)
     values = matrix[rows, items]
     ranks = np.empty(len(rows), dtype=np.int64)
-    shared = np.empty(len(rows), dtype=bool)
+    shared = np.zeros(len(rows), dtype=bool)
     block = max(1, RANK_BLOCK_ELEMENTS // max(matrix.shape[1], 1))
-    for lo in range(0, len(rows), block):
+
+    def rank_block(lo: int) -> None:
         gathered = matrix[rows[lo:lo + block]]
         value = values[lo:lo + block, None]
-        ranks[lo:lo + block] = np.count_nonzero(gathered > value, axis=1)
-        shared[lo:lo + block] = np.count_nonzero(gathered == value, axis=1) != 1  # NaN: 0
+        above = np.count_nonzero(gathered > value, axis=1)
+        ranks[lo:lo + block] = above
+        near = np.flatnonzero(above < depth)  # only these can be in; ties decide only for them
+        if len(near):
+            equal = np.count_nonzero(gathered[near] == value[near], axis=1)
+            shared[lo + near] = equal != 1  # NaN equals nothing: 0
+    _map_blocks(rank_block, range(0, len(rows), block), workers)
     if may_hold_nan:
         shared |= np.isnan(matrix).any(axis=1)[rows]
     ranks = np.minimum(ranks, depth)
@@ -217,6 +224,19 @@ def truth_ranks(scores, rows: np.ndarray, items: np.ndarray, depth: int,
         where = np.flatnonzero(top == items[pair])
         ranks[pair] = where[0] if len(where) else depth
     return ranks
+
+
+def _map_blocks(work: Callable[[int], None], starts: range, workers: int) -> None:
+    """Run ``work`` for every block start; numpy's comparisons and counts release the GIL, so
+    threads share them. Each block writes its own slice: the result does not depend on workers."""
+    if workers <= 1 or len(starts) <= 1:
+        for start in starts:
+            work(start)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(work, starts))
 
 
 def products_are_finite(left, right) -> bool:
@@ -794,7 +814,8 @@ class Trainer:
             scores = self._scores(user_emb, item_emb)
             ranks[lo:hi] = truth_ranks(scores, eval_set.truth_query[lo:hi] - start,
                                        eval_set.truth_item[lo:hi], depth,
-                                       may_hold_nan=not products_are_finite(user_emb, item_emb))
+                                       may_hold_nan=not products_are_finite(user_emb, item_emb),
+                                       workers=s.threads)
             start = stop
         metrics = {f"recall@{k}": recall_from_ranks(ranks, k) for k in ks}
         if self.popularity is None:

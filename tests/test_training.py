@@ -272,8 +272,14 @@ def test_tdm_without_a_tree_is_a_clear_error(tmp_path):
 # speed work (issue 17): every shortcut gives the bytes of the straightforward computation
 
 
-def test_truth_ranks_place_pairs_as_torch_topk_does_ties_and_nan_included():
-    from recbuild.training import truth_ranks
+@pytest.mark.parametrize("workers", [1, 2])
+def test_truth_ranks_place_pairs_as_torch_topk_does_ties_and_nan_included(monkeypatch, workers):
+    from recbuild import training
+
+    monkeypatch.setattr(training, "RANK_BLOCK_ELEMENTS", 300 * 7)  # many blocks of 7 pairs
+
+    def truth_ranks(*args, **kwargs):
+        return training.truth_ranks(*args, workers=workers, **kwargs)
 
     rng = np.random.default_rng(3)
     scores = torch.from_numpy(np.round(rng.random((40, 300)), 2).astype(np.float32))  # many ties
