@@ -257,7 +257,7 @@ def startup(work: Workload, settings, scratch: Path, switch_only: bool) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--template", default="dssm", choices=["dssm", "deepfm"])
-    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--train-rows", type=int, default=None, help="override vars.train_rows")
     parser.add_argument("--dir", type=Path, default=None)
@@ -341,10 +341,15 @@ def report_rounds(rounds: list[dict], note: str) -> None:
     n = rounds[0]["bare"]["steps"]
     seconds = {v: [r[v]["seconds"] for r in rounds] for v in VARIANTS}
     rate = {v: n / statistics.median(seconds[v]) for v in VARIANTS}
-    rows = [[v, f"{rate[v]:.1f}", f"{rate[v] / rate['bare']:.2f}",
+    # Runs of one round are minutes apart at most: the median of per-round ratios is the figure
+    # least moved by the machine's slow drifts (the ratio of medians is printed beside it).
+    paired = {v: statistics.median(r["bare"]["seconds"] / r[v]["seconds"] for r in rounds)
+              for v in VARIANTS}
+    rows = [[v, f"{rate[v]:.1f}", f"{paired[v]:.2f}", f"{rate[v] / rate['bare']:.2f}",
              " ".join(f"{s:.2f}" for s in seconds[v]),
              " ".join(f"{r[v]['other']:.2f}" for r in rounds)] for v in VARIANTS]
-    print_table(["run", "steps/s (median)", "vs bare", "loop s per round", "others' cores"], rows,
+    print_table(["run", "steps/s (median)", "vs bare (median of rounds)", "vs bare (of medians)",
+                 "loop s per round", "others' cores"], rows,
                 f"{n} steps per run, {note}; bare weights == trainer checkpoint (checked)")
     with_eval = [r["trainer, with eval"] for r in rounds]
     inside = statistics.median(r["eval_seconds"] for r in with_eval)
