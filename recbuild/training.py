@@ -97,6 +97,9 @@ def parquet_files(location: Path, files: Iterable[Path] = ()) -> list[Path]:
     return found
 
 
+READ_ROWS = 65536  # rows per parquet read; the batches cut from them do not depend on it
+
+
 def iter_tables(files: list[Path], columns: list[str], batch_size: int,
                 row_filter: Callable | None = None) -> Iterator:
     """Yield pyarrow Tables of exactly ``batch_size`` rows (the last may be shorter), in file order."""
@@ -111,7 +114,8 @@ def iter_tables(files: list[Path], columns: list[str], batch_size: int,
         if missing:
             raise InputError(f"{path}: missing column(s) {', '.join(missing)}; present: "
                              f"{', '.join(parquet.schema_arrow.names)}")
-        for batch in parquet.iter_batches(batch_size=batch_size, columns=columns):
+        # Large reads, cut into batches: most batches are then zero-copy slices of one read.
+        for batch in parquet.iter_batches(batch_size=max(batch_size, READ_ROWS), columns=columns):
             if row_filter is not None:
                 batch = row_filter(batch)
             if batch.num_rows == 0:
