@@ -272,15 +272,12 @@ def test_tdm_without_a_tree_is_a_clear_error(tmp_path):
 # speed work (issue 17): every shortcut gives the bytes of the straightforward computation
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_truth_ranks_place_pairs_as_torch_topk_does_ties_and_nan_included(monkeypatch, workers):
+@pytest.mark.parametrize("block_rows", [7, 10_000])
+def test_truth_ranks_place_pairs_as_torch_topk_does_ties_and_nan_included(monkeypatch, block_rows):
     from recbuild import training
+    from recbuild.training import truth_ranks
 
-    monkeypatch.setattr(training, "RANK_BLOCK_ELEMENTS", 300 * 7)  # many blocks of 7 pairs
-
-    def truth_ranks(*args, **kwargs):
-        return training.truth_ranks(*args, workers=workers, **kwargs)
-
+    monkeypatch.setattr(training, "RANK_BLOCK_ELEMENTS", 300 * block_rows)
     rng = np.random.default_rng(3)
     scores = torch.from_numpy(np.round(rng.random((40, 300)), 2).astype(np.float32))  # many ties
     scores[5, 7] = float("nan")
