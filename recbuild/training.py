@@ -133,10 +133,11 @@ def iter_tables(files: list[Path], columns: list[str], batch_size: int,
 
 
 def positives_only(label_column: str) -> Callable:
-    import pyarrow.compute as pc
+    from recbuild.feature_io import arrow_view
 
     def keep(batch):
-        return batch.filter(pc.equal(batch.column(label_column), 1))
+        # numpy, not pyarrow.compute against a Python 1: that imports pandas (0.2-0.3 s)
+        return batch.take(arrow_view(np.flatnonzero(_column_values(batch, label_column) == 1)))
 
     return keep
 
@@ -348,6 +349,14 @@ class _Reader:
         return batch_to_numpy(table, self.io_specs, row_offset)
 
 
+def _column_values(table, name: str) -> np.ndarray:
+    """A column as numpy, as ``to_numpy()`` gives it, without pyarrow's pandas bridge (importing
+    pandas costs 0.2-0.3 s before the first step)."""
+    from recbuild.feature_io import numpy_view
+
+    return numpy_view(table.column(name))
+
+
 def _take(arrays: dict[str, np.ndarray], index: np.ndarray) -> dict[str, np.ndarray]:
     return {name: value[index] for name, value in arrays.items()}
 
@@ -370,7 +379,7 @@ def build_item_catalog(train_files, eval_files, item_reader: _Reader, label_colu
             chunks.append(_take(arrays, first))
             keys.append(unique)
             if count:
-                clicked = (table.column(label_column).to_numpy() == 1) if label_column else \
+                clicked = (_column_values(table, label_column) == 1) if label_column else \
                     np.ones(table.num_rows, dtype=bool)
                 counted.append((unique, np.bincount(inverse.ravel()[clicked], minlength=len(unique))))
     all_keys = np.concatenate(keys)
@@ -430,7 +439,7 @@ class TreeSampler:
 
         tree_dir = Path(tree_dir)
         tree = read_serving_tree(tree_dir / SERVING_TREE)
-        nodes = pq.read_table(str(tree_dir / NODE_FEATURE))
+        nodes = pq.ParquetFile(str(tree_dir / NODE_FEATURE)).read()  # read_table imports pandas
         if nodes.num_rows != len(tree.codes):
             raise InputError(f"{tree_dir}: node_feature has {nodes.num_rows} rows but serving_tree "
                              f"{len(tree.codes)} nodes; rebuild the tree")
@@ -734,7 +743,7 @@ class Trainer:
 
         batch = _Batch(inputs=_to_tensors(self.reader.numpy(table)))
         if self.label:
-            batch.labels = np.array(table.column(self.label).to_numpy(), copy=True)
+            batch.labels = np.array(_column_values(table, self.label), copy=True)
         if self.task == "retrieval":
             names = self.item_reader.names
             batch.items = self.catalog.index_of(_key_matrix({n: batch.inputs[n].numpy() for n in names},

@@ -373,13 +373,15 @@ def test_own_optimizer_state_steps_exactly_like_torch_optim():
     assert all(torch.equal(ours[name], reference[name]) for name in reference)
 
 
-def test_training_starts_without_the_compiler_stack(tmp_path):
+def test_training_imports_neither_the_compiler_stack_nor_pandas(tmp_path):
     """The deterministic switch and the optimizers must not import torch._dynamo / inductor
-    (about 1 s each before the first step), and determinism stays on as error, not warning."""
+    (about 1 s each before the first step), nor the data path pandas (pyarrow's bridge, 0.2-0.3 s);
+    determinism stays on as error, not warning."""
     import subprocess
     import sys
 
     train_art = write_split(tmp_path / "train", "train", 600)
+    eval_art = write_split(tmp_path / "eval", "eval", 300)
     code = f"""
 import sys, torch
 from pathlib import Path
@@ -389,8 +391,9 @@ with _torch_settings(1, 0):
     assert not torch.is_deterministic_algorithms_warn_only_enabled()
 assert not torch.are_deterministic_algorithms_enabled()
 out = Path({str(tmp_path / "out")!r}); out.mkdir()
-Trainer({model_section()!r}, TrainSettings(batch_size=128, threads=1), out).run([Path({str(train_art.files[0])!r})], [])
-loaded = [m for m in ("torch._dynamo", "torch._inductor") if m in sys.modules]
+Trainer({model_section()!r}, TrainSettings(batch_size=128, threads=1), out).run(
+    [Path({str(train_art.files[0])!r})], [Path({str(eval_art.files[0])!r})])
+loaded = [m for m in ("torch._dynamo", "torch._inductor", "pandas") if m in sys.modules]
 assert not loaded, loaded
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
