@@ -283,3 +283,17 @@ def test_leaf_codes_are_the_string_ids_beam_search_found():
         strings[row, :len(ids[:3])] = [str(v) for v in ids[:3].tolist()]
     np.testing.assert_array_equal(codes, truth.codes_of_strings(strings))
     assert truth.metrics(codes, [1, 3]) == _hit_metrics_by_sets(strings, gt, [1, 3])
+
+
+def test_best_per_query_is_the_two_key_sort_cut_per_query():
+    rng = np.random.default_rng(7)
+    counts = rng.integers(0, 12, 40)
+    queries = np.repeat(np.arange(40), counts)
+    scores = np.round(rng.random(len(queries)), 1)  # many ties
+    scores[::9] = np.nan
+    scores[::13] = -np.inf
+    for keep in (1, 3, 20):
+        order = np.lexsort((-scores, queries))
+        start = np.searchsorted(queries[order], np.arange(40))
+        rank = np.arange(len(order)) - start[queries[order]]
+        np.testing.assert_array_equal(recall.best_per_query(queries, scores, 40, keep), order[rank < keep])

@@ -242,15 +242,23 @@ def tdm_beam_search(tree, score: Callable[[np.ndarray, np.ndarray], np.ndarray],
         scores = np.asarray(score(queries, nodes), dtype=np.float64)
         if scores.shape != queries.shape:
             raise ValueError(f"score() returned shape {scores.shape}, expected {queries.shape}")
-        # best first within each query; ties keep code order (stable)
-        order = np.lexsort((-scores, queries))
-        queries, nodes = queries[order], nodes[order]
-        start = np.searchsorted(queries, np.arange(n_queries))
-        rank = np.arange(len(queries)) - start[queries]
-        selected = rank < keep
-        queries, nodes = queries[selected], nodes[selected]
+        chosen = best_per_query(queries, scores, n_queries, keep)
+        queries, nodes = queries[chosen], nodes[chosen]
     bounds = np.searchsorted(queries, np.arange(n_queries + 1))
     return [tree.ids[nodes[bounds[q]:bounds[q + 1]]] for q in range(n_queries)]
+
+
+def best_per_query(queries: np.ndarray, scores: np.ndarray, n_queries: int, keep: int) -> np.ndarray:
+    """Positions of each query's ``keep`` best candidates, best first, ties in candidate order
+    (NaN last): what a stable ``np.lexsort((-scores, queries))`` cut at ``keep`` per query gives,
+    for ``queries`` sorted, as the beam keeps them. Each query's candidates are sorted in their own
+    row of a padded matrix: several times faster than sorting all candidates by two keys."""
+    counts = np.bincount(queries, minlength=n_queries)
+    starts = np.cumsum(counts) - counts
+    padded = np.full((n_queries, counts.max(initial=0)), np.nan)  # padding sorts after all, NaN too
+    padded[queries, np.arange(len(queries)) - starts[queries]] = -scores
+    within = np.argsort(padded, axis=1, kind="stable")[:, :keep]
+    return (starts[:, None] + within)[within < counts[:, None]]
 
 
 def leaf_codes(found: Sequence[np.ndarray], truth: GroundTruth, width: int) -> np.ndarray:
