@@ -606,9 +606,6 @@ def _tower_outputs(model, inputs, output_name: str):
         return model(inputs)[output_name]
 
 
-SET_UP_READ_ROWS = 65536  # rows per slice when reading for the item catalog and the eval set
-
-
 class Trainer:
     """One training run: build the model, stream batches, checkpoint and evaluate on schedule."""
 
@@ -663,7 +660,7 @@ class Trainer:
         self.item_reader = _Reader(group_features(specs, "item"))
         if task == "retrieval":
             # Both are the same whatever the read size: read in large slices (fewer, larger sorts).
-            read_rows = max(s.eval_batch_size, SET_UP_READ_ROWS)
+            read_rows = max(s.eval_batch_size, READ_ROWS)
             self.catalog = build_item_catalog(train_files, eval_files, self.item_reader, self.label,
                                               read_rows)
             if eval_files:
