@@ -1,7 +1,7 @@
 """The trainer against a bare training loop on the same model, data and optimizers (issue 17).
 
-Usage: python bench/train.py [--template dssm|deepfm] [--reps 3] [--threads 2] [--dir DIR] [--keep]
-                             [--train-rows N]
+Usage: python bench/train.py [--template dssm|deepfm] [--reps 5] [--threads 2] [--dir DIR] [--keep]
+                             [--train-rows N] [--quiet 0.3] [--max-rounds N] [--max-wait S]
 
 What it does (fixed seeds, the template's own model, data sizes and train params):
 1. generates the template's train and eval sample tables into a scratch folder;
@@ -11,8 +11,9 @@ What it does (fixed seeds, the template's own model, data sizes and train params
    helpers); its final weights must equal the trainer's last checkpoint exactly (checked);
 3. the trainer (``recbuild.training.Trainer``, as `kind: train` runs it) without eval data, and with
    the template's periodic evaluation; the three runs alternate, medians reported;
-4. start-up in a fresh process: interpreter + imports, the trainer's torch settings switch alone,
-   and spawn -> first training step.
+4. start-up in a fresh process: interpreter + imports, the trainer's own set-up up to its first
+   step (the figure issue 17 bounds by 1.5 s), the torch settings switch alone, and spawn -> first
+   training step.
 
 steps/s counts every step over the loop (from the first epoch's start to the end of the run,
 evaluations and checkpoints included). The evaluation share is the time spent in evaluations +
