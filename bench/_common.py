@@ -22,6 +22,35 @@ def wait_for_quiet(max_wait: float, threshold: float = 1.0) -> float:
     return os.getloadavg()[0]
 
 
+class OtherLoad:
+    """CPU cores used by *other* processes while the block runs (/proc/stat minus this process and
+    its waited-for children): on a shared 2-core machine a run with a busy neighbour is not a
+    measurement of the code."""
+
+    def __enter__(self):
+        self.t0, self.busy0, self.own0 = time.perf_counter(), _busy_seconds(), _own_cpu()
+        return self
+
+    def __exit__(self, *exc):
+        wall = max(time.perf_counter() - self.t0, 1e-9)
+        self.cores = max(0.0, (_busy_seconds() - self.busy0) - (_own_cpu() - self.own0)) / wall
+
+
+def _busy_seconds() -> float:
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def peak_rss_mb() -> float:
     """This process's peak RSS. VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork + exec,
     so a worker would report the (large) parent's size."""

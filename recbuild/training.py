@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,10 @@ class TrainSettings:
     logq_correction: bool = True
     negatives_per_level: int = 6  # tdm
     threads: int = 2
+    # Converted batches kept for the next epochs (and eval batches for the next evaluations), bytes
+    # per table; a table that does not fit is read and converted again on every pass, one batch at
+    # a time. Not a recipe param: the bytes written do not depend on it.
+    batch_cache_bytes: int = 256 << 20
 
 
 def checkpoint_dir(out: Path, step: int) -> Path:
@@ -92,6 +97,9 @@ def parquet_files(location: Path, files: Iterable[Path] = ()) -> list[Path]:
     return found
 
 
+READ_ROWS = 65536  # rows per parquet read; the batches cut from them do not depend on it
+
+
 def iter_tables(files: list[Path], columns: list[str], batch_size: int,
                 row_filter: Callable | None = None) -> Iterator:
     """Yield pyarrow Tables of exactly ``batch_size`` rows (the last may be shorter), in file order."""
@@ -106,7 +114,8 @@ def iter_tables(files: list[Path], columns: list[str], batch_size: int,
         if missing:
             raise InputError(f"{path}: missing column(s) {', '.join(missing)}; present: "
                              f"{', '.join(parquet.schema_arrow.names)}")
-        for batch in parquet.iter_batches(batch_size=batch_size, columns=columns):
+        # Large reads, cut into batches: most batches are then zero-copy slices of one read.
+        for batch in parquet.iter_batches(batch_size=max(batch_size, READ_ROWS), columns=columns):
             if row_filter is not None:
                 batch = row_filter(batch)
             if batch.num_rows == 0:
@@ -124,10 +133,11 @@ def iter_tables(files: list[Path], columns: list[str], batch_size: int,
 
 
 def positives_only(label_column: str) -> Callable:
-    import pyarrow.compute as pc
+    from recbuild.feature_io import arrow_view
 
     def keep(batch):
-        return batch.filter(pc.equal(batch.column(label_column), 1))
+        # numpy, not pyarrow.compute against a Python 1: that imports pandas (0.2-0.3 s)
+        return batch.take(arrow_view(np.flatnonzero(_column_values(batch, label_column) == 1)))
 
     return keep
 
@@ -155,17 +165,87 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float((ranks[labels].sum() - positives * (positives + 1) / 2.0) / (positives * negatives))
 
 
-def recall_at_k(top_items: np.ndarray, truth_query: np.ndarray, truth_item: np.ndarray,
-                n_items: int) -> float:
+def recall_at_k(top_items: np.ndarray, truth_query: np.ndarray, truth_item: np.ndarray) -> float:
     """Micro-averaged recall: hits over unique (query, item) ground-truth pairs.
 
     top_items: [Q, K] candidate indexes per query; truth_*: unique pairs (query index, item index).
+    Each pair is looked up in its own query's row: no set operation over all queries' candidates.
     """
     if len(truth_query) == 0:
         return float("nan")
-    recalled = (np.arange(top_items.shape[0])[:, None] * n_items + top_items).ravel()
-    truth = truth_query.astype(np.int64) * n_items + truth_item
-    return float(np.isin(truth, recalled).sum() / len(truth))
+    hits = (top_items[truth_query] == np.asarray(truth_item)[:, None]).any(axis=1)
+    return float(np.count_nonzero(hits) / len(truth_query))
+
+
+def recall_from_ranks(ranks: np.ndarray, k: int) -> float:
+    """recall_at_k from each truth pair's position in its query's ranking (rank < k is a hit)."""
+    if len(ranks) == 0:
+        return float("nan")
+    return float(np.count_nonzero(ranks < k) / len(ranks))
+
+
+# Scores compared at once when ranking truth pairs (the gathered rows of one block).
+RANK_BLOCK_ELEMENTS = 1 << 19
+
+
+def truth_ranks(scores, rows: np.ndarray, items: np.ndarray, depth: int,
+                may_hold_nan: bool = True) -> np.ndarray:
+    """Where ``torch.topk(scores, depth)`` puts item ``items[p]`` in row ``rows[p]``; ``depth`` when
+    it leaves it out. ``scores``: a float tensor [R, N]; ``may_hold_nan=False`` when the caller
+    knows it cannot (skips a pass over the scores).
+
+    A pair whose score no other item of its row shares comes right after the higher scores: a
+    count of higher scores instead of a selection per row, and the same answer whatever order topk
+    gives to ties elsewhere. With ``depth`` or more higher scores the pair is out whatever the ties.
+    Otherwise a pair that shares its score (or a row holding NaN, which topk puts first) is placed
+    by torch.topk itself on its row: topk selects in every row on its own, so that is the order the
+    whole matrix would have given.
+    """
+    import torch
+
+    matrix = scores.numpy()
+    rows = np.asarray(rows, dtype=np.int64)
+    items = np.asarray(items, dtype=np.int64)
+    values = matrix[rows, items]
+    ranks = np.empty(len(rows), dtype=np.int64)
+    shared = np.zeros(len(rows), dtype=bool)
+    block = max(1, RANK_BLOCK_ELEMENTS // max(matrix.shape[1], 1))
+    for lo in range(0, len(rows), block):
+        gathered = np.take(matrix, rows[lo:lo + block], axis=0)
+        value = values[lo:lo + block, None]
+        above = _trues_per_row(gathered > value)
+        ranks[lo:lo + block] = above
+        near = np.flatnonzero(above < depth)  # only these can be in; ties decide only for them
+        if len(near):
+            equal = _trues_per_row(gathered[near] == value[near])
+            shared[lo + near] = equal != 1  # NaN equals nothing: 0
+    if may_hold_nan:
+        shared |= np.isnan(matrix).any(axis=1)[rows]
+    ranks = np.minimum(ranks, depth)
+    for pair in np.flatnonzero(shared):
+        top = torch.topk(scores[rows[pair]:rows[pair] + 1], depth, dim=1).indices[0].numpy()
+        where = np.flatnonzero(top == items[pair])
+        ranks[pair] = where[0] if len(where) else depth
+    return ranks
+
+
+def _trues_per_row(mask: np.ndarray) -> np.ndarray:
+    """True entries per row of a 2-d bool array, summed as bytes into the narrowest counter that
+    cannot overflow (np.count_nonzero(axis=1) is about four times slower)."""
+    counter = np.uint16 if mask.shape[1] < 1 << 16 else np.int64
+    return mask.view(np.uint8).sum(axis=1, dtype=counter)
+
+
+def products_are_finite(left, right) -> bool:
+    """True when every entry of ``left @ right.T`` is surely finite (so no score is NaN): both
+    finite, and too small for a sum of products to overflow float32."""
+    import torch
+
+    if left.numel() == 0 or right.numel() == 0:
+        return True
+    if not (bool(torch.isfinite(left).all()) and bool(torch.isfinite(right).all())):
+        return False
+    return float(left.abs().max()) * float(right.abs().max()) * left.shape[1] < 1e37
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,7 +253,7 @@ def recall_at_k(top_items: np.ndarray, truth_query: np.ndarray, truth_item: np.n
 
 
 def _key_matrix(arrays: dict[str, np.ndarray], names: list[str]) -> np.ndarray:
-    """Rows of all inputs as one int64 matrix (floats by bit pattern) so np.unique can dedupe them."""
+    """Rows of all inputs as one int64 matrix (floats by bit pattern) so they can be deduped."""
     parts = []
     for name in names:
         value = arrays[name]
@@ -190,11 +270,47 @@ class ItemCatalog:
     keys: np.ndarray  # [N, W] int64 rows, sorted (np.unique order)
     inputs: dict[str, np.ndarray]
     train_counts: np.ndarray  # [N] label-1 training rows per item
+    _hashes: "_RowHashIndex | None" = field(default=None, init=False, repr=False)
 
     def index_of(self, key_rows: np.ndarray) -> np.ndarray:
-        view_all = _row_view(self.keys)
-        found = np.searchsorted(view_all, _row_view(key_rows))
+        """Catalog index of each key row (rows that are in the catalog)."""
+        if self._hashes is None:
+            self._hashes = _RowHashIndex(self.keys)
+        found = self._hashes.find(key_rows)
+        missing = found < 0  # rare: a hash shared by two catalog rows
+        if missing.any():
+            found[missing] = np.searchsorted(_row_view(self.keys), _row_view(key_rows[missing]))
         return found
+
+
+def _row_hashes(matrix: np.ndarray) -> np.ndarray:
+    """One uint64 per int64 row (FNV-1a over the columns): equal rows, equal hashes."""
+    hashes = np.full(len(matrix), 0xCBF29CE484222325, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for column in np.ascontiguousarray(matrix).view(np.uint64).T:
+            hashes = (hashes ^ column) * np.uint64(0x100000001B3)
+    return hashes
+
+
+class _RowHashIndex:
+    """Exact lookup of int64 rows among unique rows by a sorted 64-bit hash of each row: one
+    integer search per row instead of a search through structured row views."""
+
+    def __init__(self, rows: np.ndarray):
+        self.rows = rows
+        hashes = _row_hashes(rows)
+        self.order = np.argsort(hashes, kind="stable")
+        self.sorted_hashes = hashes[self.order]
+
+    def find(self, queries: np.ndarray) -> np.ndarray:
+        """Index of each query row, -1 where the row is absent or its hash is shared (not found
+        by the hash alone)."""
+        if len(self.rows) == 0:
+            return np.full(len(queries), -1, dtype=np.int64)
+        at = np.minimum(np.searchsorted(self.sorted_hashes, _row_hashes(queries)), len(self.rows) - 1)
+        candidate = self.order[at]
+        equal = (self.rows[candidate] == queries).all(axis=1)
+        return np.where(equal, candidate, -1).astype(np.int64)
 
 
 def _row_view(matrix: np.ndarray) -> np.ndarray:
@@ -204,7 +320,16 @@ def _row_view(matrix: np.ndarray) -> np.ndarray:
 
 
 def _unique_rows(matrix: np.ndarray):
-    return np.unique(matrix, axis=0, return_index=True, return_inverse=True)
+    """np.unique(matrix, axis=0, return_index=True, return_inverse=True) for an int64 matrix, by a
+    stable lexsort of the columns (the same order and first occurrences; np.unique sorts structured
+    row views, several times slower)."""
+    order = np.lexsort(matrix.T[::-1]) if matrix.shape[1] else np.arange(len(matrix))
+    ordered = matrix[order]
+    starts = np.ones(len(matrix), dtype=bool)
+    starts[1:] = (ordered[1:] != ordered[:-1]).any(axis=1)
+    inverse = np.empty(len(matrix), dtype=np.int64)
+    inverse[order] = np.cumsum(starts) - 1
+    return ordered[starts], order[starts], inverse
 
 
 class _Reader:
@@ -224,6 +349,14 @@ class _Reader:
         return batch_to_numpy(table, self.io_specs, row_offset)
 
 
+def _column_values(table, name: str) -> np.ndarray:
+    """A column as numpy, as ``to_numpy()`` gives it, without pyarrow's pandas bridge (importing
+    pandas costs 0.2-0.3 s before the first step)."""
+    from recbuild.feature_io import numpy_view
+
+    return numpy_view(table.column(name))
+
+
 def _take(arrays: dict[str, np.ndarray], index: np.ndarray) -> dict[str, np.ndarray]:
     return {name: value[index] for name, value in arrays.items()}
 
@@ -234,7 +367,8 @@ def _concat(chunks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 def build_item_catalog(train_files, eval_files, item_reader: _Reader, label_column: str | None,
                        batch_size: int) -> ItemCatalog:
-    """One streaming pass over train and eval data collecting distinct items and click counts."""
+    """One streaming pass over train and eval data collecting distinct items and click counts.
+    The catalog does not depend on ``batch_size`` (an item's inputs are its key)."""
     chunks, keys, counted = [], [], []
     for files, count in ((train_files, True), (eval_files, False)):
         columns = item_reader.columns + ([label_column] if label_column else [])
@@ -245,7 +379,7 @@ def build_item_catalog(train_files, eval_files, item_reader: _Reader, label_colu
             chunks.append(_take(arrays, first))
             keys.append(unique)
             if count:
-                clicked = (table.column(label_column).to_numpy() == 1) if label_column else \
+                clicked = (_column_values(table, label_column) == 1) if label_column else \
                     np.ones(table.num_rows, dtype=bool)
                 counted.append((unique, np.bincount(inverse.ravel()[clicked], minlength=len(unique))))
     all_keys = np.concatenate(keys)
@@ -260,7 +394,7 @@ def build_item_catalog(train_files, eval_files, item_reader: _Reader, label_colu
 @dataclass
 class RetrievalEvalSet:
     user_inputs: dict[str, np.ndarray]  # [Q] unique queries
-    truth_query: np.ndarray  # unique (query, item) pairs
+    truth_query: np.ndarray  # unique (query, item) pairs, sorted by query
     truth_item: np.ndarray
 
 
@@ -279,7 +413,7 @@ def build_retrieval_eval_set(eval_files, user_reader: _Reader, item_reader: _Rea
         raise InputError("eval_data holds no positive rows (label == 1): recall cannot be computed")
     users = _concat(user_chunks)
     _, first, inverse = _unique_rows(_key_matrix(users, user_reader.names))
-    pairs = np.unique(np.stack([inverse.ravel(), np.concatenate(item_index)], axis=1), axis=0)
+    pairs = _unique_rows(np.stack([inverse.ravel(), np.concatenate(item_index)], axis=1))[0]
     return RetrievalEvalSet(user_inputs=_take(users, first), truth_query=pairs[:, 0],
                             truth_item=pairs[:, 1])
 
@@ -305,7 +439,7 @@ class TreeSampler:
 
         tree_dir = Path(tree_dir)
         tree = read_serving_tree(tree_dir / SERVING_TREE)
-        nodes = pq.read_table(str(tree_dir / NODE_FEATURE))
+        nodes = pq.ParquetFile(str(tree_dir / NODE_FEATURE)).read()  # read_table imports pandas
         if nodes.num_rows != len(tree.codes):
             raise InputError(f"{tree_dir}: node_feature has {nodes.num_rows} rows but serving_tree "
                              f"{len(tree.codes)} nodes; rebuild the tree")
@@ -379,20 +513,33 @@ def _id_feature(item_specs) -> str:
 
 @contextmanager
 def _torch_settings(threads: int, seed: int):
-    """Seeded, deterministic, fixed thread count; restores the process-wide settings afterwards."""
+    """Seeded, deterministic, fixed thread count; restores the process-wide settings afterwards.
+
+    Deterministic mode goes through ``torch.set_deterministic_debug_mode("error")``: it sets the
+    flag every eager op checks exactly as ``torch.use_deterministic_algorithms(True)`` does (error,
+    not warn), without the latter's import of the inductor config (dynamo, sympy, ~800 modules,
+    about 1 s before the first step) for a setting only ``torch.compile`` reads. When inductor is
+    already loaded, its flag is set too, so nothing is less strict than before.
+    """
     import torch
 
     previous_threads = torch.get_num_threads()
-    previous_deterministic = torch.are_deterministic_algorithms_enabled()
+    previous_mode = torch.get_deterministic_debug_mode()
+    inductor = sys.modules.get("torch._inductor.config")
+    previous_inductor = inductor.deterministic if inductor is not None else None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         torch.set_num_threads(max(1, threads))
-        torch.use_deterministic_algorithms(True)
+        torch.set_deterministic_debug_mode("error")
+        if inductor is not None:
+            inductor.deterministic = True
         try:
             yield
         finally:
             torch.set_num_threads(previous_threads)
-            torch.use_deterministic_algorithms(previous_deterministic)
+            torch.set_deterministic_debug_mode(previous_mode)
+            if inductor is not None:
+                inductor.deterministic = previous_inductor
 
 
 def _to_tensors(arrays: dict[str, np.ndarray]):
@@ -405,6 +552,51 @@ def _batched(arrays: dict[str, np.ndarray], size: int) -> Iterator[dict[str, np.
     total = len(next(iter(arrays.values())))
     for start in range(0, total, size):
         yield {name: value[start:start + size] for name, value in arrays.items()}
+
+
+@dataclass
+class _Batch:
+    """One training or eval batch, converted: model inputs and what the loss or metric needs."""
+
+    inputs: dict  # feature name -> tensor (owns its memory: Arrow views are copied)
+    labels: np.ndarray | None = None  # the label column as read, when the data has one
+    items: np.ndarray | None = None  # retrieval: catalog index of each row's item
+    log_q: Any = None  # retrieval: per-row log sampling probability (tensor)
+
+    @property
+    def nbytes(self) -> int:
+        tensors = [*self.inputs.values(), *([self.log_q] if self.log_q is not None else [])]
+        arrays = [a for a in (self.labels, self.items) if a is not None]
+        return sum(t.numel() * t.element_size() for t in tensors) + sum(a.nbytes for a in arrays)
+
+
+class _ReplayableBatches:
+    """The batches of one table, converted on the first pass and replayed on the next while they
+    fit ``budget`` bytes. A table that does not fit streams on every pass (read, convert, one
+    batch at a time); the cache is given up as soon as it would exceed the budget."""
+
+    def __init__(self, read: Callable[[], Iterable], convert: Callable[[Any], _Batch], budget: int):
+        self.read, self.convert, self.budget = read, convert, budget
+        self.kept: list[_Batch] | None = None
+        self.fits = budget > 0
+
+    def __iter__(self) -> Iterator[_Batch]:
+        return iter(self.kept) if self.kept is not None else self._stream()
+
+    def _stream(self) -> Iterator[_Batch]:
+        kept, size = [], 0
+        for table in self.read():
+            batch = self.convert(table)
+            if self.fits:
+                size += batch.nbytes
+                self.fits = size <= self.budget
+                if self.fits:
+                    kept.append(batch)
+                else:
+                    kept = []  # let go of it at once: this table streams on every pass
+            yield batch
+        if self.fits:
+            self.kept = kept
 
 
 def _tower_outputs(model, inputs, output_name: str):
@@ -436,6 +628,9 @@ class Trainer:
         self.tree_dir = tree_dir
         self.sampler: TreeSampler | None = None
         self.tdm_eval: tuple[dict, np.ndarray] | None = None  # fixed eval samples, same every eval
+        self.log_q: np.ndarray | None = None  # retrieval: log sampling probability per catalog item
+        self.eval_batches: _ReplayableBatches | None = None  # ranking: converted eval data
+        self.score_buffer = None  # retrieval eval: [eval_batch_size, items] scores, reused
 
     # -- public ----------------------------------------------------------------------------------
     def run(self, train_files: list[Path], eval_files: list[Path] | None) -> dict[str, Any]:
@@ -463,16 +658,17 @@ class Trainer:
         self.reader = _Reader(specs)
         user_reader = _Reader(group_features(specs, "user"))
         self.item_reader = _Reader(group_features(specs, "item"))
-        log_q = None
         if task == "retrieval":
+            # Both are the same whatever the read size: read in large slices (fewer, larger sorts).
+            read_rows = max(s.eval_batch_size, READ_ROWS)
             self.catalog = build_item_catalog(train_files, eval_files, self.item_reader, self.label,
-                                              s.eval_batch_size)
+                                              read_rows)
             if eval_files:
                 self.eval_set = build_retrieval_eval_set(eval_files, user_reader, self.item_reader,
-                                                         self.catalog, self.label, s.eval_batch_size)
+                                                         self.catalog, self.label, read_rows)
             if s.logq_correction:
                 counts = self.catalog.train_counts
-                log_q = np.log(np.maximum(counts, 1) / max(int(counts.sum()), 1)).astype(np.float32)
+                self.log_q = np.log(np.maximum(counts, 1) / max(int(counts.sum()), 1)).astype(np.float32)
         if task == "tdm":
             if self.tree_dir is None:
                 raise BuildError("model family tdm trains over a tree: set `tree:` to a tdm_tree artifact")
@@ -485,13 +681,15 @@ class Trainer:
         optimizer = _make_optimizer(model, s.lr)
         row_filter = positives_only(self.label) if task in ("retrieval", "tdm") and self.label else None
         columns = sorted(set(self.reader.columns + ([self.label] if self.label else [])))
+        batches = _ReplayableBatches(lambda: iter_tables(train_files, columns, s.batch_size, row_filter),
+                                     self._convert, s.batch_cache_bytes)
         step, steps_per_epoch, saved = 0, 0, []
         for _ in range(s.epochs):
             model.train()
             epoch_steps = 0
             progress = self.progress_factory(None, "batches") if self.progress_factory else None
-            for table in iter_tables(train_files, columns, s.batch_size, row_filter):
-                loss = self._loss(model, table, log_q)
+            for batch in batches:
+                loss = self._loss(model, batch)
                 if loss is None:
                     continue
                 if not bool(loss.isfinite()):
@@ -535,32 +733,46 @@ class Trainer:
             meta["last_eval"] = json.loads(self.eval_lines[-1])
         return meta
 
-    def _loss(self, model, table, log_q):
+    def _convert(self, table) -> _Batch:
+        """A parquet batch as model inputs, labels and (retrieval) catalog indexes: the work done
+        once per batch, not once per epoch, when the table fits the cache."""
         import torch
 
-        arrays = self.reader.numpy(table)
-        inputs = _to_tensors(arrays)
+        batch = _Batch(inputs=_to_tensors(self.reader.numpy(table)))
+        if self.label:
+            batch.labels = np.array(_column_values(table, self.label), copy=True)
+        if self.task == "retrieval":
+            names = self.item_reader.names
+            batch.items = self.catalog.index_of(_key_matrix({n: batch.inputs[n].numpy() for n in names},
+                                                            names))
+            if self.log_q is not None:
+                batch.log_q = torch.from_numpy(self.log_q[batch.items])
+        return batch
+
+    def _loss(self, model, batch: _Batch):
+        import torch
+
+        # Models read their inputs and never write them: a cached batch replays as it was read.
+        inputs = batch.inputs
         outputs = model(inputs) if self.task != "tdm" else {}
         labels = None
-        if self.label:
-            labels = torch.from_numpy(table.column(self.label).to_numpy().astype(np.float32))
+        if batch.labels is not None:
+            labels = torch.from_numpy(batch.labels.astype(np.float32))
         if hasattr(model, "compute_loss"):  # entry models may bring their own loss
             return model.compute_loss(outputs, inputs, labels)
         if self.task == "ranking":
             return torch.nn.functional.binary_cross_entropy_with_logits(outputs["logits"], labels)
         if self.task == "tdm":
-            user = {n: arrays[n] for n in self.user_reader.names}
-            samples, tdm_labels = self.sampler.samples(user, arrays[self.sampler.id_feature], self.rng)
+            user = {n: inputs[n].numpy() for n in self.user_reader.names}
+            samples, tdm_labels = self.sampler.samples(user, inputs[self.sampler.id_feature].numpy(),
+                                                       self.rng)
             if len(tdm_labels) == 0:
                 return None  # no clicked item of this batch is in the tree
             logits = model(_to_tensors(samples))["logits"]
             return torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.from_numpy(tdm_labels))
-        names = self.item_reader.names
-        keys = _key_matrix({n: arrays[n] for n in names}, names)
-        batch_log_q = torch.from_numpy(log_q[self.catalog.index_of(keys)]) if log_q is not None else None
         return in_batch_softmax_loss(outputs["user_tower_emb"], outputs["item_tower_emb"],
-                                     float(self.config.get("temperature", 0.05)), _row_view(keys),
-                                     batch_log_q)
+                                     float(self.config.get("temperature", 0.05)), batch.items,
+                                     batch.log_q)
 
     def _checkpoint(self, model, step: int) -> None:
         save_state_dict(model.state_dict(), checkpoint_dir(self.out, step) / WEIGHTS_FILE)
@@ -593,24 +805,40 @@ class Trainer:
                               for chunk in _batched(catalog.inputs, s.eval_batch_size)])
         n_items = item_emb.shape[0]
         ks = sorted(set(s.k))
-        tops = []
+        # Exact search: each truth pair's place in torch.topk(scores, depth) of its query's row.
+        depth = min(ks[-1], n_items)
+        ranks = np.empty(len(eval_set.truth_query), dtype=np.int64)
+        start = 0
         for chunk in _batched(eval_set.user_inputs, s.eval_batch_size):
             user_emb = _tower_outputs(user_tower, _to_tensors(chunk), "user_tower_emb")
-            # exact search; torch.topk breaks score ties by lower index (catalog order)
-            tops.append(torch.topk(user_emb @ item_emb.T, min(ks[-1], n_items), dim=1).indices.numpy())
-        top = np.concatenate(tops)
-        metrics = {f"recall@{k}": recall_at_k(top[:, :k], eval_set.truth_query, eval_set.truth_item, n_items)
-                   for k in ks}
+            stop = start + len(user_emb)
+            lo, hi = np.searchsorted(eval_set.truth_query, [start, stop])
+            scores = self._scores(user_emb, item_emb)
+            ranks[lo:hi] = truth_ranks(scores, eval_set.truth_query[lo:hi] - start,
+                                       eval_set.truth_item[lo:hi], depth,
+                                       may_hold_nan=not products_are_finite(user_emb, item_emb))
+            start = stop
+        metrics = {f"recall@{k}": recall_from_ranks(ranks, k) for k in ks}
         if self.popularity is None:
             # The same K items for every query: the most clicked in training (ties: catalog order).
             ranked = np.argsort(-catalog.train_counts, kind="stable")
-            self.popularity = {
-                f"popularity_recall@{k}": recall_at_k(
-                    np.broadcast_to(ranked[:k], (len(top), min(k, n_items))),
-                    eval_set.truth_query, eval_set.truth_item, n_items)
-                for k in ks}
+            position = np.empty(n_items, dtype=np.int64)
+            position[ranked] = np.arange(n_items)
+            self.popularity = {f"popularity_recall@{k}": recall_from_ranks(position[eval_set.truth_item], k)
+                               for k in ks}
         metrics.update(self.popularity)
         return metrics
+
+    def _scores(self, user_emb, item_emb):
+        """user_emb @ item_emb.T into a buffer kept across evaluations: the same product, without
+        faulting in a fresh [eval_batch_size, items] matrix (hundreds of MB) every time."""
+        import torch
+
+        shape = (self.settings.eval_batch_size, item_emb.shape[0])
+        if self.score_buffer is None or tuple(self.score_buffer.shape) != shape:
+            self.score_buffer = torch.empty(shape, dtype=item_emb.dtype)
+        with torch.no_grad():
+            return torch.mm(user_emb, item_emb.T, out=self.score_buffer[:len(user_emb)])
 
     def _tdm_eval_samples(self, eval_files):
         """Layer-wise samples of the eval clicks, drawn once so every evaluation sees the same set."""
@@ -642,12 +870,17 @@ class Trainer:
     def _auc(self, model) -> float:
         import torch
 
+        if self.eval_batches is None:
+            s = self.settings
+            columns = sorted(set(self.reader.columns + [self.label]))
+            self.eval_batches = _ReplayableBatches(
+                lambda: iter_tables(self.eval_files, columns, s.eval_batch_size), self._convert,
+                s.batch_cache_bytes)
         scores, labels = [], []
-        columns = sorted(set(self.reader.columns + [self.label]))
-        for table in iter_tables(self.eval_files, columns, self.settings.eval_batch_size):
+        for batch in self.eval_batches:
             with torch.no_grad():
-                scores.append(model(_to_tensors(self.reader.numpy(table)))["logits"].numpy())
-            labels.append(table.column(self.label).to_numpy())
+                scores.append(model(batch.inputs)["logits"].numpy())
+            labels.append(batch.labels)
         return auc(np.concatenate(labels), np.concatenate(scores))
 
 
@@ -674,11 +907,81 @@ class _Optimizers:
 
     def zero_grad(self):
         for opt in self.optimizers:
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()
 
     def step(self):
         for opt in self.optimizers:
             opt.step()
+
+
+class _AdamState:
+    """The update of torch.optim.Adam / SparseAdam with their default settings, computed by torch's
+    own functional ``adam`` / ``sparse_adam``, with the moments and step counts kept here.
+
+    Why not torch.optim: constructing an Optimizer, and the first zero_grad() and step(), import
+    torch._dynamo (~1 s before the first step, the compiler stack training never uses); the
+    functional updates do not. Same arithmetic, same bytes: tests/test_training.py steps both side
+    by side and compares the weights bit for bit.
+    """
+
+    BETAS = (0.9, 0.999)
+    EPS = 1e-8
+
+    def __init__(self, params, lr: float):
+        self.params = list(params)
+        self.lr = lr
+        self.state: dict[int, dict] = {}
+
+    def zero_grad(self) -> None:
+        for param in self.params:
+            param.grad = None
+
+    def _with_grad(self) -> list:
+        return [p for p in self.params if p.grad is not None]
+
+    def _moments(self, param, first_step: Callable[[], Any]) -> dict:
+        import torch
+
+        if id(param) not in self.state:
+            self.state[id(param)] = {
+                "step": first_step(),
+                "exp_avg": torch.zeros_like(param, memory_format=torch.preserve_format),
+                "exp_avg_sq": torch.zeros_like(param, memory_format=torch.preserve_format)}
+        return self.state[id(param)]
+
+
+class _DenseAdam(_AdamState):
+    def step(self) -> None:
+        import torch
+        from torch.optim.adam import adam
+
+        # torch.optim.Adam keeps its step count in a 0-d CPU tensor of this dtype
+        step_dtype = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+        with torch.no_grad():
+            params = self._with_grad()
+            states = [self._moments(p, lambda: torch.tensor(0.0, dtype=step_dtype)) for p in params]
+            adam(params, [p.grad for p in params], [s["exp_avg"] for s in states],
+                 [s["exp_avg_sq"] for s in states], [], [s["step"] for s in states],
+                 amsgrad=False, has_complex=False, beta1=self.BETAS[0], beta2=self.BETAS[1],
+                 lr=self.lr, weight_decay=0, eps=self.EPS, maximize=False, foreach=None,
+                 capturable=False, differentiable=False, fused=None, grad_scale=None,
+                 found_inf=None, decoupled_weight_decay=False)
+
+
+class _SparseAdam(_AdamState):
+    def step(self) -> None:
+        import torch
+        from torch.optim._functional import sparse_adam
+
+        with torch.no_grad():
+            params = self._with_grad()
+            states = [self._moments(p, lambda: 0) for p in params]
+            for state in states:
+                state["step"] += 1
+            sparse_adam(params, [p.grad for p in params], [s["exp_avg"] for s in states],
+                        [s["exp_avg_sq"] for s in states], [s["step"] for s in states],
+                        eps=self.EPS, beta1=self.BETAS[0], beta2=self.BETAS[1], lr=self.lr,
+                        maximize=False)
 
 
 def _make_optimizer(model, lr: float) -> _Optimizers:
@@ -695,9 +998,9 @@ def _make_optimizer(model, lr: float) -> _Optimizers:
     dense_params = [p for p in model.parameters() if id(p) not in sparse_ids]
     optimizers = []
     if sparse_params:
-        optimizers.append(torch.optim.SparseAdam(sparse_params, lr=lr))
+        optimizers.append(_SparseAdam(sparse_params, lr))
     if dense_params:
-        optimizers.append(torch.optim.Adam(dense_params, lr=lr))
+        optimizers.append(_DenseAdam(dense_params, lr))
     return _Optimizers(optimizers)
 
 
@@ -713,9 +1016,20 @@ def in_batch_softmax_loss(user_emb, item_emb, temperature: float, item_keys=None
     if log_q is not None:
         logits = logits - log_q.unsqueeze(0)
     if item_keys is not None:
-        keys = torch.from_numpy(np.unique(item_keys, return_inverse=True)[1].ravel().astype(np.int64))
+        keys = _item_codes(item_keys)
         same = keys.unsqueeze(0) == keys.unsqueeze(1)
         same.fill_diagonal_(False)
         logits = logits.masked_fill(same, float("-inf"))
     targets = torch.arange(logits.shape[0])
     return torch.nn.functional.cross_entropy(logits, targets)
+
+
+def _item_codes(item_keys):
+    """int64 codes equal where the items are: integer keys (e.g. catalog indexes) as they are,
+    other keys (e.g. structured rows) through np.unique."""
+    import torch
+
+    keys = np.asarray(item_keys)
+    if keys.ndim != 1 or not np.issubdtype(keys.dtype, np.integer):
+        keys = np.unique(keys, return_inverse=True)[1].ravel()
+    return torch.from_numpy(keys.astype(np.int64, copy=False))

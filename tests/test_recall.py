@@ -234,3 +234,69 @@ def test_tdm_mode_with_an_exported_model(tmp_path):
     assert m["hitrate@3"] == 0.75 and m["requests"] == 4
     assert m["search"]["levels"] == 8 and m["search"]["scored_per_query"] <= 4 * 2 * 7
     assert RecallEvalBuilder().check({"tree": "t", "model": "m"}) == [("queries", "TDM mode (tree + model + queries) needs it")]
+
+
+# -- vectorised metrics (issue 17): the figures of the per-request set arithmetic they replace ----
+def _hit_metrics_by_sets(retrieved, gt, ks):
+    out = {}
+    total_gt = sum(len(g) for g in gt)
+    for k in ks:
+        hits = np.array([len(g.intersection(v for v in row[:k] if v is not None))
+                         for row, g in zip(retrieved, gt)], dtype=np.float64)
+        sizes = np.array([len(g) for g in gt], dtype=np.float64)
+        out[f"recall@{k}"] = round(float(np.mean(hits / sizes)), recall.ROUND)
+        out[f"hitrate@{k}"] = round(float(hits.sum() / total_gt), recall.ROUND)
+    return out
+
+
+def test_coded_hit_metrics_equal_set_intersections():
+    rng = np.random.default_rng(5)
+    retrieved = rng.integers(0, 60, (300, 30)).astype(str).astype(object)  # repeats within a row
+    retrieved[rng.random(retrieved.shape) < 0.1] = None
+    gt = [{str(v) for v in rng.integers(0, 80, rng.integers(1, 6))} for _ in range(300)]
+    ks = [1, 5, 30, 50]  # 50: wider than the lists
+    assert recall.hit_metrics(retrieved, gt, ks) == _hit_metrics_by_sets(retrieved, gt, ks)
+    truth = recall.GroundTruth(gt)
+    id_mapping = np.array([str(i) for i in range(60)], dtype=object)
+    faiss_ids = rng.integers(-1, 60, (300, 30))
+    codes = np.where(faiss_ids >= 0, truth.codes(id_mapping)[np.maximum(faiss_ids, 0)], -1)
+    assert truth.metrics(codes, ks) == _hit_metrics_by_sets(recall.map_ids(faiss_ids, id_mapping), gt, ks)
+
+
+def test_overlap_at_k_equals_set_overlap():
+    rng = np.random.default_rng(6)
+    exact = np.stack([rng.permutation(100)[:40] for _ in range(200)])
+    approx = np.where(rng.random(exact.shape) < 0.3, rng.integers(0, 100, exact.shape), exact)
+    exact[:5, 30:] = -1
+    exact[7] = -1  # a request with nothing exact
+    ks = [1, 10, 40]
+    expected = recall._overlap_at_k_by_sets(approx, exact, ks)
+    assert recall.overlap_at_k(approx, exact, ks) == expected
+    exact[9, 3] = exact[9, 4]  # a repeated id takes the set path
+    assert recall.overlap_at_k(approx, exact, ks) == recall._overlap_at_k_by_sets(approx, exact, ks)
+
+
+def test_leaf_codes_are_the_string_ids_beam_search_found():
+    gt = [{"3", "12"}, {"7"}, {"40"}]
+    truth = recall.GroundTruth(gt)
+    found = [np.array([12, 5, 3]), np.array([], dtype=np.int64), np.array([40, 7, 8, 9])]
+    codes = recall.leaf_codes(found, truth, 3)
+    strings = np.full((3, 3), None, dtype=object)
+    for row, ids in enumerate(found):
+        strings[row, :len(ids[:3])] = [str(v) for v in ids[:3].tolist()]
+    np.testing.assert_array_equal(codes, truth.codes_of_strings(strings))
+    assert truth.metrics(codes, [1, 3]) == _hit_metrics_by_sets(strings, gt, [1, 3])
+
+
+def test_best_per_query_is_the_two_key_sort_cut_per_query():
+    rng = np.random.default_rng(7)
+    counts = rng.integers(0, 12, 40)
+    queries = np.repeat(np.arange(40), counts)
+    scores = np.round(rng.random(len(queries)), 1)  # many ties
+    scores[::9] = np.nan
+    scores[::13] = -np.inf
+    for keep in (1, 3, 20):
+        order = np.lexsort((-scores, queries))
+        start = np.searchsorted(queries[order], np.arange(40))
+        rank = np.arange(len(order)) - start[queries[order]]
+        np.testing.assert_array_equal(recall.best_per_query(queries, scores, 40, keep), order[rank < keep])

@@ -64,7 +64,7 @@ def test_auc_matches_pairwise_definition():
 def test_recall_is_micro_averaged_over_unique_truth():
     top = np.array([[0, 1], [2, 3]])
     # query 0 truth {1, 4}: 1 hit; query 1 truth {3}: 1 hit -> 2 / 3
-    assert recall_at_k(top, np.array([0, 0, 1]), np.array([1, 4, 3]), n_items=5) == pytest.approx(2 / 3)
+    assert recall_at_k(top, np.array([0, 0, 1]), np.array([1, 4, 3])) == pytest.approx(2 / 3)
 
 
 def test_in_batch_loss_masks_same_item_rows():
@@ -266,3 +266,185 @@ def test_tdm_without_a_tree_is_a_clear_error(tmp_path):
                        workdir=tmp_path, inputs={"data": write_split(data / "train", "train", 300)}, model=TDM_MODEL)
     with pytest.raises(BuildError, match="set `tree:`"):
         TrainBuilder().build(ctx)
+
+
+# ---------------------------------------------------------------------------------------------
+# speed work (issue 17): every shortcut gives the bytes of the straightforward computation
+
+
+@pytest.mark.parametrize("block_rows", [7, 10_000])
+def test_truth_ranks_place_pairs_as_torch_topk_does_ties_and_nan_included(monkeypatch, block_rows):
+    from recbuild import training
+    from recbuild.training import truth_ranks
+
+    monkeypatch.setattr(training, "RANK_BLOCK_ELEMENTS", 300 * block_rows)
+    rng = np.random.default_rng(3)
+    scores = torch.from_numpy(np.round(rng.random((40, 300)), 2).astype(np.float32))  # many ties
+    scores[5, 7] = float("nan")
+    scores[6] = 0.5  # one row all equal
+    depth = 50
+    top = torch.topk(scores, depth, dim=1).indices.numpy()
+    rows = np.repeat(np.arange(40), 30)
+    items = np.concatenate([rng.choice(300, 30, replace=False) for _ in range(40)])
+    items[:depth] = top[0]  # row 0: every retrieved item, in order
+    expected = np.array([list(top[r]).index(i) if i in top[r] else depth for r, i in zip(rows, items)])
+    np.testing.assert_array_equal(truth_ranks(scores, rows, items, depth), expected)
+    distinct = torch.from_numpy(rng.permutation(40 * 300).reshape(40, 300).astype(np.float32))
+    top = torch.topk(distinct, depth, dim=1).indices.numpy()
+    expected = np.array([list(top[r]).index(i) if i in top[r] else depth for r, i in zip(rows, items)])
+    np.testing.assert_array_equal(truth_ranks(distinct, rows, items, depth, may_hold_nan=False), expected)
+
+
+def test_recall_from_ranks_equals_recall_of_the_top_k_matrix():
+    from recbuild.training import recall_from_ranks
+
+    rng = np.random.default_rng(1)
+    top = np.stack([rng.permutation(60)[:20] for _ in range(30)])
+    pairs = np.unique(np.stack([rng.integers(0, 30, 200), rng.integers(0, 60, 200)], axis=1), axis=0)
+    ranks = np.array([list(top[q]).index(i) if i in top[q] else 20 for q, i in pairs])
+    for k in (1, 5, 20):
+        assert recall_from_ranks(ranks, k) == recall_at_k(top[:, :k], pairs[:, 0], pairs[:, 1])
+
+
+def test_unique_rows_is_numpy_unique_over_rows():
+    from recbuild.training import _unique_rows
+
+    rng = np.random.default_rng(2)
+    for shape in ((0, 2), (1, 1), (500, 1), (800, 4)):
+        matrix = rng.integers(-3, 3, shape).astype(np.int64) << 61  # sign and high bits matter
+        expected = np.unique(matrix, axis=0, return_index=True, return_inverse=True)
+        for got, want in zip(_unique_rows(matrix), expected):
+            np.testing.assert_array_equal(got, want.reshape(got.shape))
+
+
+def test_catalog_lookup_falls_back_when_row_hashes_collide(monkeypatch):
+    from recbuild import training
+    from recbuild.training import ItemCatalog, _row_view
+
+    rng = np.random.default_rng(4)
+    keys = np.unique(rng.integers(0, 50, (300, 3)), axis=0)
+    queries = keys[rng.integers(0, len(keys), 1000)]
+    expected = np.searchsorted(_row_view(keys), _row_view(queries))
+    fresh = ItemCatalog(keys=keys, inputs={}, train_counts=np.zeros(len(keys), dtype=np.int64))
+    np.testing.assert_array_equal(fresh.index_of(queries), expected)
+    monkeypatch.setattr(training, "_row_hashes", lambda m: np.zeros(len(m), dtype=np.uint64))
+    colliding = ItemCatalog(keys=keys, inputs={}, train_counts=np.zeros(len(keys), dtype=np.int64))
+    np.testing.assert_array_equal(colliding.index_of(queries), expected)
+
+
+def test_own_optimizer_state_steps_exactly_like_torch_optim():
+    """_make_optimizer runs torch's functional Adam / SparseAdam without torch.optim.Optimizer."""
+    from recbuild.models import build_model
+    from recbuild.models.features import example_inputs, parse_features
+    from recbuild.training import _make_optimizer, _torch_settings
+
+    config = model_section()
+    config["features"][0]["buckets"] = 30000  # one table large enough for SparseAdam
+
+    class TorchOptim:
+        def __init__(self, model):
+            ours = _make_optimizer(model, 0.01).optimizers
+            assert [type(o).__name__ for o in ours] == ["_SparseAdam", "_DenseAdam"]
+            self.optimizers = [(torch.optim.SparseAdam if type(o).__name__ == "_SparseAdam"
+                                else torch.optim.Adam)(o.params, lr=0.01) for o in ours]
+
+        def zero_grad(self):
+            for opt in self.optimizers:
+                opt.zero_grad()
+
+        def step(self):
+            for opt in self.optimizers:
+                opt.step()
+
+    def weights_after_steps(make_optimizer):
+        with _torch_settings(1, 5):
+            model = build_model(config)
+            optimizer = make_optimizer(model)
+            for step in range(4):
+                out = model(example_inputs(parse_features(config), batch_size=32, seed=step))
+                loss = in_batch_softmax_loss(out["user_tower_emb"], out["item_tower_emb"], 0.05)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            return model.state_dict()
+
+    ours = weights_after_steps(lambda model: _make_optimizer(model, 0.01))
+    reference = weights_after_steps(TorchOptim)
+    assert all(torch.equal(ours[name], reference[name]) for name in reference)
+
+
+def test_training_imports_neither_the_compiler_stack_nor_pandas(tmp_path):
+    """The deterministic switch and the optimizers must not import torch._dynamo / inductor
+    (about 1 s each before the first step), nor the data path pandas (pyarrow's bridge, 0.2-0.3 s);
+    determinism stays on as error, not warning."""
+    import subprocess
+    import sys
+
+    train_art = write_split(tmp_path / "train", "train", 600)
+    eval_art = write_split(tmp_path / "eval", "eval", 300)
+    code = f"""
+import sys, torch
+from pathlib import Path
+from recbuild.training import Trainer, TrainSettings, _torch_settings
+with _torch_settings(1, 0):
+    assert torch.are_deterministic_algorithms_enabled()
+    assert not torch.is_deterministic_algorithms_warn_only_enabled()
+assert not torch.are_deterministic_algorithms_enabled()
+out = Path({str(tmp_path / "out")!r}); out.mkdir()
+Trainer({model_section()!r}, TrainSettings(batch_size=128, threads=1), out).run(
+    [Path({str(train_art.files[0])!r})], [Path({str(eval_art.files[0])!r})])
+loaded = [m for m in ("torch._dynamo", "torch._inductor", "pandas") if m in sys.modules]
+assert not loaded, loaded
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def _train_directly(tmp_path: Path, name: str, config: dict, cache_bytes: int, eval_data=True,
+                    tree=None, **settings) -> dict[str, bytes]:
+    from recbuild.training import Trainer, TrainSettings
+
+    data = tmp_path / "data"
+    if not data.exists():
+        write_split(data / "train", "train", 3000)
+        write_split(data / "eval", "eval", 1200)
+    out = tmp_path / name
+    out.mkdir()
+    trainer = Trainer(config, TrainSettings(batch_cache_bytes=cache_bytes, threads=1, **settings), out,
+                      tree_dir=tree)
+    trainer.run([data / "train" / "part-0.parquet"], [data / "eval" / "part-0.parquet"] if eval_data else [])
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("family", ["dssm", "deepfm", "tdm"])
+def test_cached_batches_train_to_the_bytes_of_streamed_ones(tmp_path, family):
+    """Converted batches kept across epochs (and evaluations) give the files of re-reading the
+    data every time: budget 0 streams, a budget of about two batches gives up half-way."""
+    tree = tdm_tree(tmp_path).path if family == "tdm" else None
+    config = TDM_MODEL if family == "tdm" else model_section(family)
+    settings = {"epochs": 2, "batch_size": 256, "eval_every": 3, "k": [10, 50], "eval_batch_size": 500}
+    runs = {budget: _train_directly(tmp_path, f"run-{budget}", config, budget, tree=tree, **settings)
+            for budget in (0, 40_000, 256 << 20)}
+    assert len(runs[0]) > 4 and any(name.endswith("train_eval_result_v2.txt") for name in runs[0])
+    assert runs[0] == runs[40_000] == runs[256 << 20]
+
+
+def test_replayable_batches_keep_what_fits_and_stream_the_rest():
+    from recbuild.training import _Batch, _ReplayableBatches
+
+    reads = []
+
+    def read():
+        reads.append(1)
+        return iter(range(4))
+
+    def convert(i):
+        return _Batch(inputs={"x": torch.full((10,), i, dtype=torch.int64)})  # 80 bytes each
+
+    fits = _ReplayableBatches(read, convert, budget=320)
+    assert [int(b.inputs["x"][0]) for b in fits] == [0, 1, 2, 3] and fits.kept is not None
+    assert [int(b.inputs["x"][0]) for b in fits] == [0, 1, 2, 3] and len(reads) == 1
+    too_big = _ReplayableBatches(read, convert, budget=200)
+    for _ in range(2):
+        assert [int(b.inputs["x"][0]) for b in too_big] == [0, 1, 2, 3]
+    assert too_big.kept is None and len(reads) == 3

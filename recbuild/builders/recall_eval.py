@@ -97,9 +97,6 @@ class RecallEvalBuilder(Builder):
 
     def build(self, ctx: BuildContext) -> None:
         import json
-        import time
-
-        import numpy as np
 
         from recbuild.retrieval import faiss_index as fi
         from recbuild.retrieval import recall
@@ -126,10 +123,11 @@ class RecallEvalBuilder(Builder):
         fi.set_search_params(index, p.get("nprobe"), p.get("ef_search"))
         fi.tune_blas_threshold(index.d)
         progress.phase(f"index search, {len(queries):,} queries")
-        started = time.perf_counter()
-        _, approx = index.search(queries, top)
-        elapsed = time.perf_counter() - started
-        metrics = recall.hit_metrics(recall.map_ids(approx, id_mapping), gt, ks)
+        approx, elapsed, cost = recall.counted_search(index, queries, top)
+        truth = recall.GroundTruth(gt)
+        # Every faiss id's string is looked up once; the lists then compare as integer codes.
+        id_codes = truth.codes(id_mapping)
+        metrics = truth.metrics(_faiss_codes(approx, id_codes), ks)
 
         exact_vectors, baseline = _exact_vectors(ctx, p, index, id_mapping)
         exact_metrics = None
@@ -138,10 +136,10 @@ class RecallEvalBuilder(Builder):
             flat = fi.new_index(fi.IndexSpec(index_type="Flat", metric=meta["metric"]), index.d)
             flat.add(exact_vectors)
             _, exact = flat.search(queries, top)
-            exact_metrics = recall.hit_metrics(recall.map_ids(exact, id_mapping), gt, ks)
+            exact_metrics = truth.metrics(_faiss_codes(exact, id_codes), ks)
             metrics.update(recall.overlap_at_k(approx, exact, ks))
         search = {"index_type": meta["type"], "metric": meta["metric"], "top_k": int(top),
-                  "distances_per_query": recall.search_cost(index, queries, top)}
+                  "distances_per_query": cost}
         if hasattr(index, "nprobe"):
             search["nprobe"] = int(index.nprobe)
         if fi.index_kind(index) == "HNSWFlat":
@@ -157,6 +155,13 @@ class RecallEvalBuilder(Builder):
                      "single query p50 %.2f ms; %s", ctx.name, len(gt), top,
                      1e3 * elapsed / len(gt), len(gt) / max(elapsed, 1e-9), single,
                      ", ".join(f"{k}={v}" for k, v in metrics.items()))
+
+
+def _faiss_codes(faiss_ids, id_codes):
+    """Ground-truth codes of faiss search results (-1 where faiss returned no id)."""
+    import numpy as np
+
+    return np.where(faiss_ids >= 0, id_codes[np.maximum(faiss_ids, 0)], -1)
 
 
 def _collect_requests(ctx: BuildContext, p):
@@ -318,6 +323,10 @@ def _tdm_recall(ctx: BuildContext, p) -> None:
         user_batches.append(batch.select(user_columns))
     _, gt, skipped, first_rows = requests.finished()
     users = pa.Table.from_batches(user_batches).take(pa.array(first_rows))
+    # Users and nodes converted once; each scoring chunk gathers rows of them (conversion is
+    # row by row, so this is what converting the gathered rows would give).
+    user_arrays = feature_io.batch_to_numpy(users, user_specs)
+    node_arrays = feature_io.batch_to_numpy(node_table, item_specs)
     scored = [0]
 
     def score(query_index, node_index):
@@ -325,11 +334,10 @@ def _tdm_recall(ctx: BuildContext, p) -> None:
         chunk = 65536
         for lo in range(0, len(query_index), chunk):
             q, n = query_index[lo:lo + chunk], node_index[lo:lo + chunk]
-            batch = users.take(pa.array(q))
-            for name, column in zip(node_table.column_names, node_table.columns):
-                batch = batch.append_column(name, column.take(pa.array(n)))
+            inputs = {name: values[q] for name, values in user_arrays.items()}
+            inputs.update({name: values[n] for name, values in node_arrays.items()})
             with torch.inference_mode():
-                result = model.module(feature_io.batch_to_inputs(batch, model.specs))
+                result = model.module(feature_io.numpy_to_tensors(inputs))
             if "probs" not in result:
                 raise InputError(f"the TDM model returned {sorted(result)}, not probs")
             out[lo:lo + len(q)] = result["probs"].detach().cpu().numpy().reshape(-1)
@@ -339,12 +347,10 @@ def _tdm_recall(ctx: BuildContext, p) -> None:
     n_ret = p.get("tdm_retrieval_num", 200)
     beam = p.get("beam_width") or 2 * n_ret
     found = recall.tdm_beam_search(tree, score, len(gt), n_ret, beam)
-    retrieved = np.full((len(gt), n_ret), None, dtype=object)
-    for row, ids in enumerate(found):
-        retrieved[row, :len(ids)] = [str(v) for v in ids.tolist()]
     # leaves come best first, so recall@k for k <= retrieval_num is a prefix of the same search
     ks = sorted({min(int(k), n_ret) for k in p.get("k", [10, 50, 200])})
-    metrics = recall.hit_metrics(retrieved, gt, ks)
+    truth = recall.GroundTruth(gt)
+    metrics = truth.metrics(recall.leaf_codes(found, truth, n_ret), ks)
     doc = {**metrics, "k": ks, "requests": len(gt), "requests_without_gt": skipped,
            "gt_items": int(sum(len(g) for g in gt)),
            "search": {"type": "tdm_beam_search", "retrieval_num": n_ret, "beam_width": beam,

@@ -89,22 +89,86 @@ class Requests:
 
 
 # -- metrics -----------------------------------------------------------------------------------
+ABSENT = np.iinfo(np.int64).max  # the place of an id a list does not hold
+PLACE_BLOCK_ELEMENTS = 1 << 23  # comparisons at once when placing ids in lists
+
+
+class GroundTruth:
+    """The requests' ground-truth id sets, dictionary-encoded (id string -> code) so hits are
+    counted with array operations, not per-request set intersections."""
+
+    def __init__(self, gt: Sequence[set[str]]):
+        self.vocabulary: dict[str, int] = {}
+        requests, codes = [], []
+        for request, ids in enumerate(gt):
+            for item in ids:
+                requests.append(request)
+                codes.append(self.vocabulary.setdefault(item, len(self.vocabulary)))
+        self.request = np.array(requests, dtype=np.int64)  # one entry per (request, gt id) pair
+        self.code = np.array(codes, dtype=np.int64)
+        self.sizes = np.array([len(g) for g in gt], dtype=np.float64)
+        self.total = int(sum(len(g) for g in gt))
+
+    def codes(self, ids) -> np.ndarray:
+        """The code of each id string; -1 for None and for ids in no request's ground truth."""
+        return np.fromiter((self.vocabulary.get(v, -1) for v in ids), dtype=np.int64, count=len(ids))
+
+    def codes_of_strings(self, retrieved: np.ndarray) -> np.ndarray:
+        return self.codes(retrieved.ravel().tolist()).reshape(retrieved.shape)
+
+    def metrics(self, retrieved_codes: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
+        """hit_metrics over retrieved lists given as codes ([requests, width], -1 = nothing)."""
+        place = first_places(retrieved_codes[self.request], self.code)
+        out: dict[str, float] = {}
+        for k in ks:
+            hits = np.bincount(self.request[place < k], minlength=len(self.sizes)).astype(np.float64)
+            out[f"recall@{k}"] = round(float(np.mean(hits / self.sizes)), ROUND)
+            out[f"hitrate@{k}"] = round(float(hits.sum() / self.total), ROUND)
+        return out
+
+
+def first_places(lists: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """For each row i: the first position of ``values[i]`` in ``lists[i]`` (ABSENT if none).
+    ``values`` may be [rows] or [rows, m] (then one place per value)."""
+    values = values.reshape(len(values), -1)
+    place = np.full(values.shape, ABSENT, dtype=np.int64)
+    block = max(1, PLACE_BLOCK_ELEMENTS // max(lists.shape[1] * values.shape[1], 1))
+    for lo in range(0, len(values), block):
+        match = lists[lo:lo + block, None, :] == values[lo:lo + block, :, None]
+        found = match.any(axis=2)
+        place[lo:lo + block][found] = match.argmax(axis=2)[found]
+    return place.reshape(-1) if values.shape[1] == 1 else place
+
+
 def hit_metrics(retrieved: np.ndarray, gt: Sequence[set[str]], ks: Sequence[int]) -> dict[str, float]:
     """recall@k (macro) and hitrate@k (micro) for each k. ``retrieved``: [requests, >=max k] of id
     strings (None where the index returned fewer)."""
-    out: dict[str, float] = {}
-    total_gt = sum(len(g) for g in gt)
-    for k in ks:
-        hits = np.array([len(g.intersection(v for v in row[:k] if v is not None))
-                         for row, g in zip(retrieved, gt)], dtype=np.float64)
-        sizes = np.array([len(g) for g in gt], dtype=np.float64)
-        out[f"recall@{k}"] = round(float(np.mean(hits / sizes)), ROUND)
-        out[f"hitrate@{k}"] = round(float(hits.sum() / total_gt), ROUND)
-    return out
+    truth = GroundTruth(gt)
+    return truth.metrics(truth.codes_of_strings(retrieved), ks)
 
 
 def overlap_at_k(approx: np.ndarray, exact: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
     """index_recall@k: share of the exact top-k (faiss ids, -1 = none) the index also returned."""
+    if _repeats_an_id(exact):  # faiss lists hold an id once; sets decide otherwise
+        return _overlap_at_k_by_sets(approx, exact, ks)
+    place = first_places(approx, exact)
+    out = {}
+    for k in ks:
+        truth = exact[:, :k] >= 0
+        sizes = truth.sum(axis=1)
+        hits = (truth & (place[:, :k] < k)).sum(axis=1)
+        kept = sizes > 0
+        out[f"index_recall@{k}"] = round(float(np.mean(hits[kept] / sizes[kept])), ROUND) \
+            if kept.any() else 0.0
+    return out
+
+
+def _repeats_an_id(ids: np.ndarray) -> bool:
+    ordered = np.sort(ids, axis=1)
+    return bool(((ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)).any())
+
+
+def _overlap_at_k_by_sets(approx: np.ndarray, exact: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
     out = {}
     for k in ks:
         scores = []
@@ -124,19 +188,30 @@ def map_ids(faiss_ids: np.ndarray, id_mapping: np.ndarray) -> np.ndarray:
     return out
 
 
-def search_cost(index, queries: np.ndarray, k: int) -> float:
-    """Mean distance computations per query: a deterministic stand-in for latency in metrics.json."""
+def counted_search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, float, float]:
+    """index.search(queries, k) -> (faiss ids, wall seconds, mean distance computations per query:
+    a deterministic stand-in for latency in metrics.json), from one search."""
+    import time
+
     import faiss
 
     from recbuild.retrieval.faiss_index import index_kind
 
     kind = index_kind(index)
-    if kind == "Flat":
-        return float(index.ntotal)
-    stats = faiss.cvar.hnsw_stats if kind == "HNSWFlat" else faiss.cvar.indexIVF_stats
-    stats.reset()
-    index.search(queries, k)
-    return round(float(stats.ndis) / max(len(queries), 1), 2)
+    stats = None if kind == "Flat" else \
+        faiss.cvar.hnsw_stats if kind == "HNSWFlat" else faiss.cvar.indexIVF_stats
+    if stats is not None:
+        stats.reset()
+    started = time.perf_counter()
+    _, ids = index.search(queries, k)
+    elapsed = time.perf_counter() - started
+    cost = float(index.ntotal) if stats is None else round(float(stats.ndis) / max(len(queries), 1), 2)
+    return ids, elapsed, cost
+
+
+def search_cost(index, queries: np.ndarray, k: int) -> float:
+    """Mean distance computations per query: a deterministic stand-in for latency in metrics.json."""
+    return counted_search(index, queries, k)[2]
 
 
 # -- TDM beam search ---------------------------------------------------------------------------
@@ -167,15 +242,38 @@ def tdm_beam_search(tree, score: Callable[[np.ndarray, np.ndarray], np.ndarray],
         scores = np.asarray(score(queries, nodes), dtype=np.float64)
         if scores.shape != queries.shape:
             raise ValueError(f"score() returned shape {scores.shape}, expected {queries.shape}")
-        # best first within each query; ties keep code order (stable)
-        order = np.lexsort((-scores, queries))
-        queries, nodes = queries[order], nodes[order]
-        start = np.searchsorted(queries, np.arange(n_queries))
-        rank = np.arange(len(queries)) - start[queries]
-        selected = rank < keep
-        queries, nodes = queries[selected], nodes[selected]
+        chosen = best_per_query(queries, scores, n_queries, keep)
+        queries, nodes = queries[chosen], nodes[chosen]
     bounds = np.searchsorted(queries, np.arange(n_queries + 1))
     return [tree.ids[nodes[bounds[q]:bounds[q + 1]]] for q in range(n_queries)]
+
+
+def best_per_query(queries: np.ndarray, scores: np.ndarray, n_queries: int, keep: int) -> np.ndarray:
+    """Positions of each query's ``keep`` best candidates, best first, ties in candidate order
+    (NaN last): what a stable ``np.lexsort((-scores, queries))`` cut at ``keep`` per query gives,
+    for ``queries`` sorted, as the beam keeps them. Each query's candidates are sorted in their own
+    row of a padded matrix: several times faster than sorting all candidates by two keys."""
+    counts = np.bincount(queries, minlength=n_queries)
+    starts = np.cumsum(counts) - counts
+    padded = np.full((n_queries, counts.max(initial=0)), np.nan)  # padding sorts after all, NaN too
+    padded[queries, np.arange(len(queries)) - starts[queries]] = -scores
+    within = np.argsort(padded, axis=1, kind="stable")[:, :keep]
+    return (starts[:, None] + within)[within < counts[:, None]]
+
+
+def leaf_codes(found: Sequence[np.ndarray], truth: GroundTruth, width: int) -> np.ndarray:
+    """tdm_beam_search's leaf ids per request as ground-truth codes, [requests, width] (-1 = none):
+    each distinct id is turned into a string once (ids are compared as strings)."""
+    codes = np.full((len(found), width), -1, dtype=np.int64)
+    lengths = np.array([min(len(ids), width) for ids in found], dtype=np.int64)
+    if not lengths.sum():
+        return codes
+    flat = np.concatenate([ids[:width] for ids in found])
+    distinct, inverse = np.unique(flat, return_inverse=True)
+    rows = np.repeat(np.arange(len(found)), lengths)
+    columns = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    codes[rows, columns] = truth.codes([str(v) for v in distinct.tolist()])[inverse.ravel()]
+    return codes
 
 
 def tdm_recall(retrieved: Sequence[np.ndarray], gt: Sequence[set[str]]) -> float:
