@@ -7,7 +7,6 @@ run with `-m slow` (or RECBUILD_FAULT_TRIALS=20).
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil

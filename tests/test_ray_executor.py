@@ -12,10 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
-from recbuild import predictor
 from recbuild.builders.embeddings import RAY_MISSING, ItemEmbeddingsBuilder, UserEmbeddingsBuilder
 from recbuild.errors import BuildError, InputError
 
