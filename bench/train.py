@@ -1,4 +1,4 @@
-"""The trainer against a bare training loop on the same model, data and optimizers (issue 17).
+"""The trainer against a bare training loop on the same model, data and optimizers.
 
 Usage: python bench/train.py [--template dssm|deepfm] [--reps 5] [--threads 2] [--dir DIR] [--keep]
                              [--train-rows N] [--quiet 0.3] [--max-rounds N] [--max-wait S]
@@ -12,7 +12,7 @@ What it does (fixed seeds, the template's own model, data sizes and train params
 3. the trainer (``recbuild.training.Trainer``, as `kind: train` runs it) without eval data, and with
    the template's periodic evaluation; the three runs alternate, medians reported;
 4. start-up in a fresh process: interpreter + imports, the trainer's own set-up up to its first
-   step (the figure issue 17 bounds by 1.5 s), the torch settings switch alone, and spawn -> first
+   step (bounded by 1.5 s), the torch settings switch alone, and spawn -> first
    training step.
 
 steps/s counts every step over the loop (from the first epoch's start to the end of the run,

@@ -5,6 +5,8 @@ Layout written into the output folder (TorchEasyRec's model_dir shape):
   train_eval_result_v2.txt        one JSON object per evaluation: global_step first, then metrics
                                   sorted by name
   train_meta.json                 task, final_step, steps per epoch, row counts (no times)
+  metrics.json                    the last evaluation's figures, train_loss (mean over the last
+                                  epoch) and steps: what `recbuild metrics` shows
 
 Tasks (from the model, see ``recbuild.models.task_of``):
   retrieval  trained on label-1 rows (all rows without a label column) with an in-batch sampled
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,6 +37,7 @@ from recbuild.errors import BuildError, InputError
 
 EVAL_FILE = "train_eval_result_v2.txt"
 META_FILE = "train_meta.json"
+METRICS_FILE = "metrics.json"  # the last evaluation, the last epoch's mean loss, steps
 CHECKPOINT_PREFIX = "model.ckpt-"
 WEIGHTS_FILE = "model.pt"
 # Fixed so checkpoint bytes do not depend on torch's default; 2 is what the weights_only
@@ -606,6 +610,27 @@ def _tower_outputs(model, inputs, output_name: str):
         return model(inputs)[output_name]
 
 
+class _SilentProgress:
+    """The progress interface when nobody watches (the bench, library use)."""
+
+    total = None
+
+    def phase(self, *args, **kwargs) -> "_SilentProgress":
+        return self
+
+    def label(self, name: str) -> None:
+        pass
+
+    def advance(self, amount: float = 1) -> None:
+        pass
+
+    def note(self, **facts) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class Trainer:
     """One training run: build the model, stream batches, checkpoint and evaluate on schedule."""
 
@@ -631,6 +656,9 @@ class Trainer:
         self.log_q: np.ndarray | None = None  # retrieval: log sampling probability per catalog item
         self.eval_batches: _ReplayableBatches | None = None  # ranking: converted eval data
         self.score_buffer = None  # retrieval eval: [eval_batch_size, items] scores, reused
+        self.progress: Any = _SilentProgress()
+        self.epoch_label = ""
+        self.last_epoch_loss = float("nan")
 
     # -- public ----------------------------------------------------------------------------------
     def run(self, train_files: list[Path], eval_files: list[Path] | None) -> dict[str, Any]:
@@ -683,43 +711,54 @@ class Trainer:
         columns = sorted(set(self.reader.columns + ([self.label] if self.label else [])))
         batches = _ReplayableBatches(lambda: iter_tables(train_files, columns, s.batch_size, row_filter),
                                      self._convert, s.batch_cache_bytes)
+        rows = self._rows_per_epoch(train_files, row_filter)
+        total = -(-rows // s.batch_size) * s.epochs
+        progress = self.progress = (self.progress_factory(None, "batches") if self.progress_factory
+                                    else _SilentProgress())
+        progress.phase("", total, "batches")
         step, steps_per_epoch, saved = 0, 0, []
-        for _ in range(s.epochs):
+        for epoch in range(s.epochs):
             model.train()
-            epoch_steps = 0
-            progress = self.progress_factory(None, "batches") if self.progress_factory else None
+            self.epoch_label = f"epoch {epoch + 1}/{s.epochs}"
+            progress.label(self.epoch_label)
+            epoch_steps, epoch_batches, epoch_loss = 0, 0, 0.0
             for batch in batches:
+                epoch_batches += 1
+                progress.advance(1)
                 loss = self._loss(model, batch)
                 if loss is None:
                     continue
-                if not bool(loss.isfinite()):
-                    raise BuildError(f"training diverged at step {step + 1} (loss {loss.item()}); "
+                loss_value = float(loss.detach())
+                if not math.isfinite(loss_value):
+                    raise BuildError(f"training diverged at step {step + 1} (loss {loss_value}); "
                                      "lower lr")
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
                 step += 1
                 epoch_steps += 1
-                if progress is not None:
-                    progress.advance(1)
+                epoch_loss += loss_value
+                progress.note(loss=epoch_loss / epoch_steps)
                 if s.eval_every and step % s.eval_every == 0:
                     self._checkpoint(model, step)
                     saved.append(step)
-            if progress is not None:
-                progress.close()
             if epoch_steps == 0:
                 if task == "tdm":
                     raise InputError("no clicked item of the training data is a leaf of the tree; "
                                      "build the tree from the same item universe")
                 raise InputError("the training data yielded no rows"
                                  + (" with label == 1" if row_filter else ""))
+            if progress.total != epoch_batches * s.epochs:  # a tdm batch may hold no tree item
+                progress.total = epoch_batches * s.epochs
             steps_per_epoch = steps_per_epoch or epoch_steps
+            self.last_epoch_loss = epoch_loss / epoch_steps
             if not s.eval_every and step not in saved:
                 self._checkpoint(model, step)
                 saved.append(step)
         if step not in saved:  # the final state is always a checkpoint
             self._checkpoint(model, step)
             saved.append(step)
+        progress.close()
 
         meta: dict[str, Any] = {"task": task, "final_step": step, "steps_per_epoch": steps_per_epoch,
                                 "epochs": s.epochs, "checkpoints": saved}
@@ -729,9 +768,26 @@ class Trainer:
             meta["eval_queries"] = int(len(next(iter(self.eval_set.user_inputs.values()))))
             meta["eval_truth_pairs"] = int(len(self.eval_set.truth_query))
         (self.out / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        figures: dict[str, Any] = {"train_loss": self.last_epoch_loss, "steps": step}
         if self.eval_lines:
             meta["last_eval"] = json.loads(self.eval_lines[-1])
+            figures.update({k: v for k, v in meta["last_eval"].items() if k != "global_step"})
+        (self.out / METRICS_FILE).write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
         return meta
+
+    def _rows_per_epoch(self, train_files, row_filter) -> int:
+        """Rows one epoch trains on, known before the first batch: parquet metadata, the catalog's
+        click counts (the positives filter keeps exactly those rows), or the label column."""
+        import pyarrow.parquet as pq
+
+        if row_filter is None:
+            return sum(pq.ParquetFile(str(path)).metadata.num_rows for path in train_files)
+        if self.catalog is not None:
+            return int(self.catalog.train_counts.sum())
+        # tdm with labels: one column read (a small share of the epoch's reads)
+        return sum(int(np.count_nonzero(_column_values(pq.read_table(str(path), columns=[self.label]),
+                                                       self.label) == 1))
+                   for path in train_files)
 
     def _convert(self, table) -> _Batch:
         """A parquet batch as model inputs, labels and (retrieval) catalog indexes: the work done
@@ -779,12 +835,16 @@ class Trainer:
         if not self.eval_files:
             return
         model.eval()
+        self.progress.label(f"{self.epoch_label}: eval")
         if self.task == "retrieval":
             metrics = self._retrieval_metrics(model)
+            shown = f"recall@{sorted(set(self.settings.k))[len(set(self.settings.k)) // 2]}"
         elif self.task == "tdm":
-            metrics = {"auc": self._tdm_auc(model)}
+            metrics, shown = {"auc": self._tdm_auc(model)}, "auc"
         else:
-            metrics = {"auc": self._auc(model)}
+            metrics, shown = {"auc": self._auc(model)}, "auc"
+        self.progress.label(self.epoch_label)
+        self.progress.note(**{f"eval {shown}": metrics[shown]})
         model.train()
         line = format_eval_line(step, metrics)
         self.eval_lines.append(line)

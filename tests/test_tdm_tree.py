@@ -230,3 +230,29 @@ def test_edge_table_chunks_write_the_same_bytes(tmp_path):
     tree_io.write_edge_table(tree, tmp_path / "b.txt", leaves_per_chunk=4)
     assert (tmp_path / "a.txt").read_bytes() == (tmp_path / "b.txt").read_bytes()
     assert len(lines(tmp_path / "a.txt")) == 1 + 37 * (tree.depth - 1) + 1
+
+
+def test_balance_metrics_written_with_the_tree(tmp_path):
+    """metrics.json: how evenly the items spread (the figures `recbuild metrics` shows for a tree)."""
+    import json
+
+    full = run(tmp_path, {"n_cluster": 2}, "items",
+               write_table(tmp_path / "four", {"item_id": [0, 1, 2, 3], "cate_id": [7, 7, 7, 7]}))
+    assert json.loads((full / "metrics.json").read_text()) == {
+        "items": 4, "levels": 3, "nodes": 7, "n_cluster": 2, "branch_leaves_min": 2,
+        "branch_leaves_max": 2, "branch_balance": 1.0, "leaf_slot_fill": 1.0, "parent_children_mean": 2.0}
+    ten = json.loads((run(tmp_path, {}, "items", tzrec_items(tmp_path / "ten")) / "metrics.json").read_text())
+    assert ten["items"] == 10 and ten["levels"] == 5 and ten["leaf_slot_fill"] == 10 / 16
+    assert ten["branch_leaves_min"] + ten["branch_leaves_max"] == 10
+    assert ten["branch_balance"] == round(ten["branch_leaves_min"] / ten["branch_leaves_max"], 6)
+    assert 1.0 <= ten["parent_children_mean"] <= 2.0
+
+
+def test_balance_of_a_lopsided_tree():
+    # k=3, depth 2: the root's first child holds 3 leaves, the second 1, the third none
+    tree = tt.assemble_tree(np.array([4, 5, 6, 7]), np.arange(4), 3, 2, False)
+    figures = tt.balance(tree)
+    assert (figures["branch_leaves_min"], figures["branch_leaves_max"]) == (1, 3)
+    assert figures["branch_balance"] == round(1 / 3, 6)
+    assert figures["leaf_slot_fill"] == round(4 / 9, 6)
+    assert figures["parent_children_mean"] == 2.0

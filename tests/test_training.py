@@ -448,3 +448,72 @@ def test_replayable_batches_keep_what_fits_and_stream_the_rest():
     for _ in range(2):
         assert [int(b.inputs["x"][0]) for b in too_big] == [0, 1, 2, 3]
     assert too_big.kept is None and len(reads) == 3
+
+
+class _RecordedProgress:
+    """Progress as the UI sees it: each label, the total when each epoch starts, notes, the count."""
+
+    def __init__(self):
+        self.labels, self.totals, self.facts, self.done, self.total = [], [], {}, 0, None
+
+    def phase(self, name, total=None, unit=None):
+        self.total, self.unit = total, unit
+        return self
+
+    def label(self, name):
+        if name.startswith("epoch") and not name.endswith("eval") and name not in self.labels:
+            self.totals.append(self.total)  # as each epoch starts
+        self.labels.append(name)
+
+    def advance(self, amount=1):
+        self.done += amount
+
+    def note(self, **facts):
+        self.facts.update(facts)
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("family, eval_every", [("deepfm", 0), ("dssm", 7)])
+def test_training_reports_epochs_totals_loss_and_eval(tmp_path, family, eval_every):
+    from recbuild.training import Trainer, TrainSettings
+
+    data = tmp_path / "data"
+    write_split(data / "train", "train", 3000)
+    write_split(data / "eval", "eval", 1200)
+    recorded = _RecordedProgress()
+    out = tmp_path / "out"
+    out.mkdir()
+    settings = TrainSettings(epochs=2, batch_size=256, eval_every=eval_every, k=[10, 50, 200], threads=1)
+    meta = Trainer(model_section(family), settings, out, progress_factory=lambda total, unit: recorded).run(
+        [data / "train" / "part-0.parquet"], [data / "eval" / "part-0.parquet"])
+    batches = meta["final_step"]  # every batch is a step for these families
+    assert recorded.unit == "batches"
+    assert recorded.totals == [batches, batches], "the total is known before the first batch"
+    assert recorded.done == batches
+    assert recorded.labels[0] == "epoch 1/2" and any(n.endswith(": eval") for n in recorded.labels)
+    assert recorded.labels[-1] == "epoch 2/2"
+    shown = "eval auc" if family == "deepfm" else "eval recall@50"
+    assert set(recorded.facts) == {"loss", shown}
+    figures = json.loads((out / "metrics.json").read_text())
+    last = eval_lines(out)[-1]
+    assert figures == {"train_loss": recorded.facts["loss"], "steps": batches,
+                       **{k: v for k, v in last.items() if k != "global_step"}}
+    assert recorded.facts[shown] == pytest.approx(last[shown.split()[1]], abs=1e-6)  # the file rounds
+
+
+def test_tdm_total_is_known_before_the_first_batch(tmp_path):
+    from recbuild.training import Trainer, TrainSettings
+
+    tree = tdm_tree(tmp_path)
+    recorded = _RecordedProgress()
+    data = tmp_path / "data"
+    write_split(data / "train", "train", 3000)
+    out = tmp_path / "out"
+    out.mkdir()
+    Trainer(TDM_MODEL, TrainSettings(epochs=2, batch_size=256, threads=1), out,
+            progress_factory=lambda total, unit: recorded, tree_dir=tree.path).run(
+        [data / "train" / "part-0.parquet"], [])
+    assert recorded.totals == [recorded.done, recorded.done]  # clicked rows counted from the label column
+    assert set(json.loads((out / "metrics.json").read_text())) == {"train_loss", "steps"}

@@ -64,6 +64,10 @@ class Progress:
         self.phase_started = time.monotonic()
         return self
 
+    def label(self, name: str) -> None:
+        """Rename the phase and keep its count (one count across the epochs of a training run)."""
+        self.phase_name = name
+
     def advance(self, amount: float = 1) -> None:
         self.done += amount
 

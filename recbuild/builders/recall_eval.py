@@ -300,6 +300,7 @@ def _tdm_recall(ctx: BuildContext, p) -> None:
             node_columns[spec.column] = nodes.column(spec.column)
     node_table = pa.table(node_columns)
 
+    progress = ctx.progress(None, "", "reading queries")
     source = ctx.input("queries")
     where = f"queries {source.name!r}"
     info = table_info(parquet_files(source), where)
@@ -342,10 +343,12 @@ def _tdm_recall(ctx: BuildContext, p) -> None:
                 raise InputError(f"the TDM model returned {sorted(result)}, not probs")
             out[lo:lo + len(q)] = result["probs"].detach().cpu().numpy().reshape(-1)
         scored[0] += len(query_index)
+        progress.advance(len(query_index))
         return out
 
     n_ret = p.get("tdm_retrieval_num", 200)
     beam = p.get("beam_width") or 2 * n_ret
+    progress.phase(f"beam search, {len(gt):,} queries, {tree.num_levels} levels", None, "scores")
     found = recall.tdm_beam_search(tree, score, len(gt), n_ret, beam)
     # leaves come best first, so recall@k for k <= retrieval_num is a prefix of the same search
     ks = sorted({min(int(k), n_ret) for k in p.get("k", [10, 50, 200])})

@@ -4,13 +4,17 @@ mode init:    items ordered by (category, id), cut into contiguous slices (refer
 mode learnt:  balanced k-means over item embeddings, level by level (reference field `embeddings`)
 
 Output: serving_tree, node_table.txt, edge_table.txt, predict_edge_table.txt,
-node_feature/part-0.parquet (formats: recbuild/retrieval/tree_io.py).
+node_feature/part-0.parquet (formats: recbuild/retrieval/tree_io.py), and metrics.json (how evenly
+the items spread: ``recbuild.retrieval.tdm_tree.balance``).
 """
 
 from __future__ import annotations
 
+import json
+
 from recbuild.builders.base import BuildContext, Builder
 from recbuild.errors import BuildError
+from recbuild.metrics import METRICS_FILE
 
 _NAMES = {"type": "array", "items": {"type": "string"}, "default": []}
 
@@ -18,9 +22,21 @@ _NAMES = {"type": "array", "items": {"type": "string"}, "default": []}
 class TdmTreeBuilder(Builder):
     kind = "tdm_tree"
     uses_torch = True
-    version = "1"
+    version = "2"  # 2: metrics.json
     description = "TDM tree (init by category, or learnt by balanced k-means) in TorchEasyRec's formats"
     reference_fields = ("items", "embeddings")
+    headline = ("branch_balance", "levels")
+    metric_docs = {
+        "items": "items in the tree (one leaf each)",
+        "levels": "levels including the root; every leaf is on the last one",
+        "nodes": "nodes of all levels",
+        "n_cluster": "branching factor k",
+        "branch_leaves_min": "items under the root's smallest child",
+        "branch_leaves_max": "items under the root's largest child",
+        "branch_balance": "branch_leaves_min / branch_leaves_max: 1.0 = the root's children hold equal shares",
+        "leaf_slot_fill": "items over the k^depth leaf slots of the last level (1.0 = a full tree)",
+        "parent_children_mean": "children per node on the level above the leaves (k = no empty slot)",
+    }
     schema = {
         "type": "object",
         "properties": {
@@ -132,6 +148,9 @@ class TdmTreeBuilder(Builder):
         features = tree_io.node_features(tree, np.asarray(leaf_codes), leaf_table, id_column, attrs, raws)
         tree_io.write_all(tree, features, attrs, raws, ctx.out, p.get("attr_delimiter", ","))
         n_items = int(tree.leaf_mask.sum())
+        figures = tt.balance(tree)
+        (ctx.out / METRICS_FILE).write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n",
+                                            encoding="utf-8")
         ctx.meta.update({"mode": mode, "n_cluster": k, "items": n_items, "levels": tree.num_levels,
                          "nodes": int(len(tree.codes))})
         ctx.log.info("tdm_tree %s: %d items, %d levels, n_cluster %d (%s)", ctx.name, n_items,

@@ -1,4 +1,5 @@
-"""`kind: train` — trains the recipe's model on parquet; writes checkpoints and eval results."""
+"""`kind: train` — trains the recipe's model on parquet; writes checkpoints, eval results and
+metrics.json (the last evaluation, the last epoch's loss)."""
 
 from __future__ import annotations
 
@@ -19,9 +20,18 @@ def parquet_inputs(artifact: InputArtifact) -> list:
 class TrainBuilder(Builder):
     kind = "train"
     uses_torch = True
-    version = "1"
+    version = "2"  # 2: metrics.json
     uses_model = True
     reference_fields = ("data", "eval_data", "tree")
+    headline = ("auc", "recall@k", "train_loss")
+    metric_docs = {
+        "auc": "ROC AUC of the last evaluation (ranking: eval rows; tdm: the tree's layer-wise samples)",
+        "recall@k": "the last evaluation's exact-search recall@k over every item seen: eval positives "
+                    "found in each query's top k, over all positives",
+        "popularity_recall@k": "recall@k of ranking items by training clicks for everyone: the floor a model must beat",
+        "train_loss": "mean training loss over the last epoch",
+        "steps": "optimizer steps taken",
+    }
     description = "train the recipe's model (seeded, CPU); checkpoints + train_eval_result_v2.txt"
     schema = {
         "type": "object",

@@ -166,9 +166,20 @@ class _TzrecStep(Builder):
 # Training, evaluation, export
 
 
+_EVAL_DOCS = {
+    "auc": "AUC as tzrec's evaluation reports it (the metrics of pipeline.config's model_config)",
+    "recall@k": "tzrec's recall@k metric as its evaluation reports it (in-batch for match models)",
+    "grouped_auc": "tzrec's AUC averaged per group (grouping_key of the metric)",
+    "gauc": "tzrec's grouped AUC",
+    "global_step": "the step of the evaluated checkpoint",
+}
+
+
 class TzrecTrainEval(_TzrecStep):
     kind = "tzrec_train_eval"
     step = "train_eval"
+    headline = ("auc", "recall@k")
+    metric_docs = _EVAL_DOCS
     description = "TorchEasyRec train_eval: a pipeline.config trained on declared data (model_dir)"
     reference_fields = ("pipeline_config", "data", "eval_data")
     path_fields = ("pipeline_config", "data", "eval_data", "inputs")
@@ -228,6 +239,8 @@ class _FromCheckpoints(_TzrecStep):
 class TzrecEval(_FromCheckpoints):
     kind = "tzrec_eval"
     step = "eval"
+    headline = ("auc", "recall@k")
+    metric_docs = _EVAL_DOCS
     description = "TorchEasyRec eval of a checkpoint on declared data (eval_result.txt, metrics.json)"
     reference_fields = ("checkpoints", "eval_data")
     path_fields = ("eval_data", "inputs")
@@ -434,6 +447,9 @@ class TzrecCreateFaissIndex(_TzrecStep):
 class TzrecHitrate(_TzrecStep):
     kind = "tzrec_hitrate"
     step = "hitrate"
+    headline = ("hitrate@k",)
+    metric_docs = {"hitrate@k": "tzrec.tools.hitrate: ground-truth items found in the top k of the index "
+                                "search over all ground-truth items"}
     description = "TorchEasyRec hitrate of user vectors against an IVF index of item vectors (metrics.json)"
     reference_fields = ("user_embeddings", "item_embeddings")
     path_fields = ("user_embeddings", "item_embeddings")
@@ -559,6 +575,8 @@ class TzrecClusterTree(_TreeTool):
 class TzrecRetrieval(_TzrecStep):
     kind = "tzrec_retrieval"
     step = "retrieval"
+    headline = ("recall",)
+    metric_docs = {"recall": "recall of tzrec's TDM beam search, as tzrec.tools.tdm.retrieval logs it"}
     description = "TorchEasyRec's TDM retrieval (beam search) with an exported TDM model over a tree"
     reference_fields = ("model", "tree", "data")
     path_fields = ("data",)

@@ -45,8 +45,10 @@ def collect(graph: Graph, builders: dict, generated_at: str, norm_sample_rows: i
         return _hint_names([n for n in artifacts if wanted(n) and not built[n]], recipe.families)
 
     reports_metrics = [n for n in artifacts if builders[graph.nodes[n].kind].metric_docs]
-    recall = _recall(artifacts, current, family_of)
-    recall.pending = pending(lambda n: "recall@k" in builders[graph.nodes[n].kind].metric_docs)
+    # training's own recall@k (micro-averaged over eval pairs) has its curves in the training section
+    searched = [n for n in artifacts if graph.nodes[n].kind not in TRAINING_KINDS]
+    recall = _recall(searched, current, family_of)
+    recall.pending = pending(lambda n: n in searched and "recall@k" in builders[graph.nodes[n].kind].metric_docs)
     training = _training(recipe.workdir, done)
     training.pending = pending(lambda n: graph.nodes[n].kind in TRAINING_KINDS)
     history = _history(recipe.workdir, artifacts, family_of, graph, builders)

@@ -440,6 +440,37 @@ def assemble_tree(leaf_codes: np.ndarray, leaf_ids, k: int, depth: int, hash_ids
     return TdmTree(k=k, depth=depth, codes=codes, ids=ids, hash_ids=hash_ids)
 
 
+def balance(tree: TdmTree) -> dict[str, float | int]:
+    """How evenly the items spread over the tree (tdm_tree's metrics.json).
+
+    ``branch_leaves_min/max``: items under the root's smallest and largest child; ``branch_balance``
+    their ratio (1.0 = even); ``leaf_slot_fill``: items over the k^depth leaf slots of the last level;
+    ``parent_children_mean``: children per node on the level above the leaves (k = all slots used).
+    """
+    leaves = tree.codes[tree.leaf_mask]
+    branch_counts: np.ndarray = np.zeros(0, dtype=np.int64)
+    parents_of_leaves = np.zeros(0, dtype=np.int64)
+    if tree.depth >= 1 and len(leaves):
+        top = leaves.copy()
+        for _ in range(tree.depth - 1):
+            top = (top - 1) // tree.k
+        branch_counts = np.unique(top, return_counts=True)[1]
+        parents_of_leaves = np.unique((leaves - 1) // tree.k, return_counts=True)[1]
+    smallest = int(branch_counts.min()) if len(branch_counts) else int(len(leaves))
+    largest = int(branch_counts.max()) if len(branch_counts) else int(len(leaves))
+    return {
+        "items": int(len(leaves)),
+        "levels": int(tree.num_levels),
+        "nodes": int(len(tree.codes)),
+        "n_cluster": int(tree.k),
+        "branch_leaves_min": smallest,
+        "branch_leaves_max": largest,
+        "branch_balance": round(smallest / largest, 6) if largest else 1.0,
+        "leaf_slot_fill": round(len(leaves) / float(tree.k ** tree.depth), 6),
+        "parent_children_mean": round(float(parents_of_leaves.mean()), 6) if len(parents_of_leaves) else 0.0,
+    }
+
+
 def ancestor_codes(leaf_codes: np.ndarray, k: int, depth: int) -> np.ndarray:
     """[n_leaves, depth] codes: column 0 the parent, the last column the root (code 0)."""
     out = np.empty((len(leaf_codes), depth), dtype=np.int64)
