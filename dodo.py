@@ -11,10 +11,10 @@ from doit import get_var
 
 from recbuild.builders import all_builders
 from recbuild.errors import RecbuildError
-from recbuild.engine import Engine, MakeOptions, reset_unreadable_state_db
-from recbuild.graph import build_graph
-from recbuild.recipe import load_recipe
-from recbuild.ui import Terminal
+from recbuild.build.engine import Engine, MakeOptions, reset_unreadable_state_db
+from recbuild.build.graph import build_graph
+from recbuild.build.recipe import load_recipe
+from recbuild.ui.terminal import Terminal
 
 _builders = all_builders()
 # `workdir=PATH` overrides the recipe's workdir (as `--set workdir=PATH`), so a template in the

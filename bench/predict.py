@@ -10,7 +10,7 @@ What it does, all deterministic (fixed seeds):
    -> 256 -> 128 -> 64 -> L2 normalise) behind the exported-module contract (forward(dict) ->
    {"item_tower_emb": [B, 64]}), exports it with torch.export to model.pt2 and writes fg.json;
 3. pure forward: the loaded model.pt2 module over the same batches, preloaded as tensors;
-4. end to end: recbuild.predictor.predict_embeddings (validation pre-pass, parquet read, feature
+4. end to end: recbuild.ml.predictor.predict_embeddings (validation pre-pass, parquet read, feature
    conversion, forward, fixed_size_list column, parquet write) in a child process, for its peak RSS;
 5. if the CLI works, `recbuild make item_embeddings` on a recipe over the same table.
 
@@ -61,7 +61,7 @@ def build_tower(folder: Path) -> None:
     import torch
     from typing import Dict
 
-    from recbuild.feature_io import FeatureSpec, write_fg
+    from recbuild.ml.feature_io import FeatureSpec, write_fg
 
     class ItemTower(torch.nn.Module):
         def __init__(self):
@@ -135,7 +135,7 @@ def pure_forward(tower_dir: Path, table_path: Path, batch: int, threads: int, re
     import pyarrow.parquet as pq
     import torch
 
-    from recbuild import feature_io, predictor
+    from recbuild.ml import feature_io, predictor
 
     tower = predictor.load_tower(tower_dir)
     table = pq.read_table(table_path)
@@ -162,7 +162,7 @@ def pure_forward(tower_dir: Path, table_path: Path, batch: int, threads: int, re
 CHILD = """
 import json, resource, sys, time
 sys.path.insert(0, {repo!r})
-from recbuild import predictor
+from recbuild.ml import predictor
 def cpu():
     own = resource.getrusage(resource.RUSAGE_SELF)
     return own.ru_utime + own.ru_stime

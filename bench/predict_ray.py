@@ -5,10 +5,10 @@ Usage: python bench/predict_ray.py [--rows 1000000] [--batch 4096] [--task-rows 
 
 What it does (fixed seeds; the table and the tower are bench/predict.py's):
 1. writes the 1M-row item table and exports the tower (bench/predict.py: write_items, build_tower);
-2. `executor: local`: recbuild.predictor.predict_embeddings, threads 2 (the whole machine);
+2. `executor: local`: recbuild.ml.predictor.predict_embeddings, threads 2 (the whole machine);
 3. starts a two-node Ray cluster on loopback: `ray start --head --port=PORT --num-cpus=1` and
    `ray start --address=127.0.0.1:PORT --num-cpus=1` (a second raylet: a second "node");
-4. `executor: ray` (recbuild.ray_executor.predict_embeddings_ray, address 127.0.0.1:PORT) with 1 actor
+4. `executor: ray` (recbuild.ml.ray_executor.predict_embeddings_ray, address 127.0.0.1:PORT) with 1 actor
    (one node's worth) and with 2 actors (both nodes), 1 CPU each; checks the part files are
    byte-identical to the local run's;
 5. `ray stop --force`.
@@ -82,7 +82,7 @@ def main() -> None:
     # head, the second node and this driver one fresh token (kept in this process's environment).
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
-    from recbuild import predictor, ray_executor
+    from recbuild.ml import predictor, ray_executor
 
     scratch = Path(args.dir or tempfile.mkdtemp(prefix="recbuild-bench-ray-"))
     scratch.mkdir(parents=True, exist_ok=True)

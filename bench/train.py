@@ -9,7 +9,7 @@ What it does (fixed seeds, the template's own model, data sizes and train params
    torch settings, over the same rows pre-converted to tensors before timing (for retrieval the
    per-row logQ and item identities are computed here with plain numpy, not with the trainer's
    helpers); its final weights must equal the trainer's last checkpoint exactly (checked);
-3. the trainer (``recbuild.training.Trainer``, as `kind: train` runs it) without eval data, and with
+3. the trainer (``recbuild.ml.training.Trainer``, as `kind: train` runs it) without eval data, and with
    the template's periodic evaluation; the three runs alternate, medians reported;
 4. start-up in a fresh process: interpreter + imports, the trainer's own set-up up to its first
    step (bounded by 1.5 s), the torch settings switch alone, and spawn -> first
@@ -57,8 +57,8 @@ class Workload:
 
 def load_workload(template: str, scratch: Path, train_rows: int | None) -> Workload:
     """The template's model and `checkpoints` params, its sample data written under ``scratch``."""
-    from recbuild import sampledata
-    from recbuild.recipe import find_template, load_recipe
+    from recbuild.ml import sampledata
+    from recbuild.build.recipe import find_template, load_recipe
 
     overrides = [f"vars.train_rows={train_rows}"] if train_rows else []
     recipe = load_recipe(find_template(template), overrides)
@@ -80,7 +80,7 @@ def load_workload(template: str, scratch: Path, train_rows: int | None) -> Workl
 
 
 def settings_of(work: Workload, threads: int):
-    from recbuild.training import TrainSettings
+    from recbuild.ml.training import TrainSettings
 
     names = {f.name for f in dataclasses.fields(TrainSettings)}
     given = {k: v for k, v in work.params.items() if k in names}
@@ -92,10 +92,10 @@ def bare_batches(work: Workload, settings) -> list[tuple]:
     """(inputs, item identity, logQ, labels) per step, as tensors, the trainer's batch cuts."""
     import torch
 
-    from recbuild.feature_io import batch_to_numpy, numpy_to_tensors
-    from recbuild.models import resolve, task_of
-    from recbuild.models.features import group_features, io_specs, parse_features
-    from recbuild.training import iter_tables, positives_only
+    from recbuild.ml.feature_io import batch_to_numpy, numpy_to_tensors
+    from recbuild.ml.models import resolve, task_of
+    from recbuild.ml.models.features import group_features, io_specs, parse_features
+    from recbuild.ml.training import iter_tables, positives_only
 
     config = resolve(work.model)
     task = task_of(config)
@@ -135,8 +135,8 @@ def bare_loop(work: Workload, settings, batches) -> tuple[float, int, dict]:
     """(loop seconds, steps, final state_dict)."""
     import torch
 
-    from recbuild.models import build_model, resolve
-    from recbuild.training import _make_optimizer, _torch_settings, in_batch_softmax_loss
+    from recbuild.ml.models import build_model, resolve
+    from recbuild.ml.training import _make_optimizer, _torch_settings, in_batch_softmax_loss
 
     config = resolve(work.model)
     temperature = float(config.get("temperature", 0.05))
@@ -187,7 +187,7 @@ class _LoopClock:
 
 def trainer_run(work: Workload, settings, out: Path, with_eval: bool) -> dict:
     """One trainer run; loop seconds, seconds inside evaluations + checkpoints, steps."""
-    from recbuild.training import Trainer
+    from recbuild.ml.training import Trainer
 
     out.mkdir(parents=True)
     clock = _LoopClock()
@@ -219,7 +219,7 @@ import json, sys, time
 spawned = float(sys.argv[1])
 sys.path.insert(0, {repo!r})
 import torch
-from recbuild.training import Trainer, TrainSettings, _torch_settings
+from recbuild.ml.training import Trainer, TrainSettings, _torch_settings
 imported = time.time()
 if {switch_only!r}:
     started = time.perf_counter()
@@ -365,7 +365,7 @@ def report_startup(work: Workload, settings, scratch: Path, args) -> None:
     imports = statistics.median(r["imports"] for r in runs)
     first = statistics.median(r["first_step"] for r in runs)
     print_table(["phase", "s (median)"],
-                [["interpreter + import torch, recbuild.training", f"{imports:.2f}"],
+                [["interpreter + import torch, recbuild.ml.training", f"{imports:.2f}"],
                  ["trainer set-up (torch settings, model, data, catalog, eval set)",
                   f"{first - imports:.2f}"],
                  ["  of which the torch settings switch (measured alone)",

@@ -13,12 +13,12 @@ from recbuild.builders.base import BuildContext, InputArtifact
 from recbuild.builders.export import ExportBuilder
 from recbuild.builders.towers import TowersBuilder
 from recbuild.errors import BuildError
-from recbuild.exporter import (EVAL_FILE, inputs_reaching_outputs, instantiate, load_state_dict,
+from recbuild.ml.exporter import (EVAL_FILE, inputs_reaching_outputs, instantiate, load_state_dict,
                                read_pipeline_yaml, select_checkpoint)
-from recbuild.feature_io import load_fg
-from recbuild.models import build_model, resolve
-from recbuild.models.features import example_inputs, parse_features
-from recbuild.training import save_state_dict
+from recbuild.ml.feature_io import load_fg
+from recbuild.ml.models import build_model, resolve
+from recbuild.ml.models.features import example_inputs, parse_features
+from recbuild.ml.training import save_state_dict
 
 FEATURES = [
     {"name": "user_id", "group": "user", "buckets": 500},
@@ -248,7 +248,7 @@ def test_sparse_dense_split_tables_plus_dense_reproduce_the_model(tmp_path, fami
     import numpy as np
     import pyarrow.parquet as pq
 
-    from recbuild.models.features import bucketize_numpy
+    from recbuild.ml.models.features import bucketize_numpy
 
     config = dict(DSSM, family=family)
     folder = make_checkpoints(tmp_path / "c", [4], config=config)
@@ -330,8 +330,8 @@ LEAKY_MODEL = '''
 from typing import Dict
 import torch
 from torch import Tensor, nn
-from recbuild.models.dssm import build as build_dssm
-from recbuild.models.features import bucketize
+from recbuild.ml.models.dssm import build as build_dssm
+from recbuild.ml.models.features import bucketize
 
 
 class LeakyUserTower(nn.Module):

@@ -9,7 +9,7 @@ import torch
 import xxhash
 
 from recbuild.errors import InputError
-from recbuild.feature_io import (PAD_ID, FeatureSpec, batch_to_inputs, hash_string_ids, load_fg,
+from recbuild.ml.feature_io import (PAD_ID, FeatureSpec, batch_to_inputs, hash_string_ids, load_fg,
                                  validate_columns, write_fg)
 
 SPECS = [
@@ -214,7 +214,7 @@ def test_table_with_several_chunks():
 @pytest.mark.parametrize("arrow_type", [pa.int8(), pa.int32(), pa.int64(), pa.uint16(), pa.uint64(),
                                         pa.float32(), pa.float64()])
 def test_numpy_view_matches_pyarrow_for_slices_and_chunks(arrow_type):
-    from recbuild.feature_io import arrow_view, numpy_view
+    from recbuild.ml.feature_io import arrow_view, numpy_view
 
     arr = pa.array(np.arange(50) % 7, type=arrow_type)
     for piece in (arr, arr.slice(13, 20), pa.chunked_array([arr.slice(0, 5), arr.slice(30, 9)])):
@@ -226,7 +226,7 @@ def test_numpy_view_matches_pyarrow_for_slices_and_chunks(arrow_type):
 
 
 def test_numpy_view_with_nulls_or_other_types_falls_back():
-    from recbuild.feature_io import numpy_view
+    from recbuild.ml.feature_io import numpy_view
 
     with_nulls = pa.array([1.0, None, 3.0], type=pa.float32())
     assert np.isnan(numpy_view(with_nulls)[1])
@@ -241,9 +241,9 @@ def test_batch_conversion_does_not_import_pandas():
     code = """
 import sys
 import numpy as np, pyarrow as pa
-from recbuild import predictor
-from recbuild.feature_io import FeatureSpec, batch_to_numpy
-from recbuild.feature_io import arrow_view  # pa.array() itself would import pandas
+from recbuild.ml import predictor
+from recbuild.ml.feature_io import FeatureSpec, batch_to_numpy
+from recbuild.ml.feature_io import arrow_view  # pa.array() itself would import pandas
 tags = pa.ListArray.from_arrays(arrow_view(np.arange(0, 21, 2, dtype=np.int32)), arrow_view(np.arange(20)))
 batch = pa.record_batch({"item_id": arrow_view(np.arange(10)), "price": arrow_view(np.ones(10, np.float32)),
                          "tags": tags})

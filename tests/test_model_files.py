@@ -16,11 +16,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from recbuild import feature_io  # noqa: E402
+from recbuild.ml import feature_io  # noqa: E402
 from recbuild.errors import InputError  # noqa: E402
-from recbuild.exporter import save_torch_export  # noqa: E402
-from recbuild.feature_io import FeatureSpec  # noqa: E402
-from recbuild.model_files import UnsafeModelFile, load_exported_program  # noqa: E402
+from recbuild.ml.exporter import save_torch_export  # noqa: E402
+from recbuild.ml.feature_io import FeatureSpec  # noqa: E402
+from recbuild.ml.model_files import UnsafeModelFile, load_exported_program  # noqa: E402
 
 SPECS = [FeatureSpec("item_id", "id", "item", buckets=50, dim=4)]
 

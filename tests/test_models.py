@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from recbuild.exporter import verify_formats, write_formats
-from recbuild.models import ModelConfigError, build_model, resolve, task_of
-from recbuild.models.features import (EmbeddingLayer, bucketize, bucketize_numpy, example_inputs, mix64,
+from recbuild.ml.exporter import verify_formats, write_formats
+from recbuild.ml.models import ModelConfigError, build_model, resolve, task_of
+from recbuild.ml.models.features import (EmbeddingLayer, bucketize, bucketize_numpy, example_inputs, mix64,
                                       parse_features)
-from recbuild.models.schema import MODEL_SCHEMA, validate
+from recbuild.ml.models.schema import MODEL_SCHEMA, validate
 
 FEATURES = [
     {"name": "user_id", "group": "user", "buckets": 1000},
@@ -128,7 +128,7 @@ def test_resolve_fills_defaults():
 def test_entry_model_from_the_recipe_folder(tmp_path):
     (tmp_path / "my_models.py").write_text(textwrap.dedent("""
         import torch
-        from recbuild.models.dssm import build as build_dssm
+        from recbuild.ml.models.dssm import build as build_dssm
 
         def build(config):
             return build_dssm(dict(config, temperature=0.2))

@@ -19,11 +19,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from recbuild import feature_io, predictor
+from recbuild.ml import feature_io, predictor
 from recbuild.builders.base import BuildContext, InputArtifact
 from recbuild.builders.embeddings import ItemEmbeddingsBuilder, UserEmbeddingsBuilder
 from recbuild.errors import BuildError, InputError
-from recbuild.feature_io import FeatureSpec
+from recbuild.ml.feature_io import FeatureSpec
 
 DIM = 8
 
@@ -473,7 +473,7 @@ def test_streams_large_input_with_bounded_memory(towers, tmp_path):
                                     "blob": blob}))
     script = textwrap.dedent(f"""
         import resource
-        from recbuild import predictor
+        from recbuild.ml import predictor
         tower = predictor.load_tower({str(towers / 'item')!r})  # imports done before the baseline
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         result = predictor.predict_embeddings({str(towers / 'item')!r}, {str(path)!r},

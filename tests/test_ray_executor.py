@@ -1,4 +1,4 @@
-"""``executor: ray`` (recbuild/ray_executor.py): same bytes as the local executor, same key, clear errors.
+"""``executor: ray`` (recbuild/ml/ray_executor.py): same bytes as the local executor, same key, clear errors.
 
 One local Ray (2 CPUs) is shared by the module: starting Ray costs seconds. The executor reuses a
 Ray that is already initialised in the process, so the CLI test below runs on it too.
@@ -104,7 +104,7 @@ def test_a_dying_worker_is_one_build_error(ray_session, towers, tmp_path):
         run_builder(ItemEmbeddingsBuilder, tmp_path / "crash", data, tmp_path / "out",
                     id_column="item_id", executor="ray", ray={"address": "local"})
 
-    from recbuild import ray_executor
+    from recbuild.ml import ray_executor
 
     class Dying(ray_executor.TowerActor):  # local class: pickled by value into the actor process
         def embed_window(self, w):

@@ -110,8 +110,8 @@ def test_index_recall_against_exact(tmp_path):
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_user_tower_path(hand_example):
     torch = pytest.importorskip("torch")
-    from recbuild import feature_io
-    from recbuild.exporter import save_torch_export
+    from recbuild.ml import feature_io
+    from recbuild.ml.exporter import save_torch_export
 
     tmp, index, _, users = hand_example
 
@@ -207,8 +207,8 @@ def test_tdm_mode_with_an_exported_model(tmp_path):
     """A TDM model scoring nodes by how close their (mean) position is to the user's target finds
     the target items by beam search; a wrong ground truth is a miss."""
     torch = pytest.importorskip("torch")
-    from recbuild import feature_io
-    from recbuild.exporter import save_torch_export
+    from recbuild.ml import feature_io
+    from recbuild.ml.exporter import save_torch_export
     from recbuild.builders.tdm_tree import TdmTreeBuilder
 
     class TdmModel(torch.nn.Module):

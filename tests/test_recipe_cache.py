@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from recbuild import recipe_cache
-from recbuild.recipe import load_recipe
+from recbuild.build import recipe_cache
+from recbuild.build.recipe import load_recipe
 
 
 def test_cache_hit_and_invalidation(project, monkeypatch, tmp_path):

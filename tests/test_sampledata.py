@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from recbuild import sampledata
+from recbuild.ml import sampledata
 from recbuild.builders.base import BuildContext
 from recbuild.builders.sample_data import SampleDataBuilder
 from recbuild.errors import BuildError

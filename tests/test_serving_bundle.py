@@ -18,7 +18,7 @@ from recbuild.builders.faiss_index import FaissIndexBuilder
 from recbuild.builders.serving_bundle import ServingBundleBuilder
 from recbuild.builders.tdm_tree import TdmTreeBuilder
 from recbuild.errors import BuildError, InputError
-from recbuild.retrieval.bundle import serve_check
+from recbuild.ml.serving_bundle import serve_check
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -52,8 +52,8 @@ class ItemTower(torch.nn.Module):
 
 def save_module(module, folder: Path, specs) -> None:
     """Both formats, as the towers kind writes them (serving loads model.pt2 only)."""
-    from recbuild import feature_io
-    from recbuild.exporter import save_torch_export
+    from recbuild.ml import feature_io
+    from recbuild.ml.exporter import save_torch_export
 
     folder.mkdir(parents=True, exist_ok=True)
     example = {s.name: (torch.arange(4, dtype=torch.int64) if s.kind == "id" else torch.rand(4))
@@ -65,7 +65,7 @@ def save_module(module, folder: Path, specs) -> None:
 
 @pytest.fixture()
 def world(tmp_path):
-    from recbuild.feature_io import FeatureSpec
+    from recbuild.ml.feature_io import FeatureSpec
 
     towers = tmp_path / "towers"
     save_module(UserTower(), towers / "user", [FeatureSpec("user_id", "id", "user", buckets=16, dim=DIM),

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from recbuild import sampledata
+from recbuild.ml import sampledata
 from recbuild.builders.base import BuildContext, InputArtifact
 from recbuild.builders.train import TrainBuilder
 from recbuild.errors import InputError
-from recbuild.training import auc, in_batch_softmax_loss, iter_tables, recall_at_k
+from recbuild.ml.training import auc, in_batch_softmax_loss, iter_tables, recall_at_k
 
 WORLD = {"n_items": 1000, "n_users": 500, "n_categories": 20}
 USER = ["user_id", "cms_group_id", "final_gender_code", "age_level"]
@@ -197,9 +197,9 @@ TDM_MODEL = {"family": "tdm", "emb_dim": 16, "hidden": [32], "features": [
 
 
 def test_tree_sampler_positives_are_ancestors_negatives_share_the_level(tmp_path):
-    from recbuild.models.features import group_features, parse_features
+    from recbuild.ml.models.features import group_features, parse_features
     from recbuild.retrieval.tree_io import read_serving_tree
-    from recbuild.training import TreeSampler, _Reader
+    from recbuild.ml.training import TreeSampler, _Reader
 
     tree_art = tdm_tree(tmp_path)
     tree = read_serving_tree(tree_art.path / "serving_tree")
@@ -274,8 +274,8 @@ def test_tdm_without_a_tree_is_a_clear_error(tmp_path):
 
 @pytest.mark.parametrize("block_rows", [7, 10_000])
 def test_truth_ranks_place_pairs_as_torch_topk_does_ties_and_nan_included(monkeypatch, block_rows):
-    from recbuild import training
-    from recbuild.training import truth_ranks
+    from recbuild.ml import training
+    from recbuild.ml.training import truth_ranks
 
     monkeypatch.setattr(training, "RANK_BLOCK_ELEMENTS", 300 * block_rows)
     rng = np.random.default_rng(3)
@@ -296,7 +296,7 @@ def test_truth_ranks_place_pairs_as_torch_topk_does_ties_and_nan_included(monkey
 
 
 def test_recall_from_ranks_equals_recall_of_the_top_k_matrix():
-    from recbuild.training import recall_from_ranks
+    from recbuild.ml.training import recall_from_ranks
 
     rng = np.random.default_rng(1)
     top = np.stack([rng.permutation(60)[:20] for _ in range(30)])
@@ -307,7 +307,7 @@ def test_recall_from_ranks_equals_recall_of_the_top_k_matrix():
 
 
 def test_unique_rows_is_numpy_unique_over_rows():
-    from recbuild.training import _unique_rows
+    from recbuild.ml.training import _unique_rows
 
     rng = np.random.default_rng(2)
     for shape in ((0, 2), (1, 1), (500, 1), (800, 4)):
@@ -318,8 +318,8 @@ def test_unique_rows_is_numpy_unique_over_rows():
 
 
 def test_catalog_lookup_falls_back_when_row_hashes_collide(monkeypatch):
-    from recbuild import training
-    from recbuild.training import ItemCatalog, _row_view
+    from recbuild.ml import training
+    from recbuild.ml.training import ItemCatalog, _row_view
 
     rng = np.random.default_rng(4)
     keys = np.unique(rng.integers(0, 50, (300, 3)), axis=0)
@@ -334,9 +334,9 @@ def test_catalog_lookup_falls_back_when_row_hashes_collide(monkeypatch):
 
 def test_own_optimizer_state_steps_exactly_like_torch_optim():
     """_make_optimizer runs torch's functional Adam / SparseAdam without torch.optim.Optimizer."""
-    from recbuild.models import build_model
-    from recbuild.models.features import example_inputs, parse_features
-    from recbuild.training import _make_optimizer, _torch_settings
+    from recbuild.ml.models import build_model
+    from recbuild.ml.models.features import example_inputs, parse_features
+    from recbuild.ml.training import _make_optimizer, _torch_settings
 
     config = model_section()
     config["features"][0]["buckets"] = 30000  # one table large enough for SparseAdam
@@ -385,7 +385,7 @@ def test_training_imports_neither_the_compiler_stack_nor_pandas(tmp_path):
     code = f"""
 import sys, torch
 from pathlib import Path
-from recbuild.training import Trainer, TrainSettings, _torch_settings
+from recbuild.ml.training import Trainer, TrainSettings, _torch_settings
 with _torch_settings(1, 0):
     assert torch.are_deterministic_algorithms_enabled()
     assert not torch.is_deterministic_algorithms_warn_only_enabled()
@@ -402,7 +402,7 @@ assert not loaded, loaded
 
 def _train_directly(tmp_path: Path, name: str, config: dict, cache_bytes: int, eval_data=True,
                     tree=None, **settings) -> dict[str, bytes]:
-    from recbuild.training import Trainer, TrainSettings
+    from recbuild.ml.training import Trainer, TrainSettings
 
     data = tmp_path / "data"
     if not data.exists():
@@ -430,7 +430,7 @@ def test_cached_batches_train_to_the_bytes_of_streamed_ones(tmp_path, family):
 
 
 def test_replayable_batches_keep_what_fits_and_stream_the_rest():
-    from recbuild.training import _Batch, _ReplayableBatches
+    from recbuild.ml.training import _Batch, _ReplayableBatches
 
     reads = []
 
@@ -477,7 +477,7 @@ class _RecordedProgress:
 
 @pytest.mark.parametrize("family, eval_every", [("deepfm", 0), ("dssm", 7)])
 def test_training_reports_epochs_totals_loss_and_eval(tmp_path, family, eval_every):
-    from recbuild.training import Trainer, TrainSettings
+    from recbuild.ml.training import Trainer, TrainSettings
 
     data = tmp_path / "data"
     write_split(data / "train", "train", 3000)
@@ -504,7 +504,7 @@ def test_training_reports_epochs_totals_loss_and_eval(tmp_path, family, eval_eve
 
 
 def test_tdm_total_is_known_before_the_first_batch(tmp_path):
-    from recbuild.training import Trainer, TrainSettings
+    from recbuild.ml.training import Trainer, TrainSettings
 
     tree = tdm_tree(tmp_path)
     recorded = _RecordedProgress()

@@ -9,11 +9,11 @@ import json
 import pytest
 import torch
 
-from recbuild import tzrec_contract
+from recbuild.ml import tzrec_contract
 from recbuild.errors import BuildError, InputError
-from recbuild.exporter import save_torchscript
-from recbuild.models import build_model, resolve
-from recbuild.models.features import example_inputs, parse_features
+from recbuild.ml.exporter import save_torchscript
+from recbuild.ml.models import build_model, resolve
+from recbuild.ml.models.features import example_inputs, parse_features
 
 from test_exporter import make_checkpoints, run_export, run_towers
 

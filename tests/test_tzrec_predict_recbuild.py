@@ -108,7 +108,7 @@ def test_tzrec_predict_reproduces_recbuilds_tower_embeddings(built):
 
 
 def test_tzrec_predict_reproduces_deepfm_probs(built):
-    from recbuild import feature_io, predictor
+    from recbuild.ml import feature_io, predictor
 
     _, deepfm = built
     assert deepfm.result.code == 0, deepfm.result.out + deepfm.result.err

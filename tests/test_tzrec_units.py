@@ -59,7 +59,7 @@ def _artifact(name, folder, files):
 
 
 def test_table_path_names_exactly_the_hashed_files(tmp_path):
-    from recbuild.tzrec.step import table_path
+    from recbuild.builders.tzrec_step import table_path
 
     one = _artifact("one", tmp_path / "build" / "one", ["part-0.parquet", "MANIFEST.json"])
     assert table_path(one, tmp_path, ".parquet") == "build/one/part-0.parquet"

@@ -38,6 +38,10 @@ class InputArtifact:
         return self.url or str(self.path)
 
 
+# A kind that measures something writes its figures here, in its output folder (see recbuild.build.metrics)
+METRICS_FILE = "metrics.json"
+
+
 class Progress:
     """What a long step is doing, for the UI to show: a phase (``epoch 2/5``, ``training IVF``,
     ``writing``), done/total in a unit, and facts worth watching (``loss``, ``auc``).

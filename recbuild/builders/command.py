@@ -36,7 +36,7 @@ def _run_logged(argv: list[str], ctx: BuildContext, env: dict) -> tuple[int, str
     """Run argv in the recipe's folder, its output appended to the step's log as it comes (as Make
     shows it), below recbuild's reaper: the shell and all it starts die with recbuild (see
     process_tree). Returns (exit status, the last 64 KiB of what it wrote)."""
-    from recbuild import process_tree  # (not at import: a no-op make never runs a command)
+    from recbuild.common import process_tree  # (not at import: a no-op make never runs a command)
 
     for handler in ctx.log.handlers:
         handler.flush()  # the "$ command" line first

@@ -3,11 +3,11 @@
 Output folder: ``part-0.parquet``, ``part-1.parquet``, ... with the id column, the other reserved
 columns (input types kept), then ``item_tower_emb`` / ``user_tower_emb`` as
 ``fixed_size_list<float32>[dim]`` (or ``list<double>`` / comma-joined ``string``). Row order is the
-input order (files sorted by path). The work is done by :mod:`recbuild.predictor`; this module only
+input order (files sorted by path). The work is done by :mod:`recbuild.ml.predictor`; this module only
 maps params and inputs onto it. torch/pyarrow are imported inside ``build`` (the registry imports
 every builder module when a recipe is loaded).
 
-``executor: ray`` runs the same work on a Ray cluster (:mod:`recbuild.ray_executor`, the optional
+``executor: ray`` runs the same work on a Ray cluster (:mod:`recbuild.ml.ray_executor`, the optional
 ``recbuild[ray]`` extra) and writes byte-identical files, so ``executor`` and ``ray`` are left out of
 the artifact key. Whether Ray is installed is checked at validation with ``importlib.util.find_spec``
 (ray is never imported here).
@@ -94,7 +94,7 @@ class _EmbeddingsBuilder(Builder):
         return []
 
     def build(self, ctx: BuildContext) -> None:
-        from recbuild import predictor
+        from recbuild.ml import predictor
 
         params = ctx.params
         towers = ctx.input("towers")
@@ -117,7 +117,7 @@ class _EmbeddingsBuilder(Builder):
         if params.get("executor", "local") == "ray":
             if importlib.util.find_spec("ray") is None:  # uninstalled since the recipe was validated
                 raise BuildError(RAY_MISSING)
-            from recbuild import ray_executor
+            from recbuild.ml import ray_executor
 
             result = ray_executor.predict_embeddings_ray(
                 tower_dir, locations, ctx.out, ray_options=params.get("ray") or {},

@@ -7,7 +7,7 @@ Folder (root = the selected checkpoint):
   fg.json             every feature the model reads (TorchEasyRec's shape, no bucketizer)
   pipeline.config, model_acc.json   with tzrec_files (default auto, when the features allow):
                       what `tzrec.predict --scripted_model_path` loads; scripted_model.pt then
-                      also takes tzrec's call style (recbuild/tzrec_contract.py)
+                      also takes tzrec's call style (recbuild/ml/tzrec_contract.py)
   <assets>            files copied in by basename
   sparse/, dense/     with split: sparse_dense (embedding tables as parquet + dense module)
   history/<step>/     with exports_to_keep: N > 1, the N-1 previous exports (see below)
@@ -39,7 +39,7 @@ def _asset_source(entry) -> str:
 
 
 def default_metrics(model_config: dict) -> tuple[str, ...]:
-    from recbuild.models import RANKING_FAMILIES, RETRIEVAL_FAMILIES
+    from recbuild.ml.models import RANKING_FAMILIES, RETRIEVAL_FAMILIES
 
     family = model_config.get("family")
     if family in RETRIEVAL_FAMILIES:
@@ -73,10 +73,10 @@ def write_module(folder: Path, module, specs, formats, tolerance: float, tzrec_f
 
     Returns (max_abs_diff per format, facts on TorchEasyRec's files for the manifest).
     """
-    from recbuild import tzrec_contract
-    from recbuild.exporter import verify_formats, write_formats
-    from recbuild.feature_io import write_fg
-    from recbuild.models.features import example_inputs, io_specs
+    from recbuild.ml import tzrec_contract
+    from recbuild.ml.exporter import verify_formats, write_formats
+    from recbuild.ml.feature_io import write_fg
+    from recbuild.ml.models.features import example_inputs, io_specs
 
     skipped = tzrec_contract.plan(tzrec_files, specs, formats, where)
     recbuild_only = [f for f in formats if skipped is not None or f != "torchscript"]
@@ -97,15 +97,15 @@ def write_export_folder(folder: Path, model, config: dict, specs, formats, toler
                         tzrec_files: str = "auto") -> tuple[dict, dict]:
     """Write one export (formats + model.pt + pipeline.yaml + fg.json [+ TorchEasyRec's files]);
     returns (max_abs_diff per format, facts on TorchEasyRec's files)."""
-    from recbuild.exporter import write_pipeline_yaml
-    from recbuild.training import save_state_dict
+    from recbuild.ml.exporter import write_pipeline_yaml
+    from recbuild.ml.training import save_state_dict
 
     folder.mkdir(parents=True, exist_ok=True)
     diffs, tzrec = write_module(folder, model, specs, formats, tolerance, tzrec_files, "the model")
     save_state_dict(state_dict, folder / "model.pt")
     write_pipeline_yaml(folder, config, pipeline_extra)
     if split == "sparse_dense":
-        from recbuild.exporter import write_sparse_dense
+        from recbuild.ml.exporter import write_sparse_dense
 
         diffs.update(write_sparse_dense(model, specs, folder, formats, tolerance))
     return diffs, tzrec
@@ -178,9 +178,9 @@ class ExportBuilder(Builder):
         return problems + check_tzrec_files(params)
 
     def build(self, ctx: BuildContext) -> None:
-        from recbuild.exporter import instantiate, load_state_dict, select_checkpoint
-        from recbuild.models import resolve
-        from recbuild.models.features import parse_features
+        from recbuild.ml.exporter import instantiate, load_state_dict, select_checkpoint
+        from recbuild.ml.models import resolve
+        from recbuild.ml.models.features import parse_features
 
         p = ctx.params
         for path, message in self.check(p):

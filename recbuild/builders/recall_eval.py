@@ -187,7 +187,7 @@ def _collect_requests(ctx: BuildContext, p):
     if from_table:
         wanted.append(p.get("embedding_column", "user_tower_emb"))
     else:
-        from recbuild import predictor
+        from recbuild.ml import predictor
 
         towers = ctx.input("towers")
         tower = predictor.load_tower(towers.path / "user")
@@ -214,7 +214,7 @@ def _run_tower(tower, batch, where: str, offset: int):
     import numpy as np
     import torch
 
-    from recbuild import feature_io
+    from recbuild.ml import feature_io
 
     with torch.inference_mode():
         out = tower.module(feature_io.batch_to_inputs(batch, tower.specs, offset))
@@ -274,7 +274,7 @@ def _tdm_recall(ctx: BuildContext, p) -> None:
     import pyarrow.parquet as pq
     import torch
 
-    from recbuild import feature_io, predictor
+    from recbuild.ml import feature_io, predictor
     from recbuild.retrieval import recall, tree_io
     from recbuild.retrieval.embeddings_io import iter_batches, parquet_files, require_columns, table_info
 

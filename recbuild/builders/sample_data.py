@@ -44,7 +44,7 @@ class SampleDataBuilder(Builder):
         return problems
 
     def build(self, ctx: BuildContext) -> None:
-        from recbuild import sampledata
+        from recbuild.ml import sampledata
 
         p = ctx.params
         for path, message in self.check(p):

@@ -1,11 +1,11 @@
-"""`kind: serving_bundle` — one folder a serving process loads as is (layout: recbuild/retrieval/bundle.py).
+"""`kind: serving_bundle` — one folder a serving process loads as is (layout: recbuild/ml/serving_bundle.py).
 
 Accepts recbuild's artifacts and TorchEasyRec's: `model` may be a tzrec export (`user/` + `item/` of
 a match model become the bundle's towers; `model/` + `embedding/` of a TDM model are kept as such),
 and `index` may hold only `faiss_index` + `id_mapping` (tzrec's create_faiss_index): the bundle's
 `user/index_meta.json` is then read off the index.
 
-Check a built bundle end to end with ``recbuild.retrieval.bundle.serve_check(bundle_dir, query_row)``.
+Check a built bundle end to end with ``recbuild.ml.serving_bundle.serve_check(bundle_dir, query_row)``.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class ServingBundleBuilder(Builder):
         return []
 
     def build(self, ctx: BuildContext) -> None:
-        from recbuild.retrieval import bundle
+        from recbuild.ml import serving_bundle as bundle
         from recbuild.retrieval import faiss_index as fi
 
         p = ctx.params

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import json
 
-from recbuild.builders.base import BuildContext, Builder
+from recbuild.builders.base import METRICS_FILE, BuildContext, Builder
 from recbuild.errors import BuildError
-from recbuild.metrics import METRICS_FILE
 
 _NAMES = {"type": "array", "items": {"type": "string"}, "default": []}
 

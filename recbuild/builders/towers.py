@@ -6,7 +6,7 @@ output `item_tower_emb`, which `item_embeddings` runs over the item table to fee
 Each folder: model.pt2 / scripted_model.pt (the formats asked for), fg.json with only its own
 features, pipeline.yaml (model config + tower + the export's checkpoint), and with tzrec_files
 (default auto, when the tower's features allow) pipeline.config + model_acc.json, scripted_model.pt
-then taking tzrec.predict's call style too (recbuild/tzrec_contract.py). The model config and the
+then taking tzrec.predict's call style too (recbuild/ml/tzrec_contract.py). The model config and the
 weights come from the export artifact (pipeline.yaml + model.pt).
 
 Before exporting, each tower is traced with *every* feature of the model as input and the graph is
@@ -25,8 +25,8 @@ TOWERS = (("user", "user_tower_emb"), ("item", "item_tower_emb"))
 
 def check_tower_inputs(tower, tower_name: str, specs, group: str) -> None:
     """Raise if the tower's output depends on a feature of the other group."""
-    from recbuild.exporter import inputs_reaching_outputs
-    from recbuild.models.features import example_inputs
+    from recbuild.ml.exporter import inputs_reaching_outputs
+    from recbuild.ml.models.features import example_inputs
 
     try:
         reached = inputs_reaching_outputs(tower, example_inputs(specs, 4, seed=0))
@@ -70,8 +70,8 @@ class TowersBuilder(Builder):
     def build(self, ctx: BuildContext) -> None:
         for path, message in self.check(ctx.params):
             raise BuildError(f"{path}: {message}")
-        from recbuild.exporter import instantiate, load_state_dict, read_pipeline_yaml, write_pipeline_yaml
-        from recbuild.models.features import example_inputs, group_features, parse_features
+        from recbuild.ml.exporter import instantiate, load_state_dict, read_pipeline_yaml, write_pipeline_yaml
+        from recbuild.ml.models.features import example_inputs, group_features, parse_features
 
         export = ctx.input("model")
         pipeline = read_pipeline_yaml(export.path)
@@ -114,7 +114,7 @@ class TowersBuilder(Builder):
     @staticmethod
     def _towers(model, config, export_name: str):
         """(group, output key, attribute name, module) of each tower to write."""
-        from recbuild.models import tower_attributes
+        from recbuild.ml.models import tower_attributes
 
         if config.get("family") == "tdm":
             return [("item", "item_tower_emb", "node_embedding", model.node_embedding())]

@@ -15,7 +15,7 @@ reads (injected into the config; a path in the config that the recipe does not d
 error), upstream artifacts. The tool writes into the artifact's temporary folder; outputs are
 checked before publish; metrics land in metrics.json. How tzrec runs (interpreter, launcher) is the
 `tzrec` setting (recbuild/tzrec/runner.py), left out of the key; the tzrec version is in the key.
-The flow is recbuild/tzrec/step.py; the user's guide docs/tzrec.md.
+The flow is recbuild/builders/tzrec_step.py; the user's guide docs/tzrec.md.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def _embedding_type_problem(artifact: InputArtifact, column: str, where: str) ->
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from recbuild.tzrec.step import data_files
+    from recbuild.builders.tzrec_step import data_files
 
     files = [f for f in data_files(artifact) if f.suffix == ".parquet"]
     if not files:
@@ -84,7 +84,7 @@ def _embedding_type_problem(artifact: InputArtifact, column: str, where: str) ->
 def _rows(artifact: InputArtifact) -> int | None:
     import pyarrow.parquet as pq
 
-    from recbuild.tzrec.step import data_files
+    from recbuild.builders.tzrec_step import data_files
 
     files = [f for f in data_files(artifact) if f.suffix == ".parquet"]
     if not files or len(files) != len(data_files(artifact)):
@@ -93,7 +93,7 @@ def _rows(artifact: InputArtifact) -> int | None:
 
 
 def _data_suffix(artifact: InputArtifact) -> str | None:
-    from recbuild.tzrec.step import data_files
+    from recbuild.builders.tzrec_step import data_files
 
     names = [f.name for f in data_files(artifact)]
     for suffix in (".parquet", ".csv"):
@@ -130,7 +130,7 @@ class _TzrecStep(Builder):
         return []
 
     def build(self, ctx: BuildContext) -> None:
-        from recbuild.tzrec.step import StepRun
+        from recbuild.builders.tzrec_step import StepRun
 
         for path, message in self.check(ctx.params):
             raise BuildError(f"{path}: {message}")
@@ -150,7 +150,7 @@ class _TzrecStep(Builder):
     @staticmethod
     def declared_inputs(ctx: BuildContext, run, p: dict[str, Any]) -> dict[str, str]:
         """The `inputs` map as config edits: field -> the tzrec path of the named node."""
-        from recbuild.tzrec.step import is_folder_field
+        from recbuild.builders.tzrec_step import is_folder_field
 
         by_name = {a.name: a for a in ctx.inputs_of("inputs")}
         edits = {}
@@ -194,7 +194,7 @@ class TzrecTrainEval(_TzrecStep):
 
     def run(self, ctx, run, p):
         from recbuild.tzrec import outputs
-        from recbuild.tzrec.step import write_metrics
+        from recbuild.builders.tzrec_step import write_metrics
 
         config = ctx.input("pipeline_config")
         if len(config.files) != 1:
@@ -257,7 +257,7 @@ class TzrecEval(_FromCheckpoints):
 
     def run(self, ctx, run, p):
         from recbuild.tzrec import outputs
-        from recbuild.tzrec.step import write_metrics
+        from recbuild.builders.tzrec_step import write_metrics
 
         eval_path = run.table(ctx.input("eval_data"), _data_suffix(ctx.input("eval_data")))
         prepared, facts, choice = self.prepared(
@@ -296,7 +296,7 @@ class TzrecExport(_FromCheckpoints):
 
     def run(self, ctx, run, p):
         from recbuild.tzrec import outputs
-        from recbuild.tzrec.step import data_files
+        from recbuild.builders.tzrec_step import data_files
 
         data = run.table(ctx.input("data"), _data_suffix(ctx.input("data")))
         prepared, facts, choice = self.prepared(ctx, run, p, {"train_input_path": data})
@@ -352,7 +352,7 @@ class TzrecPredict(_TzrecStep):
     @staticmethod
     def _folder(ctx, p):
         """The exported folder to run: it must hold what tzrec.predict loads."""
-        from recbuild.retrieval.bundle import export_layout
+        from recbuild.ml.serving_bundle import export_layout
 
         model = ctx.input("model")
         tower = p.get("tower")
@@ -483,7 +483,7 @@ class TzrecHitrate(_TzrecStep):
 
     def run(self, ctx, run, p):
         from recbuild.tzrec import outputs
-        from recbuild.tzrec.step import write_metrics
+        from recbuild.builders.tzrec_step import write_metrics
 
         users, items = ctx.input("user_embeddings"), ctx.input("item_embeddings")
         args = ["--user_gt_input", run.table(users), "--item_embedding_input", run.table(items),
@@ -596,7 +596,7 @@ class TzrecRetrieval(_TzrecStep):
     def run(self, ctx, run, p):
         from recbuild.retrieval import tree_io
         from recbuild.tzrec import outputs
-        from recbuild.tzrec.step import write_metrics
+        from recbuild.builders.tzrec_step import write_metrics
 
         model, tree = ctx.input("model"), ctx.input("tree")
         folder = model.path / p.get("tower", "model")

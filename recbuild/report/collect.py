@@ -14,9 +14,11 @@ import subprocess
 from datetime import datetime
 from pathlib import Path
 
-from recbuild import __version__, metrics
-from recbuild.graph import Graph
-from recbuild.manifest import MANIFEST_NAME, read_manifest
+from recbuild import __version__
+
+from recbuild.build import metrics
+from recbuild.build.graph import Graph
+from recbuild.build.manifest import MANIFEST_NAME, read_manifest
 from recbuild.report import readers
 from recbuild.report.model import (
     ArtifactGraph, Curve, GraphNode, HistorySeries, MetricsHistory, MetricsTable, NormHistogram,

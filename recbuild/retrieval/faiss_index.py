@@ -282,7 +282,7 @@ def _id_keys(ids) -> np.ndarray:
         ids = ids.dictionary_decode()
     if pa.types.is_integer(ids.type):
         return ids.cast(pa.int64()).to_numpy(zero_copy_only=False)
-    from recbuild.feature_io import hash_string_ids
+    from recbuild.common.ids import hash_string_ids
 
     return hash_string_ids(ids.cast(pa.string()))
 

@@ -154,7 +154,7 @@ def call_helper(python: str, command: str, request: dict, env: dict[str, str] | 
     """Run helper.py COMMAND in the tzrec interpreter; its JSON answer (raises on a broken answer)."""
     import tempfile
 
-    from recbuild import process_tree
+    from recbuild.common import process_tree
 
     # Through the reaper like every step (it dies with recbuild); files, not pipes, carry the JSON.
     with tempfile.TemporaryFile() as question, tempfile.TemporaryFile() as out, \
@@ -214,11 +214,11 @@ def version_fact(settings: dict | None) -> str:
 def launch(argv: Sequence[str], *, cwd: Path, env: dict[str, str], log_path: Path) -> int:
     """Run argv to completion with stdout+stderr appended to log_path; returns the exit status.
 
-    It runs below recbuild's reaper (recbuild.process_tree): in a session of its own, so torchrun's
+    It runs below recbuild's reaper (recbuild.common.process_tree): in a session of its own, so torchrun's
     workers and anything else it starts die with it, with recbuild however recbuild dies, and on an
     interrupt. This is the only place recbuild's tzrec kinds start a tzrec step.
     """
-    from recbuild import process_tree
+    from recbuild.common import process_tree
 
     with open(log_path, "ab") as log:
         return process_tree.run(list(argv), cwd=cwd, env=env, stdout=log, stderr=log)

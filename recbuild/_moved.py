@@ -1,0 +1,64 @@
+"""Old import paths of modules that moved into build/, ml/, common/ and ui/ (recbuild 0.1 -> 0.2).
+
+Plugins written against ``recbuild.training``, ``recbuild.models.dssm`` and the like keep working
+for one release: importing an old path warns (DeprecationWarning) and gives a module that forwards
+every attribute to the new one, so classes and functions are the same objects (``isinstance`` and
+``issubclass`` hold). Patching through the old path does not reach the new module.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.util
+import sys
+import warnings
+
+REMOVED_IN = "0.3"
+
+_BUILD = ("engine", "workspace", "graph", "matrix", "recipe", "yamlsrc", "schema", "recipe_cache",
+          "hashing", "manifest", "lock", "sources", "cache", "cache_ops", "metrics")
+_ML = ("training", "exporter", "predictor", "feature_io", "sampledata", "ray_executor", "model_files",
+       "tzrec_contract", "models")
+MOVED: dict[str, str] = {
+    **{f"recbuild.{name}": f"recbuild.build.{name}" for name in _BUILD},
+    **{f"recbuild.{name}": f"recbuild.ml.{name}" for name in _ML},
+    "recbuild.process_tree": "recbuild.common.process_tree",
+    "recbuild.retrieval.bundle": "recbuild.ml.serving_bundle",
+    "recbuild.tzrec.step": "recbuild.builders.tzrec_step",
+}
+
+
+def new_name(old: str) -> str | None:
+    """Where a moved module lives now (submodules of a moved package included); None if it did not move."""
+    if old in MOVED:
+        return MOVED[old]
+    parent, _, leaf = old.rpartition(".")
+    moved_parent = new_name(parent) if parent.startswith("recbuild.") else None
+    return f"{moved_parent}.{leaf}" if moved_parent else None
+
+
+class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def find_spec(self, fullname, path=None, target=None):
+        if not fullname.startswith("recbuild.") or new_name(fullname) is None:
+            return None
+        return importlib.util.spec_from_loader(fullname, self, is_package=True)
+
+    def create_module(self, spec):
+        return None  # a plain module, filled in by exec_module
+
+    def exec_module(self, module) -> None:
+        target_name = new_name(module.__name__)
+        warnings.warn(f"{module.__name__} moved to {target_name}; the old import path stops working "
+                      f"in recbuild {REMOVED_IN}", DeprecationWarning, stacklevel=2)
+        target = importlib.import_module(target_name)
+        module.__dict__.update({key: value for key, value in vars(target).items()
+                                if key not in ("__name__", "__spec__", "__loader__", "__package__",
+                                               "__path__", "__file__", "__cached__")})
+        module.__getattr__ = lambda name: getattr(target, name)
+        module.__path__ = []  # a package: its old submodules come through this finder too
+
+
+def install() -> None:
+    if not any(isinstance(finder, _MovedModules) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _MovedModules())

@@ -1,0 +1,566 @@
+"""Runs a recipe's graph on doit, in-process: our TaskLoader2, sqlite3 backend in
+<workdir>/.recbuild/, our file checker, one task per source and per artifact, MANIFEST.json targets.
+
+The only module (with dodo.py) that imports doit. It never prints: progress and results go to the
+``events`` object the CLI passes in (see ``ui.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import logging
+import os
+import shutil
+import threading
+import time
+import traceback
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Protocol
+
+from recbuild.builders.base import BuildContext, Progress
+from recbuild.build.cache import ArtifactCache, CacheError, CorruptEntry
+from recbuild.errors import Interrupted, RecbuildError
+from recbuild.build.graph import Graph
+from recbuild.build.lock import WorkdirLock
+from recbuild.build.metrics import METRICS_FILE
+from recbuild.build.metrics import record as record_metrics
+from recbuild.build.manifest import MANIFEST_NAME, artifact_folders, check_replaceable, make_manifest, publish, write_manifest
+from recbuild.build.workspace import Workspace
+
+
+class Events(Protocol):
+    """What the engine reports; implemented by the UI."""
+
+    def run_started(self, names: list[str]) -> None: ...
+    def step_started(self, name: str, kind: str) -> None: ...
+    def step_finished(self, name: str, kind: str, outcome: str, seconds: float, detail: str = "") -> None: ...
+    def step_failed(self, name: str, kind: str, message: str, seconds: float) -> None: ...
+    def step_skipped(self, name: str, kind: str, reason: str) -> None: ...
+    def warn(self, message: str) -> None: ...
+    def progress(self, name: str, total: float | None, unit: str) -> Progress: ...
+    def run_finished(self, stats: dict) -> None: ...
+
+
+@dataclass
+class MakeOptions:
+    targets: list[str] = field(default_factory=list)
+    jobs: int = 1
+    always: bool = False
+    keep_going: bool = False
+
+
+BUILT, UP_TO_DATE, HASHED = "built", "up to date", "hashed"
+ADOPTED = UP_TO_DATE  # verified on disk although doit had no record (fresh state db, restored workdir)
+RESTORED = "restored from cache"
+
+
+class _StepFailed(Exception):
+    pass
+
+
+class Engine:
+    def __init__(self, graph: Graph, builders: dict, events: Events, cache: ArtifactCache | None = None):
+        self.graph = graph
+        self.builders = builders
+        self.events = events
+        self.cache = cache
+        self._corrupt_keys: set[str] = set()
+        self.ws = Workspace(graph, builders)
+        self.outcomes: dict[str, tuple[str, str]] = {}
+        self.started: dict[str, float] = {}
+        self.failures: dict[str, str] = {}
+        self._planned: dict = {}  # name -> Status, from make's plan
+
+    # ---------------------------------------------------------------------------- actions
+    def source_uptodate(self, name: str) -> bool:
+        try:
+            return self.ws.source_status(name).current
+        except RecbuildError:
+            return False
+
+    def artifact_uptodate(self, name: str) -> bool:
+        try:
+            return self.ws.artifact_status(name).current
+        except RecbuildError:
+            return False
+
+    def run_source(self, name: str):
+        try:
+            self.ws.forget_scan(name)
+            scan = self.ws.scan(name)
+            old = self.ws.manifest(name)
+            if old is not None and old.get("digest") == scan.digest:
+                self.outcomes[name] = (UP_TO_DATE, "")
+                return None
+            folder = self.ws.folder(name)
+            folder.mkdir(parents=True, exist_ok=True)
+            node = self.graph.nodes[name]
+            manifest = {"kind": "source", "key": scan.digest, "hash": "xxh3_128", "digest": scan.digest,
+                        "files": scan.entries, "inputs": {}, "params": {"path": node.params["path"]}}
+            write_manifest(folder, manifest)
+        except RecbuildError as exc:
+            return self._fail(name, exc.message)
+        except OSError as exc:
+            return self._fail(name, _os_error_text(exc))
+        self.ws.set_manifest(name, manifest)
+        self.outcomes[name] = (HASHED, f"{len(scan.entries)} files")
+        return None
+
+    def run_artifact(self, name: str, force: bool):
+        node = self.graph.nodes[name]
+        ws = self.ws
+        ws.forget_manifest(name)
+        material = ws.key_material(name)
+        if material is None:
+            return self._fail(name, "an input is missing; build its upstream first")
+        planned = self._planned.get(name)
+        # Ask again only when the answer can have changed since the plan: an upstream rebuilt to
+        # identical bytes (early cut-off), or no plan at all (plain doit).
+        if not force and (planned is None or planned.only_upstream) and ws.artifact_status(name).current:
+            self.outcomes[name] = (ADOPTED, "")
+            return None
+        key = ws.key(name)
+        try:  # before any work: a folder in the way that recbuild did not make is never replaced
+            check_replaceable(ws.folder(name))
+        except RecbuildError as exc:
+            return self._fail(name, exc.message)
+        if self.cache is not None and not force and self._restore(name, key):
+            return None
+        staged = ws.tmp_dir / f"{name}-{uuid.uuid4().hex[:10]}"
+        os.mkdir(staged)  # (tmp/ exists: made at the start of make)
+        log = self._logger(name)
+        try:
+            builder = self.builders[node.kind]()
+            ctx = BuildContext(
+                name=name, kind=node.kind, params=dict(node.params), out=staged,
+                inputs=ws.inputs_for(name), recipe_dir=self.graph.recipe.dir, workdir=ws.workdir,
+                model=self.graph.recipe.model_for(name), log=log, log_path=self._log_path(name),
+                _progress_factory=lambda total, unit: self.events.progress(name, total, unit))
+            with torch_turn(builder, log):
+                builder.build(ctx)
+            manifest = make_manifest(staged, kind=node.kind, key=key, inputs=material["inputs"],
+                                     params=material["params"], cache=ws.cache, meta=ctx.meta or None)
+            manifest.update(ws.manifest_extras(name))
+            write_manifest(staged, manifest)
+            publish(staged, ws.folder(name), ws.tmp_dir)
+        except RecbuildError as exc:
+            return self._fail(name, exc.message, log)
+        except OSError as exc:  # disk full, unwritable workdir, input vanished mid-build
+            log.error("%s", traceback.format_exc())
+            return self._fail(name, _os_error_text(exc), log)
+        except Exception as exc:  # a bug or an unexpected library error: keep the traceback in the log
+            log.error("%s", traceback.format_exc())
+            detail = f"{type(exc).__name__}: {exc}".strip()
+            return self._fail(name, f"{detail} (traceback in {self._log_path(name)})", log)
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
+            _close_logger(log)
+        ws.set_manifest(name, manifest)
+        self._remember_published(name, manifest)
+        self._record_metrics(name, key)
+        self.outcomes[name] = (BUILT, "")
+        if self.cache is not None and self.cache.push_enabled:
+            try:
+                self.cache.push(ws.folder(name), manifest, replace=key in self._corrupt_keys)
+            except Exception as exc:  # an unreachable cache must not fail a good build
+                self.events.warn(f"{name}: could not upload to cache {self.cache.url}: {exc}")
+        return None
+
+    def _not_current(self, names: list[str], always: bool) -> list[str]:
+        """The nodes doit has to look at. Those already current (their own key, their inputs and
+        their files all check out, see Workspace.plan) are reported up to date here and never
+        handed to doit: a no-op make does not even import it, and a graph of thousands of
+        artifacts pays doit's per-task cost only for what changed."""
+        if always:
+            return names
+        plan = self.ws.plan(names)
+        self._planned = plan
+        todo = []
+        for name in names:
+            if plan[name].current:
+                node = self.graph.nodes[name]
+                self.outcomes[name] = (UP_TO_DATE, "")
+                if not node.is_file_source:
+                    self.events.step_finished(name, node.kind, UP_TO_DATE, 0.0, "")
+            else:
+                todo.append(name)
+        return todo
+
+    def _run_doit(self, todo: list[str], options: MakeOptions) -> int:
+        from doit.doit_cmd import DoitMain
+
+        loader = _doit_classes()[0](self, todo, options)
+        return DoitMain(loader, config_filenames=()).run(["run", *todo])
+
+    def _remember_published(self, name: str, manifest: dict) -> None:
+        """The published files' digests under their final paths (they were hashed in tmp/)."""
+        folder = os.fspath(self.ws.folder(name))
+        for rel, entry in manifest.get("files", {}).items():
+            path = os.path.join(folder, rel)
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            if st.st_size == entry["size"]:
+                self.ws.cache.remember(path, st, entry["digest"])
+        for listed in artifact_folders(folder, manifest.get("files", {})):
+            self.ws.cache.remember_listing(listed, settled=True)
+
+    def _headlines(self, names: list[str]) -> dict[str, dict[str, float]]:
+        """The figures worth a glance of what this run built or restored (each kind's ``headline``)."""
+        from recbuild.build.metrics import family_of, ordered, read
+
+        found = {}
+        for name in names:
+            if self.outcomes.get(name, ("",))[0] not in (BUILT, RESTORED):
+                continue
+            wanted = self.builders[self.graph.nodes[name].kind].headline
+            path = self.ws.folder(name) / METRICS_FILE
+            if not wanted or not path.is_file():
+                continue
+            try:
+                numbers = read(path)
+            except (OSError, ValueError, RecursionError):
+                continue
+            picked = {m: numbers[m] for m in ordered(numbers) if family_of(m) in wanted}
+            if picked:
+                found[name] = picked
+        return found
+
+    def _record_metrics(self, name: str, key: str) -> None:
+        """A published artifact that measured something adds its figures to the history."""
+        path = self.ws.folder(name) / METRICS_FILE
+        if path.is_file():
+            record_metrics(self.ws.workdir, self.graph.recipe.dir, name, key, path)
+
+    def _restore(self, name: str, key: str) -> bool:
+        """Restore ``name`` from the shared cache if an intact entry exists; True on success."""
+        ws = self.ws
+        staged = ws.tmp_dir / f"{name}-cache-{uuid.uuid4().hex[:10]}"
+        try:
+            if self.cache.lookup(key) is None:
+                return False
+            staged.mkdir(parents=True)
+            manifest = self.cache.restore(key, staged, ws.cache)
+            publish(staged, ws.folder(name), ws.tmp_dir)
+        except CorruptEntry as exc:
+            self._corrupt_keys.add(key)
+            self.events.warn(f"{name}: {exc}; rebuilding instead")
+            return False
+        except (CacheError, OSError) as exc:
+            self.events.warn(f"{name}: cache unavailable ({exc}); building instead")
+            return False
+        except RecbuildError as exc:  # e.g. an entry holding what no artifact may hold
+            self._corrupt_keys.add(key)
+            self.events.warn(f"{name}: cache entry {key} is unusable ({exc}); rebuilding instead")
+            return False
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
+        ws.set_manifest(name, manifest)
+        self._remember_published(name, manifest)
+        self._record_metrics(name, key)
+        self.outcomes[name] = (RESTORED, "")
+        return True
+
+    def _fail(self, name: str, message: str, log: logging.Logger | None = None):
+        node = self.graph.nodes[name]
+        # one error, one line: builders' multi-line texts are folded
+        message = " ".join(part.strip() for part in message.splitlines() if part.strip())
+        located = f"{node.loc}: {node.section}.{name}: {message}"  # the location first, as in recipe errors
+        self.failures[name] = located
+        if log is not None:
+            log.error("%s", located)
+        from doit.exceptions import TaskFailed
+
+        return TaskFailed(located)
+
+    # ---------------------------------------------------------------------------- logs
+    def _log_path(self, name: str) -> Path:
+        safe = name.replace("/", "_")
+        return self.ws.log_dir / f"{safe}.log"
+
+    def _logger(self, name: str) -> logging.Logger:
+        # Not logging.getLogger: registered loggers are never freed and each setLevel walks them
+        # all, which a graph of thousands of steps pays quadratically.
+        logger = logging.Logger(f"recbuild.build.{name}", logging.INFO)
+        logger.propagate = False
+        handler = logging.FileHandler(self._log_path(name), mode="w", encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+        return logger
+
+    # ---------------------------------------------------------------------------- doit
+    def task_dicts(self, names: list[str], force: bool, decided: bool = False) -> list[dict[str, Any]]:
+        """One doit task per node (also what dodo.py hands to plain doit). ``decided``: the names
+        are known not to be current (make's plan), so doit need not ask again; each action still
+        checks first and adopts what an upstream's identical rebuild left current (early cut-off)."""
+        specs = []
+        given = set(names)
+        for name in names:
+            node = self.graph.nodes[name]
+            deps = [e.upstream for e in self.graph.edges[name]]
+            spec: dict[str, Any] = {
+                "name": name,
+                "doc": node.kind,
+                "targets": [str(self.ws.manifest_path(name))],
+                "file_dep": [str(self.ws.manifest_path(d)) for d in deps],
+                "task_dep": [d for d in deps if d in given],  # a current upstream is no task here
+                "verbosity": 0,
+                "meta": {"kind": node.kind, "file_source": node.is_file_source},
+            }
+            if node.is_file_source:
+                spec["actions"] = [(self.run_source, [name])]
+                spec["uptodate"] = [False] if decided else [(self.source_uptodate, [name], {})]
+            else:
+                spec["actions"] = [(self.run_artifact, [name, force])]
+                spec["uptodate"] = [False] if decided else [(self.artifact_uptodate, [name], {})]
+            specs.append(spec)
+        return specs
+
+    @property
+    def state_db(self) -> Path:
+        return self.ws.state_dir / "doit.sqlite"
+
+    def doit_config(self, options: "MakeOptions") -> dict[str, Any]:
+        checker = _doit_classes()[1]
+        checker.workspace = self.ws
+        return {
+            "dep_file": str(self.state_db),
+            "backend": "sqlite3",
+            "check_file_uptodate": checker,
+            "reporter": _Reporter(self),
+            "verbosity": 0,
+            "num_process": options.jobs if options.jobs > 1 else 0,
+            "par_type": "thread",
+            "continue": options.keep_going,
+            "always": options.always,
+            "failure_verbosity": 0,
+        }
+
+    def make(self, options: MakeOptions) -> int:
+        """Build the targets; returns 0 or 1. Raises Interrupted on SIGINT/SIGTERM."""
+        targets = options.targets or self.graph.default_targets()
+        names = self.graph.closure(targets)
+        self.ws.state_dir.mkdir(parents=True, exist_ok=True)
+        with WorkdirLock(self.ws.state_dir):
+            shutil.rmtree(self.ws.tmp_dir, ignore_errors=True)  # leftovers of killed builds
+            self.ws.tmp_dir.mkdir(parents=True, exist_ok=True)
+            self.ws.log_dir.mkdir(parents=True, exist_ok=True)
+            for warning in [*self.ws.cache.warnings, *reset_unreadable_state_db(self.state_db)]:
+                self.events.warn(warning)
+            jobs = min(options.jobs, len(names), max_jobs())
+            if options.jobs > max_jobs():
+                self.events.warn(f"-j {options.jobs} is far above this machine's {os.cpu_count()} CPUs; "
+                                 f"running at most {max_jobs()} steps at once")
+            options = dataclasses.replace(options, jobs=max(jobs, 1))
+            self.events.run_started([n for n in names])
+            started = time.perf_counter()
+            try:
+                todo = self._not_current(names, options.always)
+                code = self._run_doit(todo, options) if todo else 0
+            except KeyboardInterrupt:
+                raise Interrupted("interrupted; completed artifacts are kept, the running step "
+                                  "was abandoned (its previous artifact is intact)") from None
+            finally:
+                self.ws.cache.close()
+            stats = {"seconds": time.perf_counter() - started, "headlines": self._headlines(names),
+                     "files_hashed": self.ws.cache.stats.files_hashed,
+                     "bytes_hashed": self.ws.cache.stats.bytes_hashed,
+                     "failed": len(self.failures)}
+            self.events.run_finished(stats)
+        if code == 0 and not self.failures:
+            return 0
+        return 1
+
+
+@functools.lru_cache(maxsize=1)
+def _doit_classes():
+    """doit's base classes, imported on the first real build (a no-op make never imports doit)."""
+    from doit.cmd_base import TaskLoader2
+    from doit.dependency import FileChangedChecker
+
+    class RecipeLoader(TaskLoader2):
+        """doit TaskLoader2 over an already validated recipe (never reads doit config files)."""
+
+        def __init__(self, engine: Engine, names: list[str], options: MakeOptions):
+            super().__init__()
+            self.engine = engine
+            self.names = names
+            self.options = options
+
+        def setup(self, opt_values):
+            pass
+
+        def load_doit_config(self):
+            return self.engine.doit_config(self.options)
+
+        def load_tasks(self, cmd, pos_args):
+            from doit.task import dict_to_task
+
+            return [dict_to_task(spec)
+                    for spec in self.engine.task_dicts(self.names, self.options.always, decided=True)]
+
+    class _Checker(_CheckerMixin, FileChangedChecker):  # (the name is in doit's db: keep it)
+        pass
+
+    return RecipeLoader, _Checker
+
+
+def max_jobs() -> int:
+    """More parallel steps than this only adds threads (each torch step already uses every core)."""
+    return 8 * (os.cpu_count() or 1)
+
+
+def reset_unreadable_state_db(path: Path) -> list[str]:
+    """doit's database is a cache of what ran: when it is unreadable (garbage, truncated, another
+    schema, rows that are not JSON objects) doit would print its traceback. Remove it instead; the
+    manifests on disk let the next make adopt every artifact that is still intact. Returns the
+    warning to show, if any."""
+    import json
+    import sqlite3
+
+    if not path.exists():
+        return []
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            columns = [row[1] for row in db.execute("PRAGMA table_info(doit)")]
+            if columns and columns != ["task_id", "task_data"]:
+                raise ValueError(f"table doit has columns {columns}")
+            for task_id, data in (db.execute("SELECT task_id, task_data FROM doit") if columns else ()):
+                if not isinstance(task_id, str) or not isinstance(json.loads(data), dict):
+                    raise ValueError(f"a row for {task_id!r} is not a task record")
+    except (sqlite3.Error, ValueError, TypeError, RecursionError) as exc:
+        for suffix in ("", "-journal", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{path}{suffix}")
+        return [f"the state database {path} was unreadable ({str(exc)[:120]}); starting a new one "
+                "(intact artifacts are adopted, not rebuilt)"]
+    return []
+
+
+# make -j N runs steps on threads of one process. torch's RNG (seeded model init), thread pool and
+# export tracer are process-wide, so two torch steps at once would break determinism (interleaved
+# seeds) or fail outright (torch.export is not thread-safe). They take turns; everything else
+# (commands, sample data, faiss, cache transfers, hashing) still runs in parallel.
+_TORCH_TURN = threading.Lock()
+
+
+@contextmanager
+def torch_turn(builder, log: logging.Logger) -> Iterator[None]:
+    if not builder.uses_torch:
+        yield
+        return
+    if not _TORCH_TURN.acquire(blocking=False):
+        log.info("waiting for the torch step that is running (torch steps take turns under -j)")
+        _TORCH_TURN.acquire()
+    try:
+        yield
+    finally:
+        _TORCH_TURN.release()
+
+
+class _CheckerMixin:
+    """doit file checker: content digests through the stat cache; a MANIFEST.json's digest is the
+    digest of the artifact's files (its ``digest`` field), so a rebuilt-identical upstream is
+    unchanged for its dependents (early cut-off) even though its key or params moved."""
+
+    workspace: Workspace | None = None
+
+    def _digest(self, path: str) -> str:
+        if os.path.basename(path) == MANIFEST_NAME:
+            from recbuild.build.manifest import read_manifest
+
+            manifest = read_manifest(Path(path).parent)
+            return manifest["digest"] if manifest else ""
+        return self.workspace.cache.file_digest(path)
+
+    def check_modified(self, file_path, file_stat, state):
+        return self._digest(file_path) != state
+
+    def get_state(self, dep, current_state):
+        digest = self._digest(dep)
+        return None if digest == current_state else digest
+
+
+class _Reporter:
+    """Adapter from doit's reporter hooks to the engine's Events."""
+
+    desc = "recbuild"
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def _kind(self, task) -> str:
+        return (getattr(task, "meta", None) or {}).get("kind", "")
+
+    def _quiet_source(self, task) -> bool:
+        return bool((getattr(task, "meta", None) or {}).get("file_source"))
+
+    def initialize(self, tasks, selected_tasks):
+        pass
+
+    def get_status(self, task):
+        pass
+
+    def execute_task(self, task):
+        self.engine.started[task.name] = time.perf_counter()
+        if not self._quiet_source(task):
+            self.engine.events.step_started(task.name, self._kind(task))
+
+    def add_success(self, task):
+        seconds = time.perf_counter() - self.engine.started.get(task.name, time.perf_counter())
+        outcome, detail = self.engine.outcomes.get(task.name, (BUILT, ""))
+        self.engine.events.step_finished(task.name, self._kind(task), outcome, seconds, detail)
+
+    def add_failure(self, task, fail):
+        seconds = time.perf_counter() - self.engine.started.get(task.name, time.perf_counter())
+        from doit.exceptions import UnmetDependency
+
+        if isinstance(fail, UnmetDependency):
+            self.engine.failures.setdefault(task.name, "skipped")
+            self.engine.events.step_skipped(task.name, self._kind(task),
+                                            f"upstream failed: {fail.message.strip()}")
+            return
+        message = self.engine.failures.get(task.name)
+        if message is None:  # a failure doit saw before our action ran: located the same way
+            node = self.engine.graph.nodes.get(task.name)
+            text = (fail.message or fail.get_msg()).strip().splitlines()[-1]
+            message = f"{node.loc}: {node.section}.{task.name}: {text}" if node else text
+            self.engine.failures[task.name] = message
+        self.engine.events.step_failed(task.name, self._kind(task), message, seconds)
+
+    def skip_uptodate(self, task):
+        self.engine.events.step_finished(task.name, self._kind(task), UP_TO_DATE, 0.0, "")
+
+    def skip_ignore(self, task):
+        pass
+
+    def cleanup_error(self, exception):
+        pass
+
+    def runtime_error(self, msg):
+        self.engine.failures.setdefault("(doit)", msg)
+        self.engine.events.step_failed("(doit)", "", msg.strip(), 0.0)
+
+    def teardown_task(self, task):
+        pass
+
+    def complete_run(self):
+        pass
+
+
+def _os_error_text(exc: OSError) -> str:
+    where = f": {exc.filename}" if exc.filename else ""
+    return (f"{exc.strerror or exc}{where} (check free space and permissions; "
+            "the previous artifact is kept)")
+
+
+def _close_logger(logger: logging.Logger) -> None:
+    for handler in list(logger.handlers):
+        handler.close()
+        logger.removeHandler(handler)

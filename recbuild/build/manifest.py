@@ -1,0 +1,226 @@
+"""MANIFEST.json of every artifact and atomic publish.
+
+The manifest's content is deterministic (no times, no hosts, no absolute paths) so an artifact
+rebuilt to identical bytes yields an identical manifest ``digest`` and its dependents stay up to
+date (early cut-off). ``digest`` covers the files only; ``key`` identifies the recipe of the build.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import uuid
+from pathlib import Path
+from typing import Any
+
+from recbuild import __version__
+from recbuild.errors import ForeignFolder, UnsupportedFile
+from recbuild.build.hashing import ALGORITHM, StatCache, entries_digest, list_files, tree_entries, walk_relpaths
+
+MANIFEST_NAME = "MANIFEST.json"
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def make_manifest(folder: Path, *, kind: str, key: str, inputs: dict[str, str], params: dict,
+                  cache: StatCache, meta: dict | None = None) -> dict:
+    files = [f for f in list_files(folder) if f != folder / MANIFEST_NAME]
+    entries = tree_entries(folder, files, cache)
+    manifest = {
+        "kind": kind,
+        "key": key,
+        "hash": ALGORITHM,
+        "digest": entries_digest(entries),
+        "files": entries,
+        "inputs": dict(sorted(inputs.items())),
+        "params": params,
+        "recbuild_version": __version__,
+    }
+    if meta:
+        manifest["meta"] = meta
+    return manifest
+
+
+def write_manifest(folder: Path, manifest: dict) -> Path:
+    path = folder / MANIFEST_NAME
+    text = json.dumps(manifest, sort_keys=True, indent=1, ensure_ascii=False) + "\n"
+    tmp = folder / f".{MANIFEST_NAME}.tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+    return path
+
+
+_MAX_MANIFEST_BYTES = 256 << 20
+
+
+def manifest_problem(manifest: Any) -> str | None:
+    """Why ``manifest`` is not a MANIFEST.json recbuild can use, or None when it is.
+
+    This is the manifest's schema, checked wherever one is read back (artifact folders, source
+    state, cache entries): a folder or a shared cache can hold anything, so nothing is trusted
+    for its shape. File paths must stay inside their folder.
+    """
+    if not isinstance(manifest, dict):
+        return "not a JSON object"
+    for field in ("kind", "key", "digest"):
+        if not isinstance(manifest.get(field), str):
+            return f"{field!r} is missing or not a string"
+    for field in ("inputs", "params"):
+        if field in manifest and not isinstance(manifest[field], dict):
+            return f"{field!r} is not an object"
+    for field in ("meta", "model"):
+        if field in manifest and not isinstance(manifest[field], dict):
+            return f"{field!r} is not an object"
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in manifest.get("inputs", {}).items()):
+        return "'inputs' must map names to digests"
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        return "'files' is missing or not an object"
+    for rel, entry in files.items():
+        if not safe_relpath(rel):
+            return f"file path {rel!r} is not a plain relative path"
+        if not (isinstance(entry, dict) and isinstance(entry.get("digest"), str)
+                and type(entry.get("size")) is int and entry["size"] >= 0):
+            return f"file {rel!r} lacks an integer size or a digest"
+    return None
+
+
+def safe_relpath(rel: Any) -> bool:
+    """A POSIX path inside its folder: relative, no '..', '.', empty parts, NUL or backslash."""
+    if not isinstance(rel, str) or not rel or rel.startswith("/") or "\\" in rel or "\0" in rel:
+        return False
+    return all(part not in ("", ".", "..") for part in rel.split("/"))
+
+
+def read_manifest(folder: Path) -> dict | None:
+    """The manifest of an artifact folder, or None when absent, unreadable or of the wrong shape
+    (=> the artifact is stale and rebuilt)."""
+    manifest = _load_json(os.path.join(folder, MANIFEST_NAME))
+    return manifest if manifest is not None and manifest_problem(manifest) is None else None
+
+
+def _load_json(path: str) -> Any:
+    """A JSON file's value, or None when it is absent, unreadable, too large or not JSON."""
+    try:
+        with open(path, "rb") as handle:
+            if os.fstat(handle.fileno()).st_size > _MAX_MANIFEST_BYTES:
+                return None
+            return json.loads(handle.read())  # (read(n) would allocate n bytes up front)
+    except (OSError, ValueError, RecursionError):
+        return None
+
+
+def artifact_folders(folder, files) -> set[str]:
+    """The folder and every folder on the way to every file in it (absolute paths)."""
+    base = os.path.abspath(folder)
+    folders = {base}
+    for rel in files:
+        parts = rel.split("/")[:-1]
+        folders.update(os.path.join(base, *parts[:i]) for i in range(1, len(parts) + 1))
+    return folders
+
+
+def verify_files(folder: Path, manifest: dict, cache: StatCache) -> list[str]:
+    """Problems found comparing the folder with its manifest (empty list = intact)."""
+    problems = []
+    expected = manifest.get("files", {})
+    base = os.path.abspath(folder)
+    folders = artifact_folders(base, expected)
+    listed = all(cache.listing_unchanged(f) for f in folders)
+    if not listed:  # something was added, removed or renamed since the last check: look
+        files, others = walk_relpaths(base, follow_links=False)
+        present = set(files) - {MANIFEST_NAME}
+        for rel in sorted(present - set(expected)):
+            problems.append(f"unexpected file {rel}")
+        for rel, what in others:
+            problems.append(f"unexpected {rel} ({what})")
+    for rel, entry in sorted(expected.items()):
+        path = os.path.join(base, rel)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            problems.append(f"missing file {rel}")
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            problems.append(f"{rel} is no longer a regular file")
+            continue
+        if st.st_size != entry["size"] or cache.file_digest(path, st) != entry["digest"]:
+            problems.append(f"modified file {rel}")
+    if not problems and not listed:
+        for f in folders:
+            cache.remember_listing(f)
+    return problems
+
+
+_RENAME_EXCHANGE = 2
+_libc = None
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2). False where unsupported."""
+    global _libc
+    if _libc is None:
+        try:
+            import ctypes
+            import ctypes.util
+
+            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            _libc.renameat2  # noqa: B018 - probe the symbol
+        except (OSError, AttributeError):
+            _libc = False
+    if not _libc:
+        return False
+    at_fdcwd = -100
+    result = _libc.renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
+    return result == 0
+
+
+def made_by_recbuild(folder: Path) -> bool:
+    """Whether recbuild can prove it made ``folder``: a real folder (not a symlink) holding a
+    MANIFEST.json that recbuild wrote (a JSON object naming its kind and recbuild's version).
+    Only such folders are ever replaced or deleted; a damaged manifest inside still proves it."""
+    if os.path.islink(folder) or not os.path.isdir(folder):
+        return False
+    manifest = _load_json(os.path.join(folder, MANIFEST_NAME))
+    return (isinstance(manifest, dict) and isinstance(manifest.get("recbuild_version"), str)
+            and isinstance(manifest.get("kind"), str))
+
+
+def check_replaceable(target: Path) -> None:
+    """Raise ForeignFolder unless ``target`` is absent or a folder recbuild made."""
+    if os.path.lexists(target) and not made_by_recbuild(target):
+        what = "a symlink" if os.path.islink(target) else ("a file" if not os.path.isdir(target) else "a folder")
+        raise ForeignFolder(f"{target} is {what} that recbuild did not make (no recbuild MANIFEST.json "
+                            "in it), so recbuild will not replace or delete it; move it away, or give "
+                            "the artifact another name or the recipe another workdir")
+
+
+def publish(staged: Path, target: Path, trash_dir: Path) -> None:
+    """Replace ``target`` with the fully written ``staged`` folder.
+
+    With renameat2(RENAME_EXCHANGE) the swap is atomic: a reader sees the old or the new folder,
+    never neither. Elsewhere the old folder is moved aside first; a crash between the two renames
+    leaves no folder at ``target`` (rebuilt next time), never a half-written one. Only a folder
+    recbuild made is ever replaced (ForeignFolder otherwise, nothing touched).
+    """
+    if os.path.islink(staged) or not os.path.isdir(staged):
+        raise UnsupportedFile(f"{staged} is not a folder; nothing was published")
+    check_replaceable(target)
+    if not target.parent.is_dir():
+        target.parent.mkdir(parents=True, exist_ok=True)
+    if os.path.lexists(target):
+        if _exchange(staged, target):
+            shutil.rmtree(staged, ignore_errors=True)
+        else:
+            trash_dir.mkdir(parents=True, exist_ok=True)
+            aside = trash_dir / f"{target.name}-old-{uuid.uuid4().hex[:8]}"
+            os.rename(target, aside)
+            os.rename(staged, target)
+            shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.rename(staged, target)
