@@ -1,15 +1,15 @@
-"""Runs a recipe's graph on doit, in-process: our TaskLoader2, sqlite3 backend in
-<workdir>/.recbuild/, our file checker, one task per source and per artifact, MANIFEST.json targets.
+"""Runs a recipe's graph on doit, in-process: plans what is not current, runs each source and
+artifact step (staged build, MANIFEST.json, publish), restores from and pushes to the shared cache,
+and records metrics and the run's headlines. The doit machinery itself (loader, checker, reporter,
+state database) is in doit_adapter.py.
 
-The only module (with dodo.py) that imports doit. It never prints: progress and results go to the
-``events`` object the CLI passes in (see ``ui.py``).
+It never prints: progress and results go to the ``events`` object the CLI passes in (see
+events.py and ui/terminal.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import functools
 import logging
 import os
 import shutil
@@ -20,30 +20,19 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Iterator
 
-from recbuild.builders.base import BuildContext, Progress
+from recbuild.builders.base import BuildContext
 from recbuild.build.cache import ArtifactCache, CacheError, CorruptEntry
+from recbuild.build.doit_adapter import doit_config, reset_unreadable_state_db, run_doit
+from recbuild.build.events import ADOPTED, BUILT, HASHED, RESTORED, UP_TO_DATE, Events
 from recbuild.errors import Interrupted, RecbuildError
 from recbuild.build.graph import Graph
 from recbuild.build.lock import WorkdirLock
 from recbuild.build.metrics import METRICS_FILE
 from recbuild.build.metrics import record as record_metrics
-from recbuild.build.manifest import MANIFEST_NAME, artifact_folders, check_replaceable, make_manifest, publish, write_manifest
+from recbuild.build.manifest import artifact_folders, check_replaceable, make_manifest, publish, write_manifest
 from recbuild.build.workspace import Workspace
-
-
-class Events(Protocol):
-    """What the engine reports; implemented by the UI."""
-
-    def run_started(self, names: list[str]) -> None: ...
-    def step_started(self, name: str, kind: str) -> None: ...
-    def step_finished(self, name: str, kind: str, outcome: str, seconds: float, detail: str = "") -> None: ...
-    def step_failed(self, name: str, kind: str, message: str, seconds: float) -> None: ...
-    def step_skipped(self, name: str, kind: str, reason: str) -> None: ...
-    def warn(self, message: str) -> None: ...
-    def progress(self, name: str, total: float | None, unit: str) -> Progress: ...
-    def run_finished(self, stats: dict) -> None: ...
 
 
 @dataclass
@@ -52,15 +41,6 @@ class MakeOptions:
     jobs: int = 1
     always: bool = False
     keep_going: bool = False
-
-
-BUILT, UP_TO_DATE, HASHED = "built", "up to date", "hashed"
-ADOPTED = UP_TO_DATE  # verified on disk although doit had no record (fresh state db, restored workdir)
-RESTORED = "restored from cache"
-
-
-class _StepFailed(Exception):
-    pass
 
 
 class Engine:
@@ -190,12 +170,6 @@ class Engine:
             else:
                 todo.append(name)
         return todo
-
-    def _run_doit(self, todo: list[str], options: MakeOptions) -> int:
-        from doit.doit_cmd import DoitMain
-
-        loader = _doit_classes()[0](self, todo, options)
-        return DoitMain(loader, config_filenames=()).run(["run", *todo])
 
     def _remember_published(self, name: str, manifest: dict) -> None:
         """The published files' digests under their final paths (they were hashed in tmp/)."""
@@ -327,20 +301,8 @@ class Engine:
         return self.ws.state_dir / "doit.sqlite"
 
     def doit_config(self, options: "MakeOptions") -> dict[str, Any]:
-        checker = _doit_classes()[1]
-        checker.workspace = self.ws
-        return {
-            "dep_file": str(self.state_db),
-            "backend": "sqlite3",
-            "check_file_uptodate": checker,
-            "reporter": _Reporter(self),
-            "verbosity": 0,
-            "num_process": options.jobs if options.jobs > 1 else 0,
-            "par_type": "thread",
-            "continue": options.keep_going,
-            "always": options.always,
-            "failure_verbosity": 0,
-        }
+        """doit's settings for this engine's runs (dodo.py hands them to plain doit)."""
+        return doit_config(self, options)
 
     def make(self, options: MakeOptions) -> int:
         """Build the targets; returns 0 or 1. Raises Interrupted on SIGINT/SIGTERM."""
@@ -362,7 +324,7 @@ class Engine:
             started = time.perf_counter()
             try:
                 todo = self._not_current(names, options.always)
-                code = self._run_doit(todo, options) if todo else 0
+                code = run_doit(self, todo, options) if todo else 0
             except KeyboardInterrupt:
                 raise Interrupted("interrupted; completed artifacts are kept, the running step "
                                   "was abandoned (its previous artifact is intact)") from None
@@ -378,69 +340,11 @@ class Engine:
         return 1
 
 
-@functools.lru_cache(maxsize=1)
-def _doit_classes():
-    """doit's base classes, imported on the first real build (a no-op make never imports doit)."""
-    from doit.cmd_base import TaskLoader2
-    from doit.dependency import FileChangedChecker
-
-    class RecipeLoader(TaskLoader2):
-        """doit TaskLoader2 over an already validated recipe (never reads doit config files)."""
-
-        def __init__(self, engine: Engine, names: list[str], options: MakeOptions):
-            super().__init__()
-            self.engine = engine
-            self.names = names
-            self.options = options
-
-        def setup(self, opt_values):
-            pass
-
-        def load_doit_config(self):
-            return self.engine.doit_config(self.options)
-
-        def load_tasks(self, cmd, pos_args):
-            from doit.task import dict_to_task
-
-            return [dict_to_task(spec)
-                    for spec in self.engine.task_dicts(self.names, self.options.always, decided=True)]
-
-    class _Checker(_CheckerMixin, FileChangedChecker):  # (the name is in doit's db: keep it)
-        pass
-
-    return RecipeLoader, _Checker
-
 
 def max_jobs() -> int:
     """More parallel steps than this only adds threads (each torch step already uses every core)."""
     return 8 * (os.cpu_count() or 1)
 
-
-def reset_unreadable_state_db(path: Path) -> list[str]:
-    """doit's database is a cache of what ran: when it is unreadable (garbage, truncated, another
-    schema, rows that are not JSON objects) doit would print its traceback. Remove it instead; the
-    manifests on disk let the next make adopt every artifact that is still intact. Returns the
-    warning to show, if any."""
-    import json
-    import sqlite3
-
-    if not path.exists():
-        return []
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-            columns = [row[1] for row in db.execute("PRAGMA table_info(doit)")]
-            if columns and columns != ["task_id", "task_data"]:
-                raise ValueError(f"table doit has columns {columns}")
-            for task_id, data in (db.execute("SELECT task_id, task_data FROM doit") if columns else ()):
-                if not isinstance(task_id, str) or not isinstance(json.loads(data), dict):
-                    raise ValueError(f"a row for {task_id!r} is not a task record")
-    except (sqlite3.Error, ValueError, TypeError, RecursionError) as exc:
-        for suffix in ("", "-journal", "-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(f"{path}{suffix}")
-        return [f"the state database {path} was unreadable ({str(exc)[:120]}); starting a new one "
-                "(intact artifacts are adopted, not rebuilt)"]
-    return []
 
 
 # make -j N runs steps on threads of one process. torch's RNG (seeded model init), thread pool and
@@ -464,94 +368,6 @@ def torch_turn(builder, log: logging.Logger) -> Iterator[None]:
         _TORCH_TURN.release()
 
 
-class _CheckerMixin:
-    """doit file checker: content digests through the stat cache; a MANIFEST.json's digest is the
-    digest of the artifact's files (its ``digest`` field), so a rebuilt-identical upstream is
-    unchanged for its dependents (early cut-off) even though its key or params moved."""
-
-    workspace: Workspace | None = None
-
-    def _digest(self, path: str) -> str:
-        if os.path.basename(path) == MANIFEST_NAME:
-            from recbuild.build.manifest import read_manifest
-
-            manifest = read_manifest(Path(path).parent)
-            return manifest["digest"] if manifest else ""
-        return self.workspace.cache.file_digest(path)
-
-    def check_modified(self, file_path, file_stat, state):
-        return self._digest(file_path) != state
-
-    def get_state(self, dep, current_state):
-        digest = self._digest(dep)
-        return None if digest == current_state else digest
-
-
-class _Reporter:
-    """Adapter from doit's reporter hooks to the engine's Events."""
-
-    desc = "recbuild"
-
-    def __init__(self, engine: Engine):
-        self.engine = engine
-
-    def _kind(self, task) -> str:
-        return (getattr(task, "meta", None) or {}).get("kind", "")
-
-    def _quiet_source(self, task) -> bool:
-        return bool((getattr(task, "meta", None) or {}).get("file_source"))
-
-    def initialize(self, tasks, selected_tasks):
-        pass
-
-    def get_status(self, task):
-        pass
-
-    def execute_task(self, task):
-        self.engine.started[task.name] = time.perf_counter()
-        if not self._quiet_source(task):
-            self.engine.events.step_started(task.name, self._kind(task))
-
-    def add_success(self, task):
-        seconds = time.perf_counter() - self.engine.started.get(task.name, time.perf_counter())
-        outcome, detail = self.engine.outcomes.get(task.name, (BUILT, ""))
-        self.engine.events.step_finished(task.name, self._kind(task), outcome, seconds, detail)
-
-    def add_failure(self, task, fail):
-        seconds = time.perf_counter() - self.engine.started.get(task.name, time.perf_counter())
-        from doit.exceptions import UnmetDependency
-
-        if isinstance(fail, UnmetDependency):
-            self.engine.failures.setdefault(task.name, "skipped")
-            self.engine.events.step_skipped(task.name, self._kind(task),
-                                            f"upstream failed: {fail.message.strip()}")
-            return
-        message = self.engine.failures.get(task.name)
-        if message is None:  # a failure doit saw before our action ran: located the same way
-            node = self.engine.graph.nodes.get(task.name)
-            text = (fail.message or fail.get_msg()).strip().splitlines()[-1]
-            message = f"{node.loc}: {node.section}.{task.name}: {text}" if node else text
-            self.engine.failures[task.name] = message
-        self.engine.events.step_failed(task.name, self._kind(task), message, seconds)
-
-    def skip_uptodate(self, task):
-        self.engine.events.step_finished(task.name, self._kind(task), UP_TO_DATE, 0.0, "")
-
-    def skip_ignore(self, task):
-        pass
-
-    def cleanup_error(self, exception):
-        pass
-
-    def runtime_error(self, msg):
-        self.engine.failures.setdefault("(doit)", msg)
-        self.engine.events.step_failed("(doit)", "", msg.strip(), 0.0)
-
-    def teardown_task(self, task):
-        pass
-
-    def complete_run(self):
-        pass
 
 
 def _os_error_text(exc: OSError) -> str:

@@ -173,7 +173,7 @@ class _LiveLines:
 
 
 class BuildEvents:
-    """Implements engine.Events. On a terminal, one live line per running step; otherwise (CI logs)
+    """Implements build.events.Events. On a terminal, one live line per running step; otherwise (CI logs)
     a heartbeat line per running step every ``heartbeat`` seconds, with the same facts."""
 
     def __init__(self, term: Terminal, heartbeat: float | None = None):

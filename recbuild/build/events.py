@@ -1,0 +1,26 @@
+"""What a make run reports as it goes: the ``Events`` protocol the UI implements
+(ui/terminal.py's BuildEvents) and the outcome names a finished step carries."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from recbuild.builders.base import Progress
+
+
+class Events(Protocol):
+    """What the engine reports; implemented by the UI."""
+
+    def run_started(self, names: list[str]) -> None: ...
+    def step_started(self, name: str, kind: str) -> None: ...
+    def step_finished(self, name: str, kind: str, outcome: str, seconds: float, detail: str = "") -> None: ...
+    def step_failed(self, name: str, kind: str, message: str, seconds: float) -> None: ...
+    def step_skipped(self, name: str, kind: str, reason: str) -> None: ...
+    def warn(self, message: str) -> None: ...
+    def progress(self, name: str, total: float | None, unit: str) -> Progress: ...
+    def run_finished(self, stats: dict) -> None: ...
+
+
+BUILT, UP_TO_DATE, HASHED = "built", "up to date", "hashed"
+ADOPTED = UP_TO_DATE  # verified on disk although doit had no record (fresh state db, restored workdir)
+RESTORED = "restored from cache"
