@@ -1,6 +1,11 @@
 """Recipe loading: YAML with locations -> extends -> --set overrides -> ${...} interpolation ->
 schema validation -> a :class:`Recipe` of plain data. No I/O beyond reading recipe files.
 
+This module holds the Recipe, the load from end to end and the validation of each source and
+artifact (its kind's schema and defaults, the recipe-wide defaults, its kind's own checks). The
+stages before it: recipe_merge.py (extends, --set), recipe_interpolation.py (${...}),
+recipe_templates.py (the built-in templates); recipe_cache.py reuses an identical earlier load.
+
 Decisions (documented in docs/recipes.md):
 - ``extends`` is resolved first (a built-in template name or a path relative to the recipe);
   mappings deep-merge, everything else is replaced; a ``null`` value deletes the inherited key.
@@ -17,18 +22,17 @@ from __future__ import annotations
 import copy
 import os
 import re
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from recbuild.errors import RecipeError
+from recbuild.build.recipe_interpolation import interpolate, shell_field_test
+from recbuild.build.recipe_merge import apply_overrides, load_with_extends, read_trace
 from recbuild.build.schema import NAME_PATTERN, SchemaChecker, did_you_mean, kind_schema, top_level_schema
-from recbuild.build.yamlsrc import KeyPath, Loc, format_path, load_yaml, parse_scalar, problem
+from recbuild.build.yamlsrc import KeyPath, Loc, locate, problem
 
 DEFAULT_RECIPE = "recbuild.yaml"
-SET_FILE = "--set"
-_REF = re.compile(r"\$\{([^}]*)\}")
 _NAME_RE = re.compile(NAME_PATTERN)
 RESERVED_NAMES = {"MANIFEST.json"}
 RECIPE_WIDE_DEFAULTS = ("executor", "ray", "tzrec")
@@ -72,318 +76,6 @@ class Recipe:
         from recbuild.build.matrix import model_for
 
         return model_for(self.model, self.nodes[name].model_overrides)
-
-
-def locate(locations: dict[KeyPath, Loc], path: KeyPath, file: str) -> Loc:
-    """The location of ``path`` or of its nearest ancestor that has one."""
-    path = tuple(path)
-    while path:
-        if path in locations:
-            return locations[path]
-        path = path[:-1]
-    return locations.get((), Loc(file, 1, 1))
-
-
-# ------------------------------------------------------------------------------------ templates
-
-
-def template_dirs() -> list[Path]:
-    package = Path(__file__).resolve().parents[1]  # recbuild/ (templates are package data)
-    return [package / "_recipes", package.parent / "recipes"]
-
-
-def template_names() -> list[str]:
-    names = set()
-    for folder in template_dirs():
-        if folder.is_dir():
-            names.update(p.stem for p in folder.glob("*.yaml"))
-    return sorted(names)
-
-
-def find_template(name: str) -> Path | None:
-    for folder in template_dirs():
-        candidate = folder / f"{name}.yaml"
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-# ------------------------------------------------------------------------------------ merging
-
-
-def _drop_subtree(locations: dict[KeyPath, Loc], path: KeyPath) -> None:
-    for key in [k for k in locations if k[:len(path)] == path and len(k) > len(path)]:
-        del locations[key]
-
-
-def deep_merge(base: Any, base_locs: dict, over: Any, over_locs: dict, path: KeyPath = ()) -> Any:
-    if isinstance(base, dict) and isinstance(over, dict):
-        merged = dict(base)
-        for key, value in over.items():
-            child = path + (key,)
-            if value is None and key in merged:
-                del merged[key]
-                _drop_subtree(base_locs, child)
-                base_locs.pop(child, None)
-                continue
-            if key in merged:
-                merged[key] = deep_merge(merged[key], base_locs, value, over_locs, child)
-            else:
-                merged[key] = value
-                _copy_locs(over_locs, base_locs, child)
-            if child in over_locs:
-                base_locs[child] = over_locs[child]
-        return merged
-    _drop_subtree(base_locs, path)
-    _copy_locs(over_locs, base_locs, path)
-    return over
-
-
-def _copy_locs(src: dict, dst: dict, path: KeyPath) -> None:
-    for key, loc in src.items():
-        if key[:len(path)] == path:
-            dst[key] = loc
-
-
-# What a load read (files and environment variables): the recipe cache's validity conditions.
-_trace: dict[str, dict] = {"files": {}, "env": {}}
-
-
-def _load_with_extends(path: Path, shown: str, chain: tuple[str, ...]) -> tuple[dict, dict]:
-    _trace["files"][str(path)] = None
-    data, locations = load_yaml(path, shown)
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise RecipeError(problem(Loc(shown, 1, 1), (), "a recipe must be a mapping of keys "
-                                                        "(version, sources, artifacts, ...)"))
-    parent_ref = data.get("extends")
-    if parent_ref is None:
-        return data, locations
-    loc = locations.get(("extends",), Loc(shown, 1, 1))
-    if not isinstance(parent_ref, str) or not parent_ref:
-        raise RecipeError(problem(loc, ("extends",), "must be a template name or a path"))
-    candidate = (path.parent / parent_ref)
-    if candidate.is_file():
-        parent_path, parent_shown = candidate.resolve(), os.path.relpath(candidate)
-    else:
-        template = find_template(parent_ref)
-        if template is None:
-            names = template_names()
-            raise RecipeError(problem(loc, ("extends",),
-                                      f"no built-in template or file {parent_ref!r}"
-                                      f"{did_you_mean(parent_ref, names)}; templates: {', '.join(names)}"))
-        parent_path, parent_shown = template, f"<template {parent_ref}>"
-    key = str(parent_path)
-    if key in chain:
-        raise RecipeError(problem(loc, ("extends",), "extends cycle: " + " -> ".join([*chain, key])))
-    base, base_locs = _load_with_extends(parent_path, parent_shown, chain + (key,))
-    base.pop("extends", None)
-    _drop_subtree(base_locs, ("extends",))
-    child = dict(data)
-    child.pop("extends")
-    merged = deep_merge(base, base_locs, child, locations)
-    merged["extends"] = parent_ref
-    base_locs[("extends",)] = loc
-    return merged, base_locs
-
-
-# ------------------------------------------------------------------------------------ overrides
-
-
-def apply_overrides(data: dict, locations: dict, overrides: list[str]) -> None:
-    for item in overrides:
-        if "=" not in item:
-            raise RecipeError(f"{SET_FILE} {item}: expected PATH=VALUE, e.g. --set vars.seed=7")
-        dotted, _, raw = item.partition("=")
-        parts: list[Any] = [p for p in dotted.strip().split(".")]
-        if not dotted.strip() or any(not p for p in parts):
-            raise RecipeError(f"{SET_FILE} {item}: bad path {dotted!r}")
-        target: Any = data
-        path: KeyPath = ()
-        for part in parts[:-1]:
-            key: Any = int(part) if isinstance(target, list) and part.isdigit() else part
-            path += (key,)
-            if isinstance(target, dict):
-                target = target.setdefault(key, {})
-            elif isinstance(target, list) and isinstance(key, int) and key < len(target):
-                target = target[key]
-            else:
-                raise RecipeError(f"{SET_FILE} {item}: {format_path(path)} is not a mapping")
-        last: Any = parts[-1]
-        if isinstance(target, list) and last.isdigit() and int(last) < len(target):
-            last = int(last)
-        elif not isinstance(target, dict):
-            raise RecipeError(f"{SET_FILE} {item}: {format_path(path)} is not a mapping")
-        target[last] = parse_scalar(raw, f"{SET_FILE} {dotted}")
-        full = path + (last,)
-        _drop_subtree(locations, full)
-        locations[full] = Loc(f"{SET_FILE} {dotted}", 0, 0)
-
-
-# ------------------------------------------------------------------------------------ interpolation
-
-
-class _Interpolator:
-    def __init__(self, variables: dict, locations: dict, file: str, is_shell=lambda path: False):
-        self.vars = variables
-        self.locations = locations
-        self.file = file
-        self.is_shell = is_shell  # path -> whether the string there is run by a shell (quote values)
-        self.problems: list[tuple[int, str]] = []
-
-    def _fail(self, path: KeyPath, message: str) -> None:
-        loc = locate(self.locations, path, self.file)
-        self.problems.append((loc.line, problem(loc, path, message)))
-
-    def _lookup(self, expr: str, path: KeyPath) -> tuple[bool, Any]:
-        if expr.startswith("vars."):
-            value: Any = self.vars
-            walked = "vars"
-            for part in expr[5:].split("."):
-                if isinstance(value, dict) and part in value:
-                    value = value[part]
-                    walked += "." + part
-                else:
-                    options = list(value) if isinstance(value, dict) else []
-                    self._fail(path, f"unknown variable ${{{expr}}}: {walked} has no {part!r}"
-                                     f"{did_you_mean(part, options)}")
-                    return False, None
-            return True, value
-        if expr.startswith("env."):
-            name, sep, default = expr[4:].partition(":-")
-            _trace["env"][name] = os.environ.get(name)
-            if name in os.environ:
-                return True, os.environ[name]
-            if sep:
-                return True, default
-            self._fail(path, f"environment variable {name} is not set; set it or write "
-                             f"${{env.{name}:-default}}")
-            return False, None
-        if expr == "out" or expr.startswith(("deps.", "params.")):
-            return False, None  # left for the command kind
-        self._fail(path, f"unknown reference ${{{expr}}}; use ${{vars.NAME}} or ${{env.NAME}} "
-                         "(write $${ for a literal ${)")
-        return False, None
-
-    def string(self, text: str, path: KeyPath) -> Any:
-        if "${" not in text:
-            return text
-        shell = self.is_shell(path)
-        whole = _REF.fullmatch(text)
-        if whole and not text.startswith("$${") and not shell:
-            ok, value = self._lookup(_unraw(whole.group(1).strip()), path)
-            if ok:
-                return self.walk(copy.deepcopy(value), path) if isinstance(value, (dict, list)) else value
-            return text
-
-        def replace(match: re.Match) -> str:
-            start = match.start()
-            if start > 0 and text[start - 1] == "$":
-                return match.group(0)
-            expr = match.group(1).strip()
-            ok, value = self._lookup(_unraw(expr), path)
-            if not ok:
-                return match.group(0)
-            if isinstance(value, (dict, list)):
-                self._fail(path, f"${{{match.group(1)}}} is a {type(value).__name__}; "
-                                 "it can only stand alone, not inside a string")
-                return match.group(0)
-            text_value = str(value).lower() if isinstance(value, bool) else str(value)
-            # In a shell command every value is one quoted word: a branch name or a --set value
-            # must never run as shell code. ${raw:...} is the explicit way to paste shell syntax.
-            return shlex.quote(text_value) if shell and not expr.startswith(RAW_PREFIX) else text_value
-
-        return _REF.sub(replace, text).replace("$${", "${")
-
-    def walk(self, value: Any, path: KeyPath) -> Any:
-        if isinstance(value, dict):
-            return {k: self.walk(v, path + (k,)) for k, v in value.items()}
-        if isinstance(value, list):
-            return [self.walk(v, path + (i,)) for i, v in enumerate(value)]
-        if isinstance(value, str):
-            return self.string(value, path)
-        return value
-
-
-RAW_PREFIX = "raw:"
-
-
-def _unraw(expr: str) -> str:
-    return expr[len(RAW_PREFIX):].strip() if expr.startswith(RAW_PREFIX) else expr
-
-
-def _vars_cycle(raw_vars: dict) -> list[str]:
-    """A chain of vars that refers back to its start (["a", "b", "a"]), or [] when there is none."""
-    def refs(value) -> set[str]:
-        if isinstance(value, dict):
-            return set().union(*(refs(v) for v in value.values()))
-        if isinstance(value, list):
-            return set().union(*(refs(v) for v in value))
-        if isinstance(value, str):
-            return {_unraw(m.strip())[5:].split(".")[0] for m in _REF.findall(value)
-                    if _unraw(m.strip()).startswith("vars.")}
-        return set()
-
-    edges = {name: sorted(refs(value) & set(raw_vars)) for name, value in raw_vars.items()}
-    done: set[str] = set()
-    for start in edges:
-        trail: list[str] = []
-        stack = [(start, iter(edges[start]))]
-        on_trail = {start}
-        trail.append(start)
-        while stack:
-            name, children = stack[-1]
-            child = next(children, None)
-            if child is None:
-                stack.pop()
-                on_trail.discard(trail.pop())
-                done.add(name)
-            elif child in on_trail:
-                return trail[trail.index(child):] + [child]
-            elif child not in done:
-                stack.append((child, iter(edges[child])))
-                on_trail.add(child)
-                trail.append(child)
-    return []
-
-
-def shell_field_test(data: dict, builders: dict):
-    """path -> whether the string at that path is a shell command (a kind's ``shell_fields``)."""
-    def is_shell(path: KeyPath) -> bool:
-        if len(path) != 3 or path[0] not in ("sources", "artifacts"):
-            return False
-        section = data.get(path[0])
-        spec = section.get(path[1]) if isinstance(section, dict) else None
-        kind = spec.get("kind") if isinstance(spec, dict) else None
-        builder = builders.get(kind) if isinstance(kind, str) and kind in builders else None
-        return builder is not None and path[2] in getattr(builder, "shell_fields", ())
-    return is_shell
-
-
-def interpolate(data: dict, locations: dict, file: str, is_shell=lambda path: False) -> dict:
-    raw_vars = data.get("vars") or {}
-    if not isinstance(raw_vars, dict):
-        raise RecipeError(problem(locate(locations, ("vars",), file), ("vars",), "must be a mapping"))
-    cycle = _vars_cycle(raw_vars)
-    if cycle:
-        path = ("vars", cycle[0])
-        raise RecipeError(problem(locate(locations, path, file), path, "reference cycle: "
-                                  + " -> ".join(f"${{vars.{n}}}" for n in cycle)))
-    # vars may use env and other vars; without cycles a fixed point is reached within len(vars) rounds.
-    resolved = raw_vars
-    for _ in range(len(raw_vars) + 1):
-        interp = _Interpolator(resolved, locations, file)
-        nxt = interp.walk(raw_vars, ("vars",))
-        if nxt == resolved:
-            break
-        resolved = nxt
-    interp = _Interpolator(resolved, locations, file, is_shell)
-    result = {k: (resolved if k == "vars" else interp.walk(v, (k,))) for k, v in data.items()}
-    interp.walk(resolved, ("vars",))  # report unresolved references inside vars
-    if interp.problems:
-        raise RecipeError([m for _, m in sorted(interp.problems)])
-    return result
 
 
 # ------------------------------------------------------------------------------------ validation
@@ -471,13 +163,13 @@ def load_recipe(path: str | os.PathLike | None = None, overrides: list[str] | No
     cached = recipe_cache.lookup(path or DEFAULT_RECIPE, overrides or [])
     if cached is not None:
         return cached
-    _trace["files"].clear()
-    _trace["env"].clear()
+    read_trace["files"].clear()
+    read_trace["env"].clear()
     recipe = _load_recipe(path, overrides, builders)
     from recbuild.builders import builtin_builders
 
     if all(n.kind == "source" or n.kind in builtin_builders() for n in recipe.nodes.values()):
-        recipe_cache.store(path or DEFAULT_RECIPE, overrides or [], recipe, _trace)  # plugin code is not fingerprinted
+        recipe_cache.store(path or DEFAULT_RECIPE, overrides or [], recipe, read_trace)  # plugin code is not fingerprinted
     return recipe
 
 
@@ -493,7 +185,7 @@ def _load_recipe(path, overrides, builders) -> Recipe:
         hint = "" if path else " (use -f PATH, or `recbuild init dssm` to start from a template)"
         raise RecipeError(f"{shown}: recipe file not found{hint}")
     builders = builders if builders is not None else all_builders()
-    data, locations = _load_with_extends(recipe_path.resolve(), shown, (str(recipe_path.resolve()),))
+    data, locations = load_with_extends(recipe_path.resolve(), shown, (str(recipe_path.resolve()),))
     apply_overrides(data, locations, overrides or [])
     data = interpolate(data, locations, shown, shell_field_test(data, builders))
 

@@ -49,6 +49,16 @@ def problem(loc: Loc, path: KeyPath, message: str) -> str:
     return f"{loc}: {where}: {message}"
 
 
+def locate(locations: dict[KeyPath, Loc], path: KeyPath, file: str) -> Loc:
+    """The location of ``path`` or of its nearest ancestor that has one."""
+    path = tuple(path)
+    while path:
+        if path in locations:
+            return locations[path]
+        path = path[:-1]
+    return locations.get((), Loc(file, 1, 1))
+
+
 MAX_VALUES = 100_000  # a recipe is small; YAML aliases can expand a few bytes beyond any memory
 MAX_DEPTH = 64
 _PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "map", "seq")}

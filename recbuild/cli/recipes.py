@@ -33,7 +33,7 @@ def cmd_validate(args, term) -> int:
 
 
 def cmd_templates(args, term) -> int:
-    from recbuild.build.recipe import find_template, template_names
+    from recbuild.build.recipe_templates import find_template, template_names
 
     rows = []
     for name in template_names():
@@ -48,7 +48,8 @@ def cmd_templates(args, term) -> int:
 
 
 def cmd_init(args, term) -> int:
-    from recbuild.build.recipe import DEFAULT_RECIPE, find_template, template_names
+    from recbuild.build.recipe import DEFAULT_RECIPE
+    from recbuild.build.recipe_templates import find_template, template_names
     from recbuild.build.schema import did_you_mean
 
     template = find_template(args.template)

@@ -1,0 +1,124 @@
+"""The layers of a recipe, merged with their locations: the recipe file and the templates or files
+it ``extends`` (mappings deep-merge, a ``null`` deletes an inherited key), then the ``--set``
+overrides. Records the files it read in ``read_trace``, the recipe cache's validity conditions.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from recbuild.errors import RecipeError
+from recbuild.build.recipe_templates import find_template, template_names
+from recbuild.build.schema import did_you_mean
+from recbuild.build.yamlsrc import KeyPath, Loc, format_path, load_yaml, parse_scalar, problem
+
+SET_FILE = "--set"
+
+# What a load read (files and environment variables): the recipe cache's validity conditions.
+read_trace: dict[str, dict] = {"files": {}, "env": {}}
+
+
+def _drop_subtree(locations: dict[KeyPath, Loc], path: KeyPath) -> None:
+    for key in [k for k in locations if k[:len(path)] == path and len(k) > len(path)]:
+        del locations[key]
+
+
+def deep_merge(base: Any, base_locs: dict, over: Any, over_locs: dict, path: KeyPath = ()) -> Any:
+    if isinstance(base, dict) and isinstance(over, dict):
+        merged = dict(base)
+        for key, value in over.items():
+            child = path + (key,)
+            if value is None and key in merged:
+                del merged[key]
+                _drop_subtree(base_locs, child)
+                base_locs.pop(child, None)
+                continue
+            if key in merged:
+                merged[key] = deep_merge(merged[key], base_locs, value, over_locs, child)
+            else:
+                merged[key] = value
+                _copy_locs(over_locs, base_locs, child)
+            if child in over_locs:
+                base_locs[child] = over_locs[child]
+        return merged
+    _drop_subtree(base_locs, path)
+    _copy_locs(over_locs, base_locs, path)
+    return over
+
+
+def _copy_locs(src: dict, dst: dict, path: KeyPath) -> None:
+    for key, loc in src.items():
+        if key[:len(path)] == path:
+            dst[key] = loc
+
+
+
+def load_with_extends(path: Path, shown: str, chain: tuple[str, ...]) -> tuple[dict, dict]:
+    read_trace["files"][str(path)] = None
+    data, locations = load_yaml(path, shown)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(problem(Loc(shown, 1, 1), (), "a recipe must be a mapping of keys "
+                                                        "(version, sources, artifacts, ...)"))
+    parent_ref = data.get("extends")
+    if parent_ref is None:
+        return data, locations
+    loc = locations.get(("extends",), Loc(shown, 1, 1))
+    if not isinstance(parent_ref, str) or not parent_ref:
+        raise RecipeError(problem(loc, ("extends",), "must be a template name or a path"))
+    candidate = (path.parent / parent_ref)
+    if candidate.is_file():
+        parent_path, parent_shown = candidate.resolve(), os.path.relpath(candidate)
+    else:
+        template = find_template(parent_ref)
+        if template is None:
+            names = template_names()
+            raise RecipeError(problem(loc, ("extends",),
+                                      f"no built-in template or file {parent_ref!r}"
+                                      f"{did_you_mean(parent_ref, names)}; templates: {', '.join(names)}"))
+        parent_path, parent_shown = template, f"<template {parent_ref}>"
+    key = str(parent_path)
+    if key in chain:
+        raise RecipeError(problem(loc, ("extends",), "extends cycle: " + " -> ".join([*chain, key])))
+    base, base_locs = load_with_extends(parent_path, parent_shown, chain + (key,))
+    base.pop("extends", None)
+    _drop_subtree(base_locs, ("extends",))
+    child = dict(data)
+    child.pop("extends")
+    merged = deep_merge(base, base_locs, child, locations)
+    merged["extends"] = parent_ref
+    base_locs[("extends",)] = loc
+    return merged, base_locs
+
+
+def apply_overrides(data: dict, locations: dict, overrides: list[str]) -> None:
+    for item in overrides:
+        if "=" not in item:
+            raise RecipeError(f"{SET_FILE} {item}: expected PATH=VALUE, e.g. --set vars.seed=7")
+        dotted, _, raw = item.partition("=")
+        parts: list[Any] = [p for p in dotted.strip().split(".")]
+        if not dotted.strip() or any(not p for p in parts):
+            raise RecipeError(f"{SET_FILE} {item}: bad path {dotted!r}")
+        target: Any = data
+        path: KeyPath = ()
+        for part in parts[:-1]:
+            key: Any = int(part) if isinstance(target, list) and part.isdigit() else part
+            path += (key,)
+            if isinstance(target, dict):
+                target = target.setdefault(key, {})
+            elif isinstance(target, list) and isinstance(key, int) and key < len(target):
+                target = target[key]
+            else:
+                raise RecipeError(f"{SET_FILE} {item}: {format_path(path)} is not a mapping")
+        last: Any = parts[-1]
+        if isinstance(target, list) and last.isdigit() and int(last) < len(target):
+            last = int(last)
+        elif not isinstance(target, dict):
+            raise RecipeError(f"{SET_FILE} {item}: {format_path(path)} is not a mapping")
+        target[last] = parse_scalar(raw, f"{SET_FILE} {dotted}")
+        full = path + (last,)
+        _drop_subtree(locations, full)
+        locations[full] = Loc(f"{SET_FILE} {dotted}", 0, 0)
