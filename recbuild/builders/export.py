@@ -74,7 +74,7 @@ def write_module(folder: Path, module, specs, formats, tolerance: float, tzrec_f
     Returns (max_abs_diff per format, facts on TorchEasyRec's files for the manifest).
     """
     from recbuild.ml import tzrec_contract
-    from recbuild.ml.exporter import verify_formats, write_formats
+    from recbuild.ml.exporter.formats import verify_formats, write_formats
     from recbuild.ml.feature_io import write_fg
     from recbuild.ml.models.features import example_inputs, io_specs
 
@@ -97,7 +97,7 @@ def write_export_folder(folder: Path, model, config: dict, specs, formats, toler
                         tzrec_files: str = "auto") -> tuple[dict, dict]:
     """Write one export (formats + model.pt + pipeline.yaml + fg.json [+ TorchEasyRec's files]);
     returns (max_abs_diff per format, facts on TorchEasyRec's files)."""
-    from recbuild.ml.exporter import write_pipeline_yaml
+    from recbuild.ml.exporter.pipeline_yaml import write_pipeline_yaml
     from recbuild.ml.training import save_state_dict
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -105,7 +105,7 @@ def write_export_folder(folder: Path, model, config: dict, specs, formats, toler
     save_state_dict(state_dict, folder / "model.pt")
     write_pipeline_yaml(folder, config, pipeline_extra)
     if split == "sparse_dense":
-        from recbuild.ml.exporter import write_sparse_dense
+        from recbuild.ml.exporter.sparse_dense import write_sparse_dense
 
         diffs.update(write_sparse_dense(model, specs, folder, formats, tolerance))
     return diffs, tzrec
@@ -178,7 +178,8 @@ class ExportBuilder(Builder):
         return problems + check_tzrec_files(params)
 
     def build(self, ctx: BuildContext) -> None:
-        from recbuild.ml.exporter import instantiate, load_state_dict, select_checkpoint
+        from recbuild.ml.exporter.loading import instantiate, load_state_dict
+        from recbuild.ml.exporter.selection import select_checkpoint
         from recbuild.ml.models import resolve
         from recbuild.ml.models.features import parse_features
 

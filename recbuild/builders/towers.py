@@ -25,7 +25,7 @@ TOWERS = (("user", "user_tower_emb"), ("item", "item_tower_emb"))
 
 def check_tower_inputs(tower, tower_name: str, specs, group: str) -> None:
     """Raise if the tower's output depends on a feature of the other group."""
-    from recbuild.ml.exporter import inputs_reaching_outputs
+    from recbuild.ml.exporter.reachability import inputs_reaching_outputs
     from recbuild.ml.models.features import example_inputs
 
     try:
@@ -70,7 +70,8 @@ class TowersBuilder(Builder):
     def build(self, ctx: BuildContext) -> None:
         for path, message in self.check(ctx.params):
             raise BuildError(f"{path}: {message}")
-        from recbuild.ml.exporter import instantiate, load_state_dict, read_pipeline_yaml, write_pipeline_yaml
+        from recbuild.ml.exporter.loading import instantiate, load_state_dict
+        from recbuild.ml.exporter.pipeline_yaml import read_pipeline_yaml, write_pipeline_yaml
         from recbuild.ml.models.features import example_inputs, group_features, parse_features
 
         export = ctx.input("model")

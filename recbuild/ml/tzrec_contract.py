@@ -231,7 +231,7 @@ def pipeline_config_text(specs: Sequence[Any], batch_size: int = PREDICT_BATCH_S
 
 def write_files(module: nn.Module, specs: Sequence[Any], folder: Path) -> None:
     """scripted_model.pt (the module taking both call styles), pipeline.config, model_acc.json."""
-    from recbuild.ml.exporter import save_torchscript
+    from recbuild.ml.exporter.formats import save_torchscript
 
     folder = Path(folder)
     wrapper = callable_for(module, specs).eval()

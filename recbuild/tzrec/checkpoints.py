@@ -1,13 +1,14 @@
-"""Checkpoint selection over a TorchEasyRec model_dir, with recbuild's rules (recbuild.ml.exporter).
+"""Checkpoint selection over a TorchEasyRec model_dir, with recbuild's rules
+(recbuild.ml.exporter.selection).
 
 tzrec writes ``model.ckpt-<step>/{model,optimizer}`` (torch distributed checkpoints, plus ``plan``)
 and ``train_eval_result_v2.txt`` (one JSON object per evaluation with ``global_step``).
 
   latest   the highest step
-  best     recbuild.ml.exporter.best_steps: ties go to the earliest step, NaN never wins, a missing
-           metric names the metrics that exist. Metric and direction default to the pipeline's
-           ``export_config`` (``best_exporter_metric``, ``metric_larger_is_better``), then to the
-           only metric in the file (tzrec itself crashes when no metric is named).
+  best     recbuild.ml.exporter.selection.best_steps: ties go to the earliest step, NaN never
+           wins, a missing metric names the metrics that exist. Metric and direction default to
+           the pipeline's ``export_config`` (``best_exporter_metric``, ``metric_larger_is_better``),
+           then to the only metric in the file (tzrec itself crashes when no metric is named).
   <path>   a checkpoint folder inside the checkpoints artifact (e.g. ``model.ckpt-40``)
 
 Default ``select``: the pipeline's ``export_config.exporter_type`` (latest unless it says best),
@@ -51,7 +52,7 @@ class Choice:
 
 def choose(folder: Path, select: str | None, metric: str | None, bigger_is_better: bool | None,
            export_facts: dict | None = None) -> Choice:
-    from recbuild.ml.exporter import EVAL_FILE, best_steps, read_eval_results
+    from recbuild.ml.exporter.selection import EVAL_FILE, best_steps, read_eval_results
 
     facts = export_facts or {}
     folder = Path(folder)

@@ -28,7 +28,7 @@ def _json(path: Path, what: str) -> Any:
 
 def checkpoints(out: Path, expect_eval: bool) -> dict[str, Any]:
     """model.ckpt-N/{model,optimizer} folders, pipeline.config, and the eval file when there was eval data."""
-    from recbuild.ml.exporter import EVAL_FILE, read_eval_results
+    from recbuild.ml.exporter.selection import EVAL_FILE, read_eval_results
     from recbuild.tzrec.checkpoints import list_checkpoints
 
     found = list_checkpoints(out)
