@@ -1,7 +1,7 @@
 """Feature specs, ``fg.json`` and the conversion of Arrow batches into a tower's input dict.
 
 One module owns the mapping "parquet column -> model input tensor" so that training, export and
-batch inference (``predictor.py``) feed a model exactly the same way:
+batch inference (``ml/predictor/``) feed a model exactly the same way:
 
 - id feature        -> ``int64 [B]`` raw ids; string ids become int64 via :func:`hash_string_ids`
 - numeric feature   -> ``float32 [B]``
