@@ -274,10 +274,9 @@ def test_tdm_without_a_tree_is_a_clear_error(tmp_path):
 
 @pytest.mark.parametrize("block_rows", [7, 10_000])
 def test_truth_ranks_place_pairs_as_torch_topk_does_ties_and_nan_included(monkeypatch, block_rows):
-    from recbuild.ml import training
-    from recbuild.ml.training import truth_ranks
+    from recbuild.ml.training import evaluation, truth_ranks
 
-    monkeypatch.setattr(training, "RANK_BLOCK_ELEMENTS", 300 * block_rows)
+    monkeypatch.setattr(evaluation, "RANK_BLOCK_ELEMENTS", 300 * block_rows)
     rng = np.random.default_rng(3)
     scores = torch.from_numpy(np.round(rng.random((40, 300)), 2).astype(np.float32))  # many ties
     scores[5, 7] = float("nan")
@@ -318,8 +317,7 @@ def test_unique_rows_is_numpy_unique_over_rows():
 
 
 def test_catalog_lookup_falls_back_when_row_hashes_collide(monkeypatch):
-    from recbuild.ml import training
-    from recbuild.ml.training import ItemCatalog, _row_view
+    from recbuild.ml.training import ItemCatalog, _row_view, catalog
 
     rng = np.random.default_rng(4)
     keys = np.unique(rng.integers(0, 50, (300, 3)), axis=0)
@@ -327,7 +325,7 @@ def test_catalog_lookup_falls_back_when_row_hashes_collide(monkeypatch):
     expected = np.searchsorted(_row_view(keys), _row_view(queries))
     fresh = ItemCatalog(keys=keys, inputs={}, train_counts=np.zeros(len(keys), dtype=np.int64))
     np.testing.assert_array_equal(fresh.index_of(queries), expected)
-    monkeypatch.setattr(training, "_row_hashes", lambda m: np.zeros(len(m), dtype=np.uint64))
+    monkeypatch.setattr(catalog, "_row_hashes", lambda m: np.zeros(len(m), dtype=np.uint64))
     colliding = ItemCatalog(keys=keys, inputs={}, train_counts=np.zeros(len(keys), dtype=np.int64))
     np.testing.assert_array_equal(colliding.index_of(queries), expected)
 

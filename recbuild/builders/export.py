@@ -98,7 +98,7 @@ def write_export_folder(folder: Path, model, config: dict, specs, formats, toler
     """Write one export (formats + model.pt + pipeline.yaml + fg.json [+ TorchEasyRec's files]);
     returns (max_abs_diff per format, facts on TorchEasyRec's files)."""
     from recbuild.ml.exporter.pipeline_yaml import write_pipeline_yaml
-    from recbuild.ml.training import save_state_dict
+    from recbuild.ml.training.checkpoints import save_state_dict
 
     folder.mkdir(parents=True, exist_ok=True)
     diffs, tzrec = write_module(folder, model, specs, formats, tolerance, tzrec_files, "the model")

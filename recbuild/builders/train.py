@@ -9,7 +9,7 @@ from recbuild.errors import InputError
 
 def parquet_inputs(artifact: InputArtifact) -> list:
     """Local parquet files of a source or artifact input (sorted)."""
-    from recbuild.ml.training import parquet_files
+    from recbuild.ml.training.data import parquet_files
 
     if artifact.url and not artifact.files:
         raise InputError(f"{artifact.name}: remote input {artifact.url} is not supported for "
@@ -61,7 +61,8 @@ class TrainBuilder(Builder):
     }
 
     def build(self, ctx: BuildContext) -> None:
-        from recbuild.ml.training import Trainer, TrainSettings
+        from recbuild.ml.training.loop import Trainer
+        from recbuild.ml.training.settings import TrainSettings
 
         p = ctx.params
         settings = TrainSettings(

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-EVAL_FILE = "train_eval_result_v2.txt"  # recbuild.ml.training.EVAL_FILE, without importing torch
+EVAL_FILE = "train_eval_result_v2.txt"  # recbuild.ml.training.checkpoints.EVAL_FILE, without importing torch
 SERVING_TREE = "serving_tree"  # recbuild.retrieval.tree_io.SERVING_TREE
 EMBEDDING_SUFFIXES = ("_emb", "_embedding")
 PREFERRED_EMBEDDING_COLUMNS = ("item_tower_emb", "user_tower_emb")

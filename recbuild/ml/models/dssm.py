@@ -1,8 +1,8 @@
 """DSSM: two towers (user, item), each an MLP over its group's features, L2-normalised outputs.
 
-Trained with an in-batch sampled softmax (see ``recbuild.ml.training``); the temperature scales the
-cosine logits at training time only, so an inner-product index over exported embeddings is exactly
-cosine similarity (as in TorchEasyRec).
+Trained with an in-batch sampled softmax (see ``recbuild.ml.training.losses``); the temperature
+scales the cosine logits at training time only, so an inner-product index over exported embeddings
+is exactly cosine similarity (as in TorchEasyRec).
 """
 
 from __future__ import annotations

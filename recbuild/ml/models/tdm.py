@@ -5,8 +5,8 @@ other item features come from the tree's node_feature table at serving). Outputs
 ``probs`` (``float32 [B]``). The network: user and node field vectors, their projected element-wise
 product (the "interest" term), all into an MLP.
 
-Trained on layer-wise samples (``recbuild.ml.training``): for a clicked item, every ancestor of its leaf
-is a positive on its level and random other nodes of that level are negatives.
+Trained on layer-wise samples (``recbuild.ml.training.tree_sampler``): for a clicked item, every
+ancestor of its leaf is a positive on its level and random other nodes of that level are negatives.
 """
 
 from __future__ import annotations
