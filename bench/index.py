@@ -89,7 +89,7 @@ def build_ours(data: Path, out: Path, index_type: str) -> None:
     ctx = BuildContext(name="index", kind="faiss_index", params=params, out=out,
                        inputs={"embeddings": InputArtifact("emb", "source", data, files, {})},
                        recipe_dir=out, workdir=out, threads=os.cpu_count() or 2)
-    FaissIndexBuilder().build(ctx)
+    FaissIndexBuilder().run(ctx)
 
 
 def worker(args) -> None:

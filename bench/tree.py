@@ -132,7 +132,7 @@ def builder_worker(data: Path, out: Path, k: int, iters: int) -> None:
                        inputs={"embeddings": InputArtifact("emb", "source", data, files, {})},
                        recipe_dir=out, workdir=out, threads=os.cpu_count() or 2)
     started = time.perf_counter()
-    TdmTreeBuilder().build(ctx)
+    TdmTreeBuilder().run(ctx)
     print(json.dumps({"seconds": time.perf_counter() - started,
                       "peak_mb": peak_rss_mb()}))
 

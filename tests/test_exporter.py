@@ -60,7 +60,7 @@ def run_export(tmp_path: Path, ckpts: Path, out_name: str, model=DSSM, recipe_di
     inputs = {"checkpoints": artifact(ckpts, "checkpoints"), **(extra_inputs or {})}
     ctx = BuildContext(name=out_name, kind="export", params={"checkpoints": "checkpoints", **params}, out=out,
                        inputs=inputs, recipe_dir=recipe_dir or tmp_path, workdir=tmp_path, model=model)
-    ExportBuilder().build(ctx)
+    ExportBuilder().run(ctx)
     return out, ctx
 
 
@@ -70,7 +70,7 @@ def run_towers(tmp_path: Path, export: Path, out_name: str, recipe_dir=None):
     ctx = BuildContext(name=out_name, kind="towers", params={"model": "model"}, out=out,
                        inputs={"model": artifact(export, "model", "export")}, recipe_dir=recipe_dir or tmp_path,
                        workdir=tmp_path)
-    TowersBuilder().build(ctx)
+    TowersBuilder().run(ctx)
     return out, ctx
 
 

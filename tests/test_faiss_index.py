@@ -57,7 +57,7 @@ def make_ctx(tmp: Path, params: dict, embeddings: Path, name: str = "index",
 
 def build(tmp: Path, params: dict, embeddings: Path, name: str = "index", threads: int | None = None) -> Path:
     ctx = make_ctx(tmp, params, embeddings, name, threads)
-    FaissIndexBuilder().build(ctx)
+    FaissIndexBuilder().run(ctx)
     return ctx.out
 
 

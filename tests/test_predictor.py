@@ -158,7 +158,7 @@ def run_builder(builder_cls, towers: Path, data: InputArtifact, out: Path, **par
         name=builder.kind, kind=builder.kind, params=full, out=out,
         inputs={"towers": InputArtifact("towers", "towers", towers, (), {}), field: data},
         recipe_dir=out.parent, workdir=out.parent)
-    builder.build(ctx)
+    builder.run(ctx)
     return ctx
 
 

@@ -29,7 +29,7 @@ def run_builder(builder, tmp: Path, params: dict, inputs: dict[str, Path]) -> Pa
     ctx = BuildContext(name="x", kind=builder.kind, params={**{f: n for f, n in zip(inputs, inputs)}, **params},
                        out=out, inputs={f: artifact(f, path) for f, path in inputs.items()},
                        recipe_dir=tmp, workdir=tmp)
-    builder.build(ctx)
+    builder.run(ctx)
     return out
 
 
@@ -141,7 +141,7 @@ def test_param_checks():
     assert b.check({"index": "i", "towers": "t"}) == [("queries", "recall_eval needs user_embeddings, or towers + queries")]
     assert b.check({"index": "i", "user_embeddings": "u", "towers": "t"})[0][0] == "user_embeddings"
     with pytest.raises(BuildError):
-        b.build(BuildContext("x", "recall_eval", {"index": "i"}, Path("."), {}, Path("."), Path(".")))
+        b.run(BuildContext("x", "recall_eval", {"index": "i"}, Path("."), {}, Path("."), Path(".")))
 
 
 def test_gt_parsing():

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from recbuild.ml import sampledata
-from recbuild.builders.base import BuildContext
+from recbuild.builders.base import BuildContext, with_schema_defaults
 from recbuild.builders.sample_data import SampleDataBuilder
 from recbuild.errors import BuildError
 
@@ -22,7 +22,7 @@ def build(tmp_path: Path, name: str, **params) -> Path:
     out.mkdir()
     ctx = BuildContext(name=name, kind="sample_data", params=params, out=out, inputs={},
                        recipe_dir=tmp_path, workdir=tmp_path)
-    SampleDataBuilder().build(ctx)
+    SampleDataBuilder().run(ctx)
     assert sorted(p.name for p in out.iterdir()) == ["part-0.parquet"]
     assert ctx.meta["rows"] == pq.read_metadata(out / "part-0.parquet").num_rows
     return out / "part-0.parquet"
@@ -111,5 +111,6 @@ def test_bad_params_are_clear_errors(tmp_path):
         build(tmp_path, "too_many", table="items", rows=900, seed=1, **WORLD)
     with pytest.raises(BuildError, match="split"):
         build(tmp_path, "split_on_items", table="items", split="eval", seed=1, **WORLD)
-    problems = SampleDataBuilder().check({"table": "items", "n_items": 5, "n_categories": 9})
+    params = with_schema_defaults(SampleDataBuilder.schema, {"table": "items", "n_items": 5, "n_categories": 9})
+    problems = SampleDataBuilder().check(params)
     assert ("n_categories", "must not exceed n_items") in problems

@@ -92,7 +92,7 @@ def run(builder, tmp: Path, params: dict, inputs: dict[str, Path]) -> Path:
     artifacts = {f: InputArtifact(f, "artifact", p, tuple(sorted(p.glob("*.parquet"))), {}) for f, p in inputs.items()}
     ctx = BuildContext(name="x", kind=builder.kind, params={**{f: f for f in inputs}, **params}, out=out,
                        inputs=artifacts, recipe_dir=tmp, workdir=tmp)
-    builder.build(ctx)
+    builder.run(ctx)
     return out
 
 

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from recbuild.builders.base import BuildContext, InputArtifact
+from recbuild.builders.base import BuildContext, InputArtifact, with_schema_defaults
 from recbuild.builders.tdm_tree import TdmTreeBuilder
 from recbuild.errors import BuildError, InputError
 from recbuild.retrieval import tdm_tree as tt
@@ -30,7 +30,7 @@ def run(tmp: Path, params: dict, field: str, folder: Path) -> Path:
     ctx = BuildContext(name="tree", kind="tdm_tree", params={field: "src", **params}, out=out,
                        inputs={field: InputArtifact("src", "source", folder, files, {})},
                        recipe_dir=tmp, workdir=tmp)
-    TdmTreeBuilder().build(ctx)
+    TdmTreeBuilder().run(ctx)
     return out
 
 
@@ -217,7 +217,7 @@ def test_errors(tmp_path):
         run(tmp_path, {"cate_id_column": "cate_id"}, "items",
             write_table(tmp_path / "nc", {"item_id": [1, 2]}))
     assert TdmTreeBuilder().check({"items": "a", "embeddings": "b"})[0][0] == "mode"
-    assert TdmTreeBuilder().check({"mode": "learnt", "items": "a"}) == [
+    assert TdmTreeBuilder().check(with_schema_defaults(TdmTreeBuilder.schema, {"mode": "learnt", "items": "a"})) == [
         ("embeddings", "mode learnt needs `embeddings`"), ("items", "is not used by mode learnt; remove it")]
     assert TdmTreeBuilder.schema["properties"]["n_cluster"]["minimum"] == 2
     with pytest.raises(BuildError, match="n_cluster must be at least 2"):

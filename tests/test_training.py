@@ -43,7 +43,7 @@ def train(tmp_path: Path, name: str, params: dict, family="dssm", train_rows=300
     ctx = BuildContext(name=name, kind="train", params={"data": "train", "eval_data": "eval", **params},
                        out=out, inputs=inputs, recipe_dir=tmp_path, workdir=tmp_path,
                        model=model_section(family), threads=1)
-    TrainBuilder().build(ctx)
+    TrainBuilder().run(ctx)
     return out, ctx
 
 
@@ -147,7 +147,7 @@ def test_training_without_positive_rows_is_a_clear_error(tmp_path):
     ctx = BuildContext(name="t", kind="train", params={"data": "neg"}, out=out, inputs={"data": art},
                        recipe_dir=tmp_path, workdir=tmp_path, model=model_section())
     with pytest.raises(InputError, match="label == 1"):
-        TrainBuilder().build(ctx)
+        TrainBuilder().run(ctx)
 
 
 def test_export_picks_the_best_trained_checkpoint(tmp_path):
@@ -163,7 +163,7 @@ def test_export_picks_the_best_trained_checkpoint(tmp_path):
     ctx = BuildContext(name="model", kind="export", params={"checkpoints": "checkpoints", "select": "best"},
                        out=out, inputs={"checkpoints": InputArtifact("checkpoints", "train", ckpts, files, {})},
                        recipe_dir=tmp_path, workdir=tmp_path, model=model_section(), threads=1)
-    ExportBuilder().build(ctx)
+    ExportBuilder().run(ctx)
     assert (ctx.meta["metric"], ctx.meta["step"]) == ("recall@50", best["global_step"])
     assert (out / "model.pt").read_bytes() != b""
     assert (out / "EXPORT_DONE").read_text() == "ExportDone\n"
@@ -185,7 +185,7 @@ def tdm_tree(tmp_path: Path) -> InputArtifact:
     ctx = BuildContext(name="tree", kind="tdm_tree", params={"items": "items", "attr_columns": ["cate_id"]},
                        out=out, recipe_dir=tmp_path, workdir=tmp_path,
                        inputs={"items": InputArtifact("items", "source", items, (items / "part-0.parquet",), {})})
-    TdmTreeBuilder().build(ctx)
+    TdmTreeBuilder().run(ctx)
     return InputArtifact("tree", "tdm_tree", out, tuple(sorted(p for p in out.rglob("*") if p.is_file())), {})
 
 
@@ -238,7 +238,7 @@ def test_tdm_trains_over_the_tree_and_exports(tmp_path):
     ctx = BuildContext(name="ckpts", kind="train", out=out, inputs=inputs, recipe_dir=tmp_path, workdir=tmp_path,
                        params={"data": "train", "eval_data": "eval", "tree": "tree", "epochs": 2, "batch_size": 256,
                                "lr": 0.01, "negatives_per_level": 4}, model=TDM_MODEL, threads=1)
-    TrainBuilder().build(ctx)
+    TrainBuilder().run(ctx)
     lines = eval_lines(out)
     assert list(lines[-1]) == ["global_step", "auc"] and lines[-1]["auc"] > 0.65
     export = tmp_path / "model"
@@ -247,7 +247,7 @@ def test_tdm_trains_over_the_tree_and_exports(tmp_path):
     ectx = BuildContext(name="model", kind="export", params={"checkpoints": "ckpts", "select": "best"}, out=export,
                         inputs={"checkpoints": InputArtifact("ckpts", "train", out, files, {})},
                         recipe_dir=tmp_path, workdir=tmp_path, model=TDM_MODEL)
-    ExportBuilder().build(ectx)
+    ExportBuilder().run(ectx)
     assert ectx.meta["metric"] == "auc" and max(ectx.meta["max_abs_diff"].values()) <= 1e-5
     # what beam search calls: user features + node features -> probs in [0, 1]
     program = torch.export.load(str(export / "model.pt2")).module()
@@ -265,7 +265,7 @@ def test_tdm_without_a_tree_is_a_clear_error(tmp_path):
     ctx = BuildContext(name="o", kind="train", params={"data": "train"}, out=out, recipe_dir=tmp_path,
                        workdir=tmp_path, inputs={"data": write_split(data / "train", "train", 300)}, model=TDM_MODEL)
     with pytest.raises(BuildError, match="set `tree:`"):
-        TrainBuilder().build(ctx)
+        TrainBuilder().run(ctx)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -122,7 +122,7 @@ class Engine:
                 model=self.graph.recipe.model_for(name), log=log, log_path=self._log_path(name),
                 _progress_factory=lambda total, unit: self.events.progress(name, total, unit))
             with torch_turn(builder, log):
-                builder.build(ctx)
+                builder.run(ctx)
             manifest = make_manifest(staged, kind=node.kind, key=key, inputs=material["inputs"],
                                      params=material["params"], cache=ws.cache, meta=ctx.meta or None)
             manifest.update(ws.manifest_extras(name))

@@ -82,11 +82,9 @@ class Recipe:
 
 
 def _apply_defaults(schema: dict, params: dict) -> dict:
-    result = dict(params)
-    for key, prop in schema.get("properties", {}).items():
-        if key not in result and isinstance(prop, dict) and "default" in prop:
-            result[key] = copy.deepcopy(prop["default"])
-    return result
+    # One definition, beside the Builder interface (Builder.run applies the same defaults)
+    from recbuild.builders.base import with_schema_defaults
+    return with_schema_defaults(schema, params)
 
 
 def build_nodes(data: dict, locations: dict, file: str, builders: dict,

@@ -11,6 +11,7 @@ and a no-op ``make`` stay fast.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from dataclasses import dataclass, field
@@ -117,8 +118,27 @@ class BuildContext:
         return self._progress_factory(total, unit).phase(phase, total, unit)
 
 
+def with_schema_defaults(schema: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``params`` with the ``default`` of every top-level schema property it lacks.
+
+    The schema is the one place a param's default is written: the recipe loader and
+    :meth:`Builder.run` both fill params from it, so builders never repeat a default.
+    """
+    result = dict(params)
+    for key, prop in schema.get("properties", {}).items():
+        if key not in result and isinstance(prop, dict) and "default" in prop:
+            result[key] = copy.deepcopy(prop["default"])
+    return result
+
+
 class Builder:
     """Base class of every artifact kind.
+
+    ``build(ctx)`` receives ``ctx.params`` with the schema defaults applied (the recipe loader
+    fills them, and the engine calls :meth:`run`, which fills them again for params that did not
+    come from a recipe): read ``p["key"]`` for a key whose schema declares a ``default`` and keep
+    the default in the schema only; ``p.get("key")`` is for keys without one (absent = None).
+    tests/test_schema_defaults.py fails on ``.get("key", literal)`` for a defaulted key.
 
     Class attributes:
       kind              the name used in recipes (``kind: faiss_index``)
@@ -172,8 +192,14 @@ class Builder:
         return {}
 
     def check(self, params: dict[str, Any]) -> list[tuple[str, str]]:
-        """Checks the schema cannot express. Returns (dotted param path, message) pairs."""
+        """Checks the schema cannot express. Returns (dotted param path, message) pairs.
+        ``params`` are validated and have the schema defaults applied, as in ``build``."""
         return []
+
+    def run(self, ctx: BuildContext) -> None:
+        """Build with the schema defaults applied to ``ctx.params`` (what the engine calls)."""
+        ctx.params = with_schema_defaults(self.schema, ctx.params)
+        self.build(ctx)
 
     def build(self, ctx: BuildContext) -> None:  # pragma: no cover - interface
         raise NotImplementedError

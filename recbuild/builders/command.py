@@ -76,14 +76,14 @@ class CommandBuilder(Builder):
 
     def check(self, params: dict[str, Any]) -> list[tuple[str, str]]:
         problems = []
-        deps = set(params.get("deps", []))
+        deps = set(params["deps"])
         for match in _PLACEHOLDER.finditer(params.get("cmd", "")):
             ref = match.group(1).strip()
             if ref == "out":
                 continue
             if ref.startswith("deps.") and _dep_named(ref[5:], deps) is not None:
                 continue
-            if ref.startswith("params.") and ref[7:] in params.get("params", {}):
+            if ref.startswith("params.") and ref[7:] in params["params"]:
                 continue
             if ref.startswith("deps."):
                 msg = f"${{{ref}}} names {ref[5:]!r}, which is not in deps"
@@ -112,7 +112,7 @@ class CommandBuilder(Builder):
     def build(self, ctx: BuildContext) -> None:
         command = self.render(ctx)
         env = dict(os.environ)
-        env.update(ctx.params.get("env", {}))
+        env.update(ctx.params["env"])
         env["RECBUILD_OUT"] = str(ctx.out)
         ctx.log.info("$ %s", command)
         returncode, text = _run_logged(["/bin/sh", "-c", command], ctx, env)

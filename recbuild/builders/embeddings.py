@@ -104,17 +104,17 @@ class _EmbeddingsBuilder(Builder):
                              f"{self.side} tower of a `towers` artifact")
         common = dict(
             output_key=f"{self.side}_tower_emb",
-            id_column=params.get("id_column", f"{self.side}_id"),
-            reserved_columns=params.get("reserved_columns", []),
-            batch_size=params.get("batch_size", predictor.DEFAULT_BATCH_SIZE),
-            embedding_format=params.get("embedding_format", "fixed_size_list"),
-            on_duplicate=params.get("on_duplicate", "error"),
-            rows_per_file=params.get("rows_per_file", predictor.DEFAULT_ROWS_PER_FILE),
+            id_column=params["id_column"],
+            reserved_columns=params["reserved_columns"],
+            batch_size=params["batch_size"],
+            embedding_format=params["embedding_format"],
+            on_duplicate=params["on_duplicate"],
+            rows_per_file=params["rows_per_file"],
             progress=ctx.progress,
             log=ctx.log,
         )
         locations = _parquet_locations(ctx.input(self.data_field))
-        if params.get("executor", "local") == "ray":
+        if params["executor"] == "ray":
             if importlib.util.find_spec("ray") is None:  # uninstalled since the recipe was validated
                 raise BuildError(RAY_MISSING)
             from recbuild.ml import ray_executor
@@ -129,8 +129,8 @@ class _EmbeddingsBuilder(Builder):
             "rows": result.rows,
             "dim": result.dim,
             "output_column": result.output_column,
-            "id_column": params.get("id_column", f"{self.side}_id"),
-            "embedding_format": params.get("embedding_format", "fixed_size_list"),
+            "id_column": params["id_column"],
+            "embedding_format": params["embedding_format"],
             "files": list(result.files),
             "dropped_duplicates": result.dropped_duplicates,
             "model_file": result.model_file,

@@ -59,7 +59,7 @@ TZREC_FILES_SCHEMA = {
 
 def check_tzrec_files(params: dict) -> list[tuple[str, str]]:
     """Recipe-time problems of `tzrec_files` (export and towers)."""
-    formats = params.get("formats", ["torch_export", "torchscript"])
+    formats = params["formats"]
     if params.get("tzrec_files") == "required" and "torchscript" not in formats:
         return [("tzrec_files", "required needs torchscript in formats (TorchEasyRec's predict loads "
                                 "scripted_model.pt)")]
@@ -169,10 +169,10 @@ class ExportBuilder(Builder):
 
     def check(self, params):
         problems = []
-        select = params.get("select", "latest")
+        select = params["select"]
         if params.get("metric") is not None and select != "best":
             problems.append(("metric", "is used only with select: best"))
-        done = params.get("done_file", "EXPORT_DONE")
+        done = params["done_file"]
         if done in EXPORT_OWN_FILES:
             problems.append(("done_file", f"{done!r} is a file the export writes itself"))
         return problems + check_tzrec_files(params)
@@ -186,20 +186,20 @@ class ExportBuilder(Builder):
         p = ctx.params
         for path, message in self.check(p):
             raise BuildError(f"{path}: {message}")
-        assets = self._plan_assets(ctx, p.get("assets", []))
+        assets = self._plan_assets(ctx, p["assets"])
         config = resolve(ctx.model)
         specs = parse_features(config)
         checkpoints = ctx.input("checkpoints")
         selection = select_checkpoint(
-            checkpoints.path, p.get("select", "latest"), p.get("metric"), p.get("bigger_is_better", True),
-            p.get("exports_to_keep", 1), default_metrics(config))
-        formats = list(p.get("formats", ["torch_export", "torchscript"]))
-        tolerance = float(p.get("tolerance", 1e-4))
-        split = p.get("split", "none")
+            checkpoints.path, p["select"], p.get("metric"), p["bigger_is_better"],
+            p["exports_to_keep"], default_metrics(config))
+        formats = list(p["formats"])
+        tolerance = float(p["tolerance"])
+        split = p["split"]
 
         exports = [(None, selection.step, selection.weights, selection.name)]
         exports += [(step, step, weights, f"model.ckpt-{step}") for step, weights in selection.history]
-        tzrec_files = p.get("tzrec_files", "auto")
+        tzrec_files = p["tzrec_files"]
         diffs_by_step, tzrec_by_step = {}, {}
         progress = ctx.progress(len(exports), "checkpoints", "exporting " + ", ".join(formats))
         for history_step, step, weights, name in exports:
@@ -225,7 +225,7 @@ class ExportBuilder(Builder):
         if selection.history:
             ctx.meta["history"] = [step for step, _ in selection.history]
         # Written last: a reader that sees the done file sees a complete export.
-        (ctx.out / p.get("done_file", "EXPORT_DONE")).write_text("ExportDone\n", encoding="utf-8")
+        (ctx.out / p["done_file"]).write_text("ExportDone\n", encoding="utf-8")
 
     @staticmethod
     def _plan_assets(ctx: BuildContext, entries: list[str]) -> list[tuple[Path, str]]:
@@ -250,7 +250,7 @@ class ExportBuilder(Builder):
             for source in sources:
                 if not source.is_file():
                     raise BuildError(f"assets: {entry!r}: {source} is not a file")
-                taken = {name for _, name in planned} | EXPORT_OWN_FILES | {ctx.params.get("done_file", "EXPORT_DONE")}
+                taken = {name for _, name in planned} | EXPORT_OWN_FILES | {ctx.params["done_file"]}
                 if source.name in taken:
                     raise BuildError(f"assets: {entry!r}: {source.name!r} collides with a file of the "
                                      "export or another asset; rename the asset")

@@ -67,7 +67,7 @@ class FaissIndexBuilder(Builder):
 
     def check(self, params):
         problems = []
-        index_type = params.get("index_type", "IVFFlat")
+        index_type = params["index_type"]
         if index_type in ("Flat", "HNSWFlat"):
             for key in ("nlist", "train_size"):  # (nprobe has a default, so it cannot be told apart)
                 if params.get(key) is not None:
@@ -84,22 +84,21 @@ class FaissIndexBuilder(Builder):
         for path, message in self.check(p):
             raise BuildError(f"{path}: {message}")
         source = ctx.input("embeddings")
-        table = EmbeddingTable(source, p.get("id_column", "item_id"),
-                               p.get("embedding_column", "item_tower_emb"),
+        table = EmbeddingTable(source, p["id_column"], p["embedding_column"],
                                where=f"embeddings {source.name!r}")
-        index_type = p.get("index_type", "IVFFlat")
+        index_type = p["index_type"]
         nlist = p.get("nlist") or auto_nlist(table.num_rows)
         m = p.get("m")
         if index_type == "IVFPQ" and m is None:
             dim = _first_dim(table)
             m = auto_pq_m(dim)
         spec = IndexSpec(
-            index_type=index_type, metric=p.get("metric", "ip"), nlist=nlist, m=m or 16,
-            nbits=p.get("nbits", 8), hnsw_m=p.get("M", 32), ef_construction=p.get("ef_construction", 200),
-            nprobe=p.get("nprobe", 32), ef_search=p.get("ef_search", 64), train_size=p.get("train_size"),
-            seed=p.get("seed", 42))
-        result = build_index(table, spec, ctx.out, batch_rows=p.get("batch_size", 65536),
-                             threads=ctx.threads, allow_duplicate_ids=p.get("allow_duplicate_ids", False),
+            index_type=index_type, metric=p["metric"], nlist=nlist, m=m or 16,
+            nbits=p["nbits"], hnsw_m=p["M"], ef_construction=p["ef_construction"],
+            nprobe=p["nprobe"], ef_search=p["ef_search"], train_size=p.get("train_size"),
+            seed=p["seed"])
+        result = build_index(table, spec, ctx.out, batch_rows=p["batch_size"],
+                             threads=ctx.threads, allow_duplicate_ids=p["allow_duplicate_ids"],
                              progress=ctx.progress(table.num_rows, "rows", "checking ids"))
         ctx.meta.update({"type": index_type, "metric": spec.metric, "dim": result.dim,
                          "count": result.count})

@@ -106,7 +106,7 @@ class RecallEvalBuilder(Builder):
             raise BuildError(f"{path}: {message}")
         if p.get("tree"):
             return _tdm_recall(ctx, p)
-        ks = sorted(set(p.get("k", [10, 50, 200])))
+        ks = sorted(set(p["k"]))
         index_input = ctx.input("index")
         index, id_mapping = fi.load_index(index_input.path)
         meta = fi.read_meta(index_input.path)
@@ -170,9 +170,9 @@ def _collect_requests(ctx: BuildContext, p):
     from recbuild.retrieval.embeddings_io import (embedding_matrix, iter_batches, parquet_files,
                                                   require_columns, table_info)
 
-    gt_column = p.get("gt_column", "item_id")
-    request_column = p.get("request_column", "user_id")
-    label_column = p.get("label_column", "label")
+    gt_column = p["gt_column"]
+    request_column = p["request_column"]
+    label_column = p["label_column"]
     from_table = bool(p.get("user_embeddings"))
     source = ctx.input("user_embeddings" if from_table else "queries")
     where = f"{'user_embeddings' if from_table else 'queries'} {source.name!r}"
@@ -185,7 +185,7 @@ def _collect_requests(ctx: BuildContext, p):
         ([label_column] if label_column else [])
     tower = None
     if from_table:
-        wanted.append(p.get("embedding_column", "user_tower_emb"))
+        wanted.append(p["embedding_column"])
     else:
         from recbuild.ml import predictor
 
@@ -195,9 +195,9 @@ def _collect_requests(ctx: BuildContext, p):
     columns = list(dict.fromkeys(wanted))
     require_columns(info, columns, where)
     requests = recall.Requests()
-    for offset, batch in iter_batches(info, columns, p.get("batch_size", 4096)):
+    for offset, batch in iter_batches(info, columns, p["batch_size"]):
         if from_table:
-            vectors = embedding_matrix(batch.column(p.get("embedding_column", "user_tower_emb")),
+            vectors = embedding_matrix(batch.column(p["embedding_column"]),
                                        where, offset)
         else:
             vectors = _run_tower(tower, batch, where, offset)
@@ -205,7 +205,7 @@ def _collect_requests(ctx: BuildContext, p):
         positive = None
         if label_column:
             positive = batch.column(label_column).fill_null(0).to_numpy(zero_copy_only=False) > 0
-        requests.add(keys, recall.gt_lists(batch.column(gt_column), p.get("gt_delimiter", ",")),
+        requests.add(keys, recall.gt_lists(batch.column(gt_column), p["gt_delimiter"]),
                      vectors, positive, offset)
     return requests
 
@@ -235,8 +235,7 @@ def _exact_vectors(ctx: BuildContext, p, index, id_mapping):
 
     if p.get("item_embeddings"):
         source = ctx.input("item_embeddings")
-        table = EmbeddingTable(source, p.get("item_id_column", "item_id"),
-                               p.get("item_embedding_column", "item_tower_emb"),
+        table = EmbeddingTable(source, p["item_id_column"], p["item_embedding_column"],
                                where=f"item_embeddings {source.name!r}")
         ids, matrix, _ = table.read_all()
         id_strings = np.array(ids_as_strings(ids), dtype=object)
@@ -304,8 +303,8 @@ def _tdm_recall(ctx: BuildContext, p) -> None:
     source = ctx.input("queries")
     where = f"queries {source.name!r}"
     info = table_info(parquet_files(source), where)
-    gt_column, request_column = p.get("gt_column", "item_id"), p.get("request_column", "user_id")
-    label_column = p.get("label_column", "label")
+    gt_column, request_column = p["gt_column"], p["request_column"]
+    label_column = p["label_column"]
     if label_column and label_column not in info.schema.names:
         label_column = None
     user_columns = list(dict.fromkeys(s.column for s in user_specs))
@@ -314,12 +313,12 @@ def _tdm_recall(ctx: BuildContext, p) -> None:
     require_columns(info, columns, where)
     requests = recall.Requests()
     user_batches = []
-    for offset, batch in iter_batches(info, columns, p.get("batch_size", 4096)):
+    for offset, batch in iter_batches(info, columns, p["batch_size"]):
         keys = batch.column(request_column).cast("string").to_pylist() if request_column else None
         positive = None
         if label_column:
             positive = batch.column(label_column).fill_null(0).to_numpy(zero_copy_only=False) > 0
-        requests.add(keys, recall.gt_lists(batch.column(gt_column), p.get("gt_delimiter", ",")), None,
+        requests.add(keys, recall.gt_lists(batch.column(gt_column), p["gt_delimiter"]), None,
                      positive, offset)
         user_batches.append(batch.select(user_columns))
     _, gt, skipped, first_rows = requests.finished()
@@ -346,12 +345,12 @@ def _tdm_recall(ctx: BuildContext, p) -> None:
         progress.advance(len(query_index))
         return out
 
-    n_ret = p.get("tdm_retrieval_num", 200)
+    n_ret = p["tdm_retrieval_num"]
     beam = p.get("beam_width") or 2 * n_ret
     progress.phase(f"beam search, {len(gt):,} queries, {tree.num_levels} levels", None, "scores")
     found = recall.tdm_beam_search(tree, score, len(gt), n_ret, beam)
     # leaves come best first, so recall@k for k <= retrieval_num is a prefix of the same search
-    ks = sorted({min(int(k), n_ret) for k in p.get("k", [10, 50, 200])})
+    ks = sorted({min(int(k), n_ret) for k in p["k"]})
     truth = recall.GroundTruth(gt)
     metrics = truth.metrics(recall.leaf_codes(found, truth, n_ret), ks)
     doc = {**metrics, "k": ks, "requests": len(gt), "requests_without_gt": skipped,

@@ -32,13 +32,13 @@ class SampleDataBuilder(Builder):
 
     def check(self, params):
         problems = []
-        if params.get("n_categories", 50) > params.get("n_items", 10000):
+        if params["n_categories"] > params["n_items"]:
             problems.append(("n_categories", "must not exceed n_items"))
-        if params.get("table") != "interactions" and params.get("split", "train") != "train":
+        if params.get("table") != "interactions" and params["split"] != "train":
             problems.append(("split", "applies to table: interactions only"))
         universe = {"items": "n_items", "users": "n_users"}.get(params.get("table"))
         if universe and params.get("rows") is not None:
-            size = params.get(universe, 10000 if universe == "n_items" else 5000)
+            size = params[universe]
             if params["rows"] > size:
                 problems.append(("rows", f"must not exceed {universe} ({size})"))
         return problems
@@ -51,9 +51,9 @@ class SampleDataBuilder(Builder):
             raise BuildError(f"{path}: {message}")
         try:
             columns = sampledata.generate(
-                p["table"], seed=p.get("seed", 42), rows=p.get("rows"), split=p.get("split", "train"),
-                n_items=p.get("n_items", 10000), n_users=p.get("n_users", 5000),
-                n_categories=p.get("n_categories", 50), positive_rate=p.get("positive_rate", 0.5))
+                p["table"], seed=p["seed"], rows=p.get("rows"), split=p["split"],
+                n_items=p["n_items"], n_users=p["n_users"],
+                n_categories=p["n_categories"], positive_rate=p["positive_rate"])
         except ValueError as exc:
             raise BuildError(str(exc)) from None
         sampledata.write_parquet(columns, ctx.out / "part-0.parquet")

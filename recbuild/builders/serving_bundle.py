@@ -105,8 +105,8 @@ class ServingBundleBuilder(Builder):
                 (["user_tower_emb"] if p.get("towers") or model_is_towers else [])
         config = {
             "faiss_nprobe": nprobe,
-            "faiss_neigh_num": p.get("neigh_num", 200) if p.get("index") else None,
-            "tdm_retrieval_num": p.get("tdm_retrieval_num", 200) if p.get("tree") else None,
+            "faiss_neigh_num": p["neigh_num"] if p.get("index") else None,
+            "tdm_retrieval_num": p["tdm_retrieval_num"] if p.get("tree") else None,
             "outputs": list(outputs),
         }
         if ef_search is not None:

@@ -82,7 +82,7 @@ class TdmTreeBuilder(Builder):
             problems.append((other, f"is not used by mode {mode}; remove it"))
         if mode == "init" and "embedding_column" in params and params["embedding_column"] != "item_tower_emb":
             problems.append(("embedding_column", "applies to mode learnt only"))
-        columns = [*params.get("attr_columns", []), *params.get("raw_attr_columns", [])]
+        columns = [*params["attr_columns"], *params["raw_attr_columns"]]
         dup = sorted({c for c in columns if columns.count(c) > 1})
         if dup:
             problems.append(("attr_columns", f"column(s) listed twice: {', '.join(dup)}"))
@@ -101,16 +101,16 @@ class TdmTreeBuilder(Builder):
         for path, message in self.check(p):
             raise BuildError(f"{path}: {message}")
         mode = self.mode_of(p)
-        k = p.get("n_cluster", 2)
-        id_column = p.get("item_id_column", "item_id")
-        attrs = list(p.get("attr_columns", []))
-        raws = list(p.get("raw_attr_columns", []))
-        hash_ids = p.get("id_hash", False)
+        k = p["n_cluster"]
+        id_column = p["item_id_column"]
+        attrs = list(p["attr_columns"])
+        raws = list(p["raw_attr_columns"])
+        hash_ids = p["id_hash"]
 
         if mode == "init":
             source = ctx.input("items")
             where = f"items {source.name!r}"
-            cate_column = p.get("cate_id_column", "cate_id")
+            cate_column = p["cate_id_column"]
             info = table_info(parquet_files(source), where)
             columns = list(dict.fromkeys([id_column, cate_column, *attrs, *raws]))
             require_columns(info, columns, where)
@@ -128,15 +128,15 @@ class TdmTreeBuilder(Builder):
         else:
             source = ctx.input("embeddings")
             where = f"embeddings {source.name!r}"
-            table_reader = EmbeddingTable(source, id_column, p.get("embedding_column", "item_tower_emb"),
+            table_reader = EmbeddingTable(source, id_column, p["embedding_column"],
                                           where, extra_columns=[*attrs, *raws])
             id_array, vectors, extra = table_reader.read_all()
             leaf_ids = tt.validate_item_ids(id_array, where, hash_ids)
             depth = tt.tree_depth(len(vectors), k)
             bar = ctx.progress(depth, "levels")
             try:
-                leaf_codes = tt.learnt_leaf_codes(vectors, k, iters=p.get("kmeans_iters", 10),
-                                                  seed=p.get("seed", 42), threads=ctx.threads,
+                leaf_codes = tt.learnt_leaf_codes(vectors, k, iters=p["kmeans_iters"],
+                                                  seed=p["seed"], threads=ctx.threads,
                                                   progress=bar.advance, overwrite=True)
             finally:
                 bar.close()
@@ -145,7 +145,7 @@ class TdmTreeBuilder(Builder):
 
         tree = tt.assemble_tree(leaf_codes, leaf_ids, k, depth, hash_ids)
         features = tree_io.node_features(tree, np.asarray(leaf_codes), leaf_table, id_column, attrs, raws)
-        tree_io.write_all(tree, features, attrs, raws, ctx.out, p.get("attr_delimiter", ","))
+        tree_io.write_all(tree, features, attrs, raws, ctx.out, p["attr_delimiter"])
         n_items = int(tree.leaf_mask.sum())
         figures = tt.balance(tree)
         (ctx.out / METRICS_FILE).write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n",

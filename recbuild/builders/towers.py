@@ -84,9 +84,9 @@ class TowersBuilder(Builder):
                              "with kind: export")
         label = f"{export.name}/model.pt"
         model = instantiate(config, load_state_dict(weights, label), label, ctx.recipe_dir)
-        formats = list(ctx.params.get("formats", ["torch_export", "torchscript"]))
-        tolerance = float(ctx.params.get("tolerance", 1e-4))
-        tzrec_files = ctx.params.get("tzrec_files", "auto")
+        formats = list(ctx.params["formats"])
+        tolerance = float(ctx.params["tolerance"])
+        tzrec_files = ctx.params["tzrec_files"]
         diffs, tzrec = {}, {}
         towers = list(self._towers(model, config, export.name))
         progress = ctx.progress(len(towers), "towers", "exporting " + ", ".join(formats))

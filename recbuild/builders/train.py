@@ -66,12 +66,10 @@ class TrainBuilder(Builder):
 
         p = ctx.params
         settings = TrainSettings(
-            epochs=p.get("epochs", 1), batch_size=p.get("batch_size", 512), lr=p.get("lr", 0.003),
-            eval_every=p.get("eval_every", 0), seed=p.get("seed", 42),
-            k=list(p.get("k", [10, 50, 200])), label_column=p.get("label_column", "label"),
-            eval_batch_size=p.get("eval_batch_size", 4096),
-            logq_correction=p.get("logq_correction", True),
-            negatives_per_level=p.get("negatives_per_level", 6), threads=p.get("threads", ctx.threads))
+            epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], eval_every=p["eval_every"],
+            seed=p["seed"], k=list(p["k"]), label_column=p["label_column"],
+            eval_batch_size=p["eval_batch_size"], logq_correction=p["logq_correction"],
+            negatives_per_level=p["negatives_per_level"], threads=p.get("threads", ctx.threads))
         train_files = parquet_inputs(ctx.input("data"))
         eval_files = parquet_inputs(ctx.input("eval_data")) if ctx.inputs.get("eval_data") else []
         tree = ctx.input("tree").path if ctx.inputs.get("tree") else None
