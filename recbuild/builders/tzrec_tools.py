@@ -107,7 +107,8 @@ class TzrecHitrate(TzrecKind):
     reference_fields = ("user_embeddings", "item_embeddings")
     path_fields = ("user_embeddings", "item_embeddings")
     schema = tzrec_schema({
-        "user_embeddings": {**NONEMPTY_STRING, "description": "table with request id, ground truth items and user vectors"},
+        "user_embeddings": {**NONEMPTY_STRING,
+                            "description": "table with request id, ground truth items and user vectors"},
         "item_embeddings": {**NONEMPTY_STRING, "description": "table with item ids and item vectors"},
         "request_id_field": {**NONEMPTY_STRING, "default": "request_id"},
         "gt_items_field": {**NONEMPTY_STRING, "default": "gt_items",
@@ -234,8 +235,10 @@ class TzrecRetrieval(TzrecKind):
     schema = tzrec_schema({
         "model": {**NONEMPTY_STRING, "description": "a tzrec_export artifact of a TDM model (its model/ folder)"},
         "tower": {**NONEMPTY_STRING, "default": "model", "description": "the exported folder to run"},
-        "tree": {**NONEMPTY_STRING, "description": "the tree: tzrec_init_tree, tzrec_cluster_tree or recbuild's tdm_tree"},
-        "data": {**NONEMPTY_STRING, "description": "queries (user features + the gt item): a source, artifact or path"},
+        "tree": {**NONEMPTY_STRING,
+                 "description": "the tree: tzrec_init_tree, tzrec_cluster_tree or recbuild's tdm_tree"},
+        "data": {**NONEMPTY_STRING,
+                 "description": "queries (user features + the gt item): a source, artifact or path"},
         "recall_num": {"type": "integer", "minimum": 1, "default": 200},
         "n_cluster": {"type": "integer", "minimum": 2, "default": 2},
         "reserved_columns": NAME_LIST,

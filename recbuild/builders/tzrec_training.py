@@ -60,7 +60,8 @@ class TzrecTrainEval(TzrecKind):
     schema = tzrec_schema({
         "pipeline_config": {**NONEMPTY_STRING, "description": "the pipeline.config file (a path or a source)"},
         "data": {**NONEMPTY_STRING, "description": "training data (train_input_path): a source, artifact or path"},
-        "eval_data": {**NONEMPTY_STRING, "description": "evaluation data (eval_input_path); without it tzrec does not evaluate"},
+        "eval_data": {**NONEMPTY_STRING,
+                      "description": "evaluation data (eval_input_path); without it tzrec does not evaluate"},
         "inputs": _INPUTS,
         "edit_config": _EDITS,
     }, ["pipeline_config", "data"])
