@@ -151,11 +151,13 @@ def test_learnt_tree_beats_random_and_is_deterministic(tmp_path):
     assert np.array_equal(a, b) and not np.array_equal(scratch, x)  # same tree; buffer reused
     import torch
 
+    from recbuild.retrieval.tdm_tree.learnt import _learnt_codes
+
     previous = torch.get_num_threads()
     for threads in (1, 2):  # the thread count changes the speed only (per-row reductions)
         torch.set_num_threads(threads)
         with torch.inference_mode():
-            codes = tt._learnt_codes(x, 2, tt.tree_depth(2000, 2), 5, 3, None, False)
+            codes = _learnt_codes(x, 2, tt.tree_depth(2000, 2), 5, 3, None, False)
         assert np.array_equal(codes, a)
     torch.set_num_threads(previous)
     depth = tt.tree_depth(2000, 2)

@@ -205,7 +205,7 @@ def test_required_without_torchscript_is_a_recipe_error(project):
 def test_tzrec_predict_over_an_export_without_tzrec_files_says_why(tmp_path):
     """Checked before tzrec is looked for (precheck): the reason comes from the export's manifest."""
     from recbuild.builders.base import BuildContext, InputArtifact
-    from recbuild.builders.tzrec import TzrecPredict
+    from recbuild.builders.tzrec_training import TzrecPredict
 
     folder = make_checkpoints(tmp_path / "c", [1])
     export, export_ctx = run_export(tmp_path, folder, "model")  # a sequence feature: no tzrec files

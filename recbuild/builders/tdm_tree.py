@@ -4,7 +4,7 @@ mode init:    items ordered by (category, id), cut into contiguous slices (refer
 mode learnt:  balanced k-means over item embeddings, level by level (reference field `embeddings`)
 
 Output: serving_tree, node_table.txt, edge_table.txt, predict_edge_table.txt,
-node_feature/part-0.parquet (formats: recbuild/retrieval/tree_io.py), and metrics.json (how evenly
+node_feature/part-0.parquet (formats: recbuild/retrieval/tree_io/formats.py), and metrics.json (how evenly
 the items spread: ``recbuild.retrieval.tdm_tree.balance``).
 """
 

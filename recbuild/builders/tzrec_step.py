@@ -1,6 +1,6 @@
 """One tzrec entry point run as a build step: paths in, config prepared, tool run, outputs cleaned.
 
-The flow every tzrec kind follows (recbuild/builders/tzrec.py):
+The flow every tzrec kind follows (recbuild/builders/tzrec_training.py, tzrec_tools.py):
   1. ``StepRun(ctx)`` resolves the interpreter and checks it has tzrec (one clear error otherwise).
   2. Paths handed to tzrec are relative to the recipe's folder (tzrec runs there) when they lie
      inside it, absolute otherwise: published files then name ``build/train``, not a machine's

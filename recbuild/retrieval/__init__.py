@@ -3,8 +3,8 @@
 Modules (each one job):
   embeddings_io  stream an embedding table (fixed_size_list / list<double> / comma string) in batches
   faiss_index    build, write and search FAISS indexes deterministically
-  tdm_tree       TDM tree codes: init (by category) and learnt (level-by-level balanced k-means)
-  tree_io        TorchEasyRec's tree files (serving_tree, node/edge tables, node_feature) and a parser
+  tdm_tree/      TDM tree codes: init (by category) and learnt (level-by-level balanced k-means)
+  tree_io/       TorchEasyRec's tree files (serving_tree, node/edge tables, node_feature) and a parser
   recall         recall@k / hitrate@k, exact-search baseline, TDM beam search
   bundle         serving bundle layout; serve_check: load a bundle alone and answer one query
   threads        how many threads a CPU-heavy step should use on a busy machine

@@ -6,5 +6,6 @@
   checkpoints  latest / best checkpoint of a tzrec model_dir, with recbuild's selection rules
   outputs      checks of what a step wrote, and the metrics it reports
 
-The kinds themselves are in recbuild/builders/tzrec.py; docs/tzrec.md is the user's guide.
+The kinds themselves are in recbuild/builders/tzrec_training.py and tzrec_tools.py; docs/tzrec.md
+is the user's guide.
 """
