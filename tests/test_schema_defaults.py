@@ -18,9 +18,6 @@ from recbuild.builders.base import Builder, BuildContext, with_schema_defaults
 ROOT = Path(__file__).resolve().parents[1]
 BUILDERS = ROOT / "recbuild" / "builders"
 
-# Known exceptions while their fix is on another branch; each entry is removed when it lands.
-# tzrec.py: the tzrec kinds are being split into tzrec_* modules, which read p["key"].
-PENDING = {"recbuild/builders/tzrec.py"}
 
 
 def defaulted_keys(schema: dict) -> set[str]:
@@ -56,19 +53,14 @@ def schema_keys_by_file() -> dict[Path, set[str]]:
 def test_builders_do_not_repeat_schema_defaults():
     keys = schema_keys_by_file()
     modules = sorted(BUILDERS.rglob("*.py"))
-    assert BUILDERS / "faiss_index.py" in keys  # the classes were mapped to their files
+    assert BUILDERS / "faiss_index.py" in keys and BUILDERS / "tzrec_common.py" in keys  # classes mapped to files
     problems = []
     for module in modules:
         where = module.relative_to(ROOT).as_posix()
-        if where in PENDING or module not in keys:
+        if module not in keys:
             continue
         problems += repeated_defaults(module.read_text(encoding="utf-8"), keys[module], where)
     assert problems == []
-
-
-def test_pending_exceptions_still_exist():
-    # a pending file that is gone (split or fixed) must leave the list, or it hides nothing
-    assert all((ROOT / name).is_file() for name in PENDING)
 
 
 def test_the_check_is_not_vacuous():

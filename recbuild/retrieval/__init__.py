@@ -1,4 +1,4 @@
-"""Retrieval artifacts: FAISS indexes, TDM trees, recall metrics and the serving bundle check.
+"""Retrieval artifacts: FAISS indexes, TDM trees, recall metrics (the serving bundle is in ml/).
 
 Modules (each one job):
   embeddings_io  stream an embedding table (fixed_size_list / list<double> / comma string) in batches
@@ -6,7 +6,6 @@ Modules (each one job):
   tdm_tree/      TDM tree codes: init (by category) and learnt (level-by-level balanced k-means)
   tree_io/       TorchEasyRec's tree files (serving_tree, node/edge tables, node_feature) and a parser
   recall         recall@k / hitrate@k, exact-search baseline, TDM beam search
-  bundle         serving bundle layout; serve_check: load a bundle alone and answer one query
   threads        how many threads a CPU-heavy step should use on a busy machine
 
 numpy is imported at module level here; faiss, torch and pyarrow only inside functions where the
