@@ -98,3 +98,13 @@ def test_readme_doit_example_writes_outside_the_source_tree(tmp_path):
     assert ran.returncode == 0, ran.stdout + ran.stderr
     assert (tmp_path / "build" / "items" / "MANIFEST.json").is_file()
     assert {p for p in (REPO / "recipes").iterdir()} == before, "doit wrote into recipes/"
+
+
+def test_source_paths_named_in_the_docs_exist():
+    """A module or folder of recbuild/ named in a doc is there (the layout moves; the docs follow)."""
+    missing = []
+    for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for path in re.findall(r"(?<![\w.])recbuild/[\w/]+(?:\.py)?", doc.read_text(encoding="utf-8")):
+            if not (REPO / path).exists():
+                missing.append(f"{doc.name}: {path}")
+    assert missing == []
