@@ -63,3 +63,33 @@ def test_broken_plugin_through_the_cli(project, plugin):
     project.recipe("version: 1\nartifacts:\n  a: {kind: broken}\n")
     result = project.run("make")
     assert result.code == 1 and "plugin 'broken'" in result.err and "Traceback" not in result.err
+
+
+class OldStylePlugin(Builder):
+    """Written against recbuild 0.1: a `run` of its own with another meaning, a default it reads
+    with .get, and an import through an old module path."""
+
+    kind = "old_style"
+    schema = {"type": "object", "properties": {"text": {"type": "string", "default": "hi"}}}
+
+    def run(self, command):  # not Builder.run: the engine must not call this
+        raise AssertionError("the engine called the plugin's own run()")
+
+    def build(self, ctx):
+        from recbuild.hashing import digest_bytes  # old path: forwards with a DeprecationWarning
+
+        (ctx.out / "text.txt").write_text(ctx.params.get("text", "hi"))
+        assert callable(digest_bytes)
+
+
+def test_plugin_written_for_the_old_layout_still_builds(project, plugin):
+    import warnings
+
+    sys.modules["fake_recbuild_plugin"].OldStylePlugin = OldStylePlugin
+    plugin(EntryPoint("old_style", "fake_recbuild_plugin:OldStylePlugin", "recbuild.builders"))
+    project.recipe("version: 1\nartifacts:\n  hi: {kind: old_style}\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        result = project.run("make")
+    assert result.code == 0, result.err
+    assert project.read("build/hi/text.txt") == "hi"

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from recbuild.builders.base import BuildContext
+from recbuild.builders.base import BuildContext, Builder
 from recbuild.build.cache import ArtifactCache, CacheError, CorruptEntry
 from recbuild.build.doit_adapter import doit_config, reset_unreadable_state_db, run_doit
 from recbuild.build.events import ADOPTED, BUILT, HASHED, RESTORED, UP_TO_DATE, Events
@@ -122,7 +122,9 @@ class Engine:
                 model=self.graph.recipe.model_for(name), log=log, log_path=self._log_path(name),
                 _progress_factory=lambda total, unit: self.events.progress(name, total, unit))
             with torch_turn(builder, log):
-                builder.run(ctx)
+                # the base class's run, not an override: a plugin written before run() existed may
+                # have a method of that name with another meaning
+                Builder.run(builder, ctx)
             manifest = make_manifest(staged, kind=node.kind, key=key, inputs=material["inputs"],
                                      params=material["params"], cache=ws.cache, meta=ctx.meta or None)
             manifest.update(ws.manifest_extras(name))
