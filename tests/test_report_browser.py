@@ -33,8 +33,9 @@ extends: dssm
 artifacts:
   index: {matrix: {nlist: [4, 8, 16]}}
 """
-# recall (one family), training, metrics across builds, item embedding norms, the artifact graph
-EXPECTED_PLOTS = 5
+# recall (one family), training, metrics across builds (the recall family, the training), item
+# embedding norms, the artifact graph
+EXPECTED_PLOTS = 6
 
 
 def _browser_or_skip():
@@ -123,6 +124,7 @@ def test_report_renders_in_a_browser(project, browser, tmp_path):
     assert by_title["training: checkpoints"]["data"] >= 3
     assert by_title["embedding norms: item_embeddings (item_tower_emb, dim 32)"]["data"] == 1
     assert "artifact graph" in by_title
+    assert sum(title.startswith("history") or "across builds" in title for title in by_title) == 2, by_title
 
     severe = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert severe == [], severe
