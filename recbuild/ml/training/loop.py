@@ -81,6 +81,9 @@ class Trainer:
     # -- public ----------------------------------------------------------------------------------
     def run(self, train_files: list[Path], eval_files: list[Path] | None) -> dict[str, Any]:
         """Train; returns the facts written to train_meta.json (plus the last eval line)."""
+        if self.progress_factory:
+            self.progress = self.progress_factory(None, "batches")
+        self.progress.phase("starting torch, building the model")
         with _torch_settings(self.settings.threads, self.settings.seed):
             return self._run(train_files, eval_files or [])
 
@@ -96,6 +99,7 @@ class Trainer:
             raise BuildError(str(exc)) from None
         s = self.settings
         self.task = task
+        self.progress.phase("reading the data (items, eval set)")
         self.label = s.label_column if _has_column(train_files[0], s.label_column) else None
         if task == "ranking" and self.label is None:
             raise InputError(f"{train_files[0]}: a ranking model needs the label column "
@@ -131,8 +135,7 @@ class Trainer:
                                      self._convert, s.batch_cache_bytes)
         rows = self._rows_per_epoch(train_files, row_filter)
         total = -(-rows // s.batch_size) * s.epochs
-        progress = self.progress = (self.progress_factory(None, "batches") if self.progress_factory
-                                    else _SilentProgress())
+        progress = self.progress
         progress.phase("", total, "batches")
         step, steps_per_epoch, saved = 0, 0, []
         for epoch in range(s.epochs):
