@@ -133,3 +133,14 @@ def test_old_import_paths_warn_and_forward(old, new):
     current = importlib.import_module(new)
     public = [name for name in vars(current) if not name.startswith("_")]
     assert public and all(getattr(legacy, name) is getattr(current, name) for name in public)
+
+
+def test_only_the_engine_and_its_doit_adapter_import_doit():
+    users = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(name == "doit" or name.startswith("doit.") for name in names):
+                users.add(path.relative_to(PACKAGE.parent).as_posix())
+    assert users == {"recbuild/build/engine.py", "recbuild/build/doit_adapter.py"}
