@@ -8,11 +8,7 @@ every attribute to the new one, so classes and functions are the same objects (`
 
 from __future__ import annotations
 
-import importlib
-import importlib.abc
-import importlib.util
 import sys
-import warnings
 
 REMOVED_IN = "0.3"
 
@@ -38,16 +34,24 @@ def new_name(old: str) -> str | None:
     return f"{moved_parent}.{leaf}" if moved_parent else None
 
 
-class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+class _MovedModules:
+    """A meta path finder and loader (the protocol, not importlib.abc: that import alone pulls in
+    importlib.resources, tempfile and more, ~20 ms on every command)."""
+
     def find_spec(self, fullname, path=None, target=None):
         if not fullname.startswith("recbuild.") or new_name(fullname) is None:
             return None
-        return importlib.util.spec_from_loader(fullname, self, is_package=True)
+        from importlib.machinery import ModuleSpec
+
+        return ModuleSpec(fullname, self, is_package=True)
 
     def create_module(self, spec):
         return None  # a plain module, filled in by exec_module
 
     def exec_module(self, module) -> None:
+        import importlib
+        import warnings
+
         target_name = new_name(module.__name__)
         warnings.warn(f"{module.__name__} moved to {target_name}; the old import path stops working "
                       f"in recbuild {REMOVED_IN}", DeprecationWarning, stacklevel=2)
