@@ -165,21 +165,27 @@ def bare_loop(work: Workload, settings, batches) -> tuple[float, int, dict]:
 
 # -- trainer ---------------------------------------------------------------------------------------
 class _LoopClock:
-    """A progress factory: the trainer calls it at the start of every epoch; the first call is the
-    start of the training loop."""
+    """The trainer's progress: the training loop starts when the count of batches does (the phase
+    before it covers torch start-up and reading the data)."""
 
-    def __init__(self, on_first=None):
+    def __init__(self):
         self.started = None
-        self.on_first = on_first
 
     def __call__(self, total=None, unit=""):
-        if self.started is None:
-            self.started = time.perf_counter()
-            if self.on_first:
-                self.on_first()
         return self
 
+    def phase(self, name="", total=None, unit=None):
+        if unit == "batches" and self.started is None:
+            self.started = time.perf_counter()
+        return self
+
+    def label(self, name):
+        pass
+
     def advance(self, n=1):
+        pass
+
+    def note(self, **facts):
         pass
 
     def close(self):
@@ -230,8 +236,18 @@ if {switch_only!r}:
     raise SystemExit(0)
 class FirstStep(Exception):
     pass
-def first(total=None, unit=""):
-    raise FirstStep(time.time())
+class First:  # the trainer's progress: the count of batches starts right before the first step
+    def __call__(self, total=None, unit=""):
+        return self
+    def phase(self, name="", total=None, unit=None):
+        if unit == "batches":
+            raise FirstStep(time.time())
+        return self
+    def label(self, name): pass
+    def advance(self, n=1): pass
+    def note(self, **facts): pass
+    def close(self): pass
+first = First()
 settings = TrainSettings(**json.loads({settings!r}))
 trainer = Trainer(json.loads({model!r}), settings, {out!r}, progress_factory=first)
 try:
