@@ -2,6 +2,7 @@
 
 Usage: python bench/tree.py [--n 1000000] [--d 64] [--k 2] [--sk-sizes 4096,16384] [--reps 2]
                             [--iters 10] [--skip-builder] [--dir /tmp]
+Needs scikit-learn for the baselines (`pip install scikit-learn`; not a recbuild dependency).
 
 Data: the reference generator (1000 gaussian centres, sigma 1.5, normalised; reference/bench/_common.py).
 
