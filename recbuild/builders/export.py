@@ -123,7 +123,8 @@ def log_tzrec_facts(ctx: BuildContext, what: str, facts: dict) -> None:
 class ExportBuilder(Builder):
     kind = "export"
     uses_torch = True
-    version = "2"  # 2: fg.json in tzrec's shape without buckets; TorchEasyRec's predict files
+    version = "3"  # 2: fg.json in tzrec's shape without buckets, TorchEasyRec's predict files; 3: the
+    # exported files name the models' new module paths (recbuild.ml.models): other bytes, same values
     uses_model = True
     reference_fields = ("checkpoints", "assets")
     path_fields = ("assets",)  # an asset may be a plain file path (an implicit source)

@@ -48,7 +48,8 @@ def check_tower_inputs(tower, tower_name: str, specs, group: str) -> None:
 class TowersBuilder(Builder):
     kind = "towers"
     uses_torch = True
-    version = "2"  # 2: fg.json in tzrec's shape without buckets; TorchEasyRec's predict files
+    version = "3"  # 2: fg.json in tzrec's shape without buckets, TorchEasyRec's predict files; 3: the
+    # exported files name the models' new module paths (recbuild.ml.models): other bytes, same values
     reference_fields = ("model",)
     description = "split a two-tower export into user/ and item/ exported modules"
     schema = {
