@@ -28,12 +28,12 @@ class OtherLoad:
     measurement of the code."""
 
     def __enter__(self):
-        self.t0, self.busy0, self.own0 = time.perf_counter(), _busy_seconds(), _own_cpu()
+        self.t0, self.busy0, self.own0 = time.perf_counter(), _busy_seconds(), own_cpu()
         return self
 
     def __exit__(self, *exc):
         wall = max(time.perf_counter() - self.t0, 1e-9)
-        self.cores = max(0.0, (_busy_seconds() - self.busy0) - (_own_cpu() - self.own0)) / wall
+        self.cores = max(0.0, (_busy_seconds() - self.busy0) - (own_cpu() - self.own0)) / wall
 
 
 def _busy_seconds() -> float:
@@ -45,7 +45,7 @@ def _busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
-def _own_cpu() -> float:
+def own_cpu() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime

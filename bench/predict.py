@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -38,6 +36,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from _common import OtherLoad, own_cpu  # noqa: E402
 
 SEED = 20240601
 N_CAT, BUCKETS, CAT_DIM, OUT_DIM = 5, 100_000, 16, 64
@@ -94,33 +95,6 @@ def build_tower(folder: Path) -> None:
 
 
 # -- measuring -------------------------------------------------------------------------------------
-class OtherLoad:
-    """CPU used by other processes during a measurement, in cores (from /proc/stat minus ours)."""
-
-    def __enter__(self):
-        self.t0, self.busy0, self.own0 = time.perf_counter(), _busy_seconds(), _own_cpu()
-        return self
-
-    def __exit__(self, *exc):
-        wall = time.perf_counter() - self.t0
-        self.cores = max(0.0, (_busy_seconds() - self.busy0) - (_own_cpu() - self.own0)) / wall
-
-
-def _busy_seconds() -> float:
-    try:
-        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    except OSError:
-        return 0.0
-    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def _own_cpu() -> float:
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
-
-
 def wait_for_quiet(max_wait: float, threshold: float = 0.15) -> float:
     """Wait (up to max_wait s) until other processes use < threshold cores; return that load."""
     deadline = time.perf_counter() + max_wait
@@ -149,11 +123,11 @@ def pure_forward(tower_dir: Path, table_path: Path, batch: int, threads: int, re
             tower.module(inputs)
         for _ in range(reps):
             with OtherLoad() as load:
-                start, cpu = time.perf_counter(), _own_cpu()
+                start, cpu = time.perf_counter(), own_cpu()
                 for inputs in batches:
                     tower.module(inputs)["item_tower_emb"]
                 times.append(time.perf_counter() - start)
-                cpus.append(_own_cpu() - cpu)
+                cpus.append(own_cpu() - cpu)
             loads.append(load.cores)
     return rows / statistics.median(times), statistics.median(loads), statistics.median(cpus) * 1e6 / rows
 
