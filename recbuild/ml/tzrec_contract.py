@@ -240,19 +240,6 @@ def write_files(module: nn.Module, specs: Sequence[Any], folder: Path) -> None:
     (folder / MODEL_ACC).write_text(MODEL_ACC_TEXT, encoding="utf-8")
 
 
-def _max_diff(got: Dict[str, Tensor], want: Dict[str, Tensor], what: str) -> float:
-    if sorted(got) != sorted(want):
-        raise BuildError(f"{what} outputs {sorted(got)}, expected {sorted(want)}")
-    diff = 0.0
-    for name, value in want.items():
-        if tuple(got[name].shape) != tuple(value.shape):
-            raise BuildError(f"{what}: output {name} has shape {tuple(got[name].shape)}, expected "
-                             f"{tuple(value.shape)}")
-        if value.numel():
-            diff = max(diff, float((got[name].double() - value.double()).abs().max()))
-    return diff
-
-
 def verify(module: nn.Module, specs: Sequence[Any], folder: Path, inputs: Dict[str, Tensor],
            tolerance: float) -> dict[str, float]:
     """Call the written scripted_model.pt both ways on the same rows; max |diff| of each against the
@@ -268,9 +255,11 @@ def verify(module: nn.Module, specs: Sequence[Any], folder: Path, inputs: Dict[s
         except Exception as exc:
             raise BuildError(f"{SCRIPTED} (TorchEasyRec's call style) was written but does not run: "
                              f"{type(exc).__name__}: {str(exc).strip()[:600]}") from None
-    diffs = {"recbuild_call": _max_diff(ours, expected, f"{SCRIPTED} called as recbuild does"),
-             "tzrec_call": _max_diff(theirs, expected, f"{SCRIPTED} called as tzrec.predict does"),
-             "between_calls": _max_diff(theirs, ours, f"{SCRIPTED}: the two call styles")}
+    from recbuild.ml.exporter.formats import max_output_diff
+
+    diffs = {"recbuild_call": max_output_diff(ours, expected, f"{SCRIPTED} called as recbuild does"),
+             "tzrec_call": max_output_diff(theirs, expected, f"{SCRIPTED} called as tzrec.predict does"),
+             "between_calls": max_output_diff(theirs, ours, f"{SCRIPTED}: the two call styles")}
     labels = {"recbuild_call": "called as recbuild does, differs from the eager model",
               "tzrec_call": "called as tzrec.predict does, differs from the eager model",
               "between_calls": "gives different outputs for the two call styles on the same rows,"}

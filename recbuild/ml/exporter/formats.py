@@ -156,6 +156,23 @@ def load_format(folder: Path, fmt: str):
     return lambda inputs: runner(inputs)
 
 
+def max_output_diff(got: dict, want: dict, what: str, want_named: str = "expected",
+                    want_shape_named: str = "expected") -> float:
+    """The largest |got - want| over every output; a BuildError naming ``what`` when the two do not
+    have the same output names or shapes (``want_named`` / ``want_shape_named`` say what ``want`` is
+    in those messages)."""
+    if sorted(got) != sorted(want):
+        raise BuildError(f"{what} outputs {sorted(got)}, {want_named} {sorted(want)}")
+    diff = 0.0
+    for name, value in want.items():
+        if tuple(got[name].shape) != tuple(value.shape):
+            raise BuildError(f"{what}: output {name} has shape {tuple(got[name].shape)}, "
+                             f"{want_shape_named} {tuple(value.shape)}")
+        if value.numel():
+            diff = max(diff, float((got[name].double() - value.double()).abs().max()))
+    return diff
+
+
 def verify_formats(module, inputs: dict, folder: Path, formats: Iterable[str],
                    tolerance: float) -> dict[str, float]:
     """Load each exported file back, run it beside the eager module; max |diff| per format."""
@@ -170,16 +187,7 @@ def verify_formats(module, inputs: dict, folder: Path, formats: Iterable[str],
             except Exception as exc:
                 raise BuildError(f"{FORMAT_FILES[fmt]} was written but does not run: "
                                  f"{type(exc).__name__}: {str(exc).strip()[:600]}") from None
-            if sorted(got) != sorted(expected):
-                raise BuildError(f"{FORMAT_FILES[fmt]} outputs {sorted(got)}, the eager model "
-                                 f"{sorted(expected)}")
-            diff = 0.0
-            for name, value in expected.items():
-                if tuple(got[name].shape) != tuple(value.shape):
-                    raise BuildError(f"{FORMAT_FILES[fmt]}: output {name} has shape "
-                                     f"{tuple(got[name].shape)}, eager {tuple(value.shape)}")
-                if value.numel():
-                    diff = max(diff, float((got[name].double() - value.double()).abs().max()))
+            diff = max_output_diff(got, expected, FORMAT_FILES[fmt], "the eager model", "eager")
             if not diff <= tolerance:
                 raise BuildError(f"{FORMAT_FILES[fmt]} differs from the eager model by {diff:.3g} "
                                  f"(tolerance {tolerance:g})")
