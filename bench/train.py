@@ -168,8 +168,6 @@ class _LoopClock:
     """The trainer's progress: the training loop starts when the count of batches does (the phase
     before it covers torch start-up and reading the data)."""
 
-    total = None
-
     def __init__(self):
         self.started = None
 
@@ -239,7 +237,6 @@ if {switch_only!r}:
 class FirstStep(Exception):
     pass
 class First:  # the trainer's progress: the count of batches starts right before the first step
-    total = None
     def __call__(self, total=None, unit=""):
         return self
     def phase(self, name="", total=None, unit=None):

@@ -35,8 +35,6 @@ from recbuild.ml.training.tree_sampler import TreeSampler
 class _SilentProgress:
     """The progress interface when nobody watches (the bench, library use)."""
 
-    total = None
-
     def phase(self, *args, **kwargs) -> "_SilentProgress":
         return self
 
@@ -142,9 +140,8 @@ class Trainer:
             model.train()
             self.epoch_label = f"epoch {epoch + 1}/{s.epochs}"
             progress.label(self.epoch_label)
-            epoch_steps, epoch_batches, epoch_loss = 0, 0, 0.0
+            epoch_steps, epoch_loss = 0, 0.0
             for batch in batches:
-                epoch_batches += 1
                 progress.advance(1)
                 loss = self._loss(model, batch)
                 if loss is None:
@@ -169,8 +166,6 @@ class Trainer:
                                      "build the tree from the same item universe")
                 raise InputError("the training data yielded no rows"
                                  + (" with label == 1" if row_filter else ""))
-            if progress.total != epoch_batches * s.epochs:  # a tdm batch may hold no tree item
-                progress.total = epoch_batches * s.epochs
             steps_per_epoch = steps_per_epoch or epoch_steps
             self.last_epoch_loss = epoch_loss / epoch_steps
             if not s.eval_every and step not in saved:
