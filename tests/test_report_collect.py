@@ -269,14 +269,16 @@ def test_collect_groups_variants_and_notes_bad_input(tmp_path):
     assert collect.notes(report)[0].startswith("checkpoints: 1 line(s)")
 
 
+NLIST_MATRIX = """
+version: 1
+extends: dssm
+artifacts:
+  index: {matrix: {nlist: [4, 8]}}
+"""
+
+
 def test_collect_on_a_workdir_with_nothing_built_names_what_to_build(tmp_path):
-    recipe = """
-    version: 1
-    extends: dssm
-    artifacts:
-      index: {matrix: {nlist: [4, 8]}}
-    """
-    graph, builders = _graph(tmp_path, recipe)
+    graph, builders = _graph(tmp_path, NLIST_MATRIX)
     report = collect.collect(graph, builders, generated_at=GENERATED_AT)
     for section in (report.recall, report.training, report.history, report.embeddings, report.metrics):
         assert section.items == [] and section.notes == []
@@ -289,13 +291,7 @@ def test_collect_on_a_workdir_with_nothing_built_names_what_to_build(tmp_path):
 
 
 def test_history_of_a_family_keeps_its_first_headline_family(tmp_path):
-    recipe = """
-    version: 1
-    extends: dssm
-    artifacts:
-      index: {matrix: {nlist: [4, 8]}}
-    """
-    graph, builders = _graph(tmp_path, recipe)
+    graph, builders = _graph(tmp_path, NLIST_MATRIX)
     records = [{"artifact": f"recall@{n}", "key": str(n), "time": "2026-01-01T10:00:00+0000",
                 "metrics": {"recall@10": 0.1, "recall@50": 0.2, "index_recall@10": 1.0, "requests": 3}}
                for n in (4, 8)]

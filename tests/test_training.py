@@ -335,24 +335,17 @@ def test_own_optimizer_state_steps_exactly_like_torch_optim():
     from recbuild.ml.models import build_model
     from recbuild.ml.models.features import example_inputs, parse_features
     from recbuild.ml.training import _make_optimizer, _torch_settings
+    from recbuild.ml.training.optim import _Optimizers
 
     config = model_section()
     config["features"][0]["buckets"] = 30000  # one table large enough for SparseAdam
 
-    class TorchOptim:
+    class TorchOptim(_Optimizers):  # the same split into tables, torch's own Adam classes
         def __init__(self, model):
             ours = _make_optimizer(model, 0.01).optimizers
             assert [type(o).__name__ for o in ours] == ["_SparseAdam", "_DenseAdam"]
-            self.optimizers = [(torch.optim.SparseAdam if type(o).__name__ == "_SparseAdam"
-                                else torch.optim.Adam)(o.params, lr=0.01) for o in ours]
-
-        def zero_grad(self):
-            for opt in self.optimizers:
-                opt.zero_grad()
-
-        def step(self):
-            for opt in self.optimizers:
-                opt.step()
+            super().__init__([(torch.optim.SparseAdam if type(o).__name__ == "_SparseAdam"
+                               else torch.optim.Adam)(o.params, lr=0.01) for o in ours])
 
     def weights_after_steps(make_optimizer):
         with _torch_settings(1, 5):
