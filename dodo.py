@@ -11,9 +11,9 @@ from doit import get_var
 
 from recbuild.builders import all_builders
 from recbuild.errors import RecbuildError
-from recbuild.build.engine import Engine, MakeOptions, reset_unreadable_state_db
-from recbuild.build.graph import build_graph
-from recbuild.build.recipe import load_recipe
+from recbuild.core.running.engine import Engine, MakeOptions, reset_unreadable_state_db
+from recbuild.core.recipe.graph import build_graph
+from recbuild.core.recipe.load import load_recipe
 from recbuild.ui.terminal import Terminal
 
 _builders = all_builders()

@@ -58,8 +58,8 @@ class Workload:
 def load_workload(template: str, scratch: Path, train_rows: int | None) -> Workload:
     """The template's model and `checkpoints` params, its sample data written under ``scratch``."""
     from recbuild.ml import sampledata
-    from recbuild.build.recipe import load_recipe
-    from recbuild.build.recipe_templates import find_template
+    from recbuild.core.recipe.load import load_recipe
+    from recbuild.core.recipe.templates import find_template
 
     overrides = [f"vars.train_rows={train_rows}"] if train_rows else []
     recipe = load_recipe(find_template(template), overrides)

@@ -1,9 +1,11 @@
-"""Old import paths of modules that moved into build/, ml/, common/ and ui/ (recbuild 0.1 -> 0.2).
+"""Old import paths of modules that moved, kept for one release each:
+- recbuild 0.1 -> 0.2: the flat modules went into build/, ml/, common/ and ui/;
+- 0.2 -> 0.3: build/ became core/, one sub-package per job (recipe/, workdir/, cache/, running/).
 
-Plugins written against ``recbuild.training``, ``recbuild.models.dssm`` and the like keep working
-for one release: importing an old path warns (DeprecationWarning) and gives a module that forwards
-every attribute to the new one, so classes and functions are the same objects (``isinstance`` and
-``issubclass`` hold). Patching through the old path does not reach the new module.
+Plugins written against ``recbuild.training``, ``recbuild.build.engine`` and the like keep working:
+importing an old path warns (DeprecationWarning) and gives a module that forwards every attribute to
+the new one, so classes and functions are the same objects (``isinstance`` and ``issubclass`` hold).
+Patching through the old path does not reach the new module.
 """
 
 from __future__ import annotations
@@ -12,12 +14,25 @@ import sys
 
 REMOVED_IN = "0.3"
 
-_BUILD = ("engine", "workspace", "graph", "matrix", "recipe", "yamlsrc", "schema", "recipe_cache",
-          "hashing", "manifest", "lock", "sources", "cache", "cache_ops", "metrics")
+# recbuild/build/<old>.py -> recbuild/core/<job>/<new>.py
+CORE: dict[str, str] = {
+    "yamlsrc": "recipe.yamlsrc", "schema": "recipe.schema", "recipe_templates": "recipe.templates",
+    "recipe_merge": "recipe.merge", "recipe_interpolation": "recipe.interpolation",
+    "matrix": "recipe.matrix", "recipe": "recipe.load", "recipe_cache": "recipe.parse_cache",
+    "graph": "recipe.graph",
+    "hashing": "workdir.hashing", "sources": "workdir.sources", "manifest": "workdir.manifest",
+    "lock": "workdir.lock", "workspace": "workdir.workspace", "metrics": "workdir.metrics",
+    "cache": "cache.store", "cache_ops": "cache.ops",
+    "engine": "running.engine", "doit_adapter": "running.doit_adapter", "events": "running.events",
+}
+_FLAT_BUILD = ("engine", "workspace", "graph", "matrix", "recipe", "yamlsrc", "schema", "recipe_cache",
+               "hashing", "manifest", "lock", "sources", "cache", "cache_ops", "metrics")
 _ML = ("training", "exporter", "predictor", "feature_io", "sampledata", "ray_executor", "model_files",
        "tzrec_contract", "models")
 MOVED: dict[str, str] = {
-    **{f"recbuild.{name}": f"recbuild.build.{name}" for name in _BUILD},
+    "recbuild.build": "recbuild.core",
+    **{f"recbuild.build.{old}": f"recbuild.core.{new}" for old, new in CORE.items()},
+    **{f"recbuild.{name}": f"recbuild.core.{CORE[name]}" for name in _FLAT_BUILD},
     **{f"recbuild.{name}": f"recbuild.ml.{name}" for name in _ML},
     "recbuild.process_tree": "recbuild.common.process_tree",
     "recbuild.retrieval.bundle": "recbuild.ml.serving_bundle",

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from recbuild.build.hashing import StatCache
-from recbuild.build.manifest import read_manifest, verify_files
+from recbuild.core.workdir.hashing import StatCache
+from recbuild.core.workdir.manifest import read_manifest, verify_files
 
 RECIPE = """
 version: 1

@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from recbuild.builders import all_builders
 from recbuild.errors import RecipeError
-from recbuild.build.graph import build_graph
-from recbuild.build.recipe import load_recipe
+from recbuild.core.recipe.graph import build_graph
+from recbuild.core.recipe.load import load_recipe
 
 KEYS = ["version", "name", "workdir", "extends", "vars", "model", "sources", "artifacts", "default",
         "cache", "kind", "cmd", "deps", "params", "path", "env", "a", "b", "raw", "nlist", "${vars.x}"]

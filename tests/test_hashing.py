@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from recbuild.build.hashing import StatCache, entries_digest, expand_local, tree_entries
+from recbuild.core.workdir.hashing import StatCache, entries_digest, expand_local, tree_entries
 
 
 def _age(path, seconds=1.0):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import errno
 
-import recbuild.build.engine as engine_module
+import recbuild.core.running.engine as engine_module
 
 RECIPE = """
 version: 1

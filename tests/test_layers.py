@@ -15,7 +15,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "recbuild"
 LAYERS: list[tuple[str, ...]] = [
     ("recbuild.cli",),
     ("recbuild.ui", "recbuild.report"),
-    ("recbuild.build",),
+    ("recbuild.core.running",),  # the build system, one sub-package a job
+    ("recbuild.core.cache",),
+    ("recbuild.core.workdir",),
+    ("recbuild.core.recipe",),
+    ("recbuild.core",),
     ("recbuild.builders",),
     ("recbuild.tzrec",),
     ("recbuild.ml",),
@@ -92,10 +96,10 @@ def test_imports_only_go_down():
 def test_the_check_sees_an_upward_import(tmp_path, monkeypatch):
     # the rule is not vacuous: a module of ml importing the build system is reported
     fake = PACKAGE / "ml" / "_layer_probe.py"
-    fake.write_text("def f():\n    from recbuild.build import engine\n", encoding="utf-8")
+    fake.write_text("def f():\n    from recbuild.core.running import engine\n", encoding="utf-8")
     try:
         assert layer_violations() == ["recbuild/ml/_layer_probe.py:2: recbuild.ml imports "
-                                      "recbuild.build.engine (recbuild.build is above it)"]
+                                      "recbuild.core.running.engine (recbuild.core.running is above it)"]
     finally:
         fake.unlink()
 
@@ -118,7 +122,10 @@ def test_docs_draw_the_same_layers():
 
 @pytest.mark.parametrize("old, new", [("recbuild.training", "recbuild.ml.training"),
                                       ("recbuild.models.dssm", "recbuild.ml.models.dssm"),
-                                      ("recbuild.engine", "recbuild.build.engine"),
+                                      ("recbuild.engine", "recbuild.core.running.engine"),
+                                      ("recbuild.build.engine", "recbuild.core.running.engine"),
+                                      ("recbuild.build.recipe", "recbuild.core.recipe.load"),
+                                      ("recbuild.build.cache_ops", "recbuild.core.cache.ops"),
                                       ("recbuild.retrieval.bundle", "recbuild.ml.serving_bundle")])
 def test_old_import_paths_warn_and_forward(old, new):
     import importlib
@@ -143,4 +150,81 @@ def test_only_the_engine_and_its_doit_adapter_import_doit():
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             if any(name == "doit" or name.startswith("doit.") for name in names):
                 users.add(path.relative_to(PACKAGE.parent).as_posix())
-    assert users == {"recbuild/build/engine.py", "recbuild/build/doit_adapter.py"}
+    assert users == {"recbuild/core/running/engine.py", "recbuild/core/running/doit_adapter.py"}
+
+
+OUTPUT_FOLDER_NAMES = {"build", "dist", "out", "target"}
+
+
+def test_no_package_folder_has_an_output_folder_name():
+    # .gitignore templates, packagers, linters and code maps skip these names as generated output
+    named = [path.relative_to(PACKAGE.parent).as_posix() for path in PACKAGE.rglob("*")
+             if path.is_dir() and path.name in OUTPUT_FOLDER_NAMES and any(path.rglob("*.py"))]
+    assert named == []
+
+
+def import_cycles() -> list[list[str]]:
+    """Groups of modules that import each other, directly or round a loop (every import counts:
+    module level, TYPE_CHECKING and function level)."""
+    modules = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+
+    def known(target: str) -> str:
+        while target and target not in modules:
+            target = target.rpartition(".")[0]
+        return target
+
+    edges = {name: {known(t) for _, t in imported_modules(path)} - {"", name} for name, path in modules.items()}
+    # Tarjan's strongly connected components, iteratively
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles = []
+    for root in sorted(edges):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(edges[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(edges[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                group = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    group.append(member)
+                    if member == node:
+                        break
+                if len(group) > 1:
+                    cycles.append(sorted(group))
+    return cycles
+
+
+def test_no_module_imports_itself_round_a_loop():
+    assert import_cycles() == []
+
+
+def test_the_cycle_check_sees_a_loop():
+    probes = [PACKAGE / "ml" / "_cycle_a.py", PACKAGE / "ml" / "_cycle_b.py"]
+    probes[0].write_text("from recbuild.ml import _cycle_b\n", encoding="utf-8")
+    probes[1].write_text("def f():\n    from recbuild.ml._cycle_a import x\n", encoding="utf-8")
+    try:
+        assert import_cycles() == [["recbuild.ml._cycle_a", "recbuild.ml._cycle_b"]]
+    finally:
+        for probe in probes:
+            probe.unlink()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 from recbuild.builders import all_builders
-from recbuild.build.graph import build_graph
-from recbuild.build.recipe import load_recipe
-from recbuild.build.workspace import Workspace
+from recbuild.core.recipe.graph import build_graph
+from recbuild.core.recipe.load import load_recipe
+from recbuild.core.workdir.workspace import Workspace
 
 RECIPE = """
 version: 1

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from recbuild.build import recipe_cache
-from recbuild.build.recipe import load_recipe
+from recbuild.core.recipe import parse_cache
+from recbuild.core.recipe.load import load_recipe
 
 
 def test_cache_hit_and_invalidation(project, monkeypatch, tmp_path):
@@ -16,8 +16,8 @@ def test_cache_hit_and_invalidation(project, monkeypatch, tmp_path):
           a: {kind: command, cmd: "echo ${vars.w} ${env.RB_X} > ${out}/f"}
     """)
     calls = []
-    real_lookup = recipe_cache.lookup
-    monkeypatch.setattr(recipe_cache, "lookup", lambda *a: calls.append(real_lookup(*a)) or calls[-1])
+    real_lookup = parse_cache.lookup
+    monkeypatch.setattr(parse_cache, "lookup", lambda *a: calls.append(real_lookup(*a)) or calls[-1])
 
     def cmd() -> str:
         return load_recipe(path).nodes["a"].params["cmd"]

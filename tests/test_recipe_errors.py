@@ -167,8 +167,8 @@ def test_every_kind_has_its_nullable_params_covered():
 def test_nullable_param_errors_say_what_it_takes(kind, param, prop):
     """A nullable param's error gives the message of its non-null branch, never "must be null"."""
     from recbuild.builders import all_builders
-    from recbuild.build.schema import SchemaChecker, kind_schema
-    from recbuild.build.yamlsrc import Loc
+    from recbuild.core.recipe.schema import SchemaChecker, kind_schema
+    from recbuild.core.recipe.yamlsrc import Loc
 
     branch = _set_branch(prop)
     checker = SchemaChecker(kind_schema(all_builders()[kind]))

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from recbuild.builders import all_builders
-from recbuild.build.recipe import load_recipe
-from recbuild.build.schema import schema_text
+from recbuild.core.recipe.load import load_recipe
+from recbuild.core.recipe.schema import schema_text
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -22,7 +22,7 @@ def test_committed_schema_is_up_to_date():
 
 
 def test_committed_reference_is_up_to_date():
-    from recbuild.build.schema import reference_markdown
+    from recbuild.core.recipe.schema import reference_markdown
 
     committed = (REPO / "docs" / "reference.md").read_text(encoding="utf-8")
     assert committed == reference_markdown(all_builders()), \

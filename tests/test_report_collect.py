@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from recbuild.builders import all_builders
-from recbuild.build.graph import build_graph
-from recbuild.build.recipe import load_recipe
+from recbuild.core.recipe.graph import build_graph
+from recbuild.core.recipe.load import load_recipe
 from recbuild.report import collect, readers
 from recbuild.retrieval.tdm_tree import assemble_tree, init_leaf_codes, segment_sizes_of_level, tree_depth
 from recbuild.retrieval.tree_io import write_serving_tree

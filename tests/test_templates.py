@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from recbuild.build.recipe_templates import template_names
+from recbuild.core.recipe.templates import template_names
 
 SMALL = ["--set", "vars.n_items=300", "--set", "vars.n_users=200", "--set", "vars.train_rows=3000",
          "--set", "vars.eval_rows=800"]

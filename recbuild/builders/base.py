@@ -39,7 +39,7 @@ class InputArtifact:
         return self.url or str(self.path)
 
 
-# A kind that measures something writes its figures here, in its output folder (see recbuild.build.metrics)
+# A kind that measures something writes its figures here, in its output folder (see recbuild.core.workdir.metrics)
 METRICS_FILE = "metrics.json"
 
 

@@ -16,8 +16,8 @@ def cmd_make(args, term) -> int:
         raise UsageError("recbuild make: -j must be at least 1")
     if args.dry_run:
         return _dry_run(graph, builders, args.targets, term)
-    from recbuild.build.cache import open_cache
-    from recbuild.build.engine import Engine, MakeOptions
+    from recbuild.core.cache.store import open_cache
+    from recbuild.core.running.engine import Engine, MakeOptions
 
     engine = Engine(graph, builders, term.build_events(args.heartbeat), cache=open_cache(graph.recipe, args.cache))
     options = MakeOptions(targets=args.targets, jobs=args.jobs, always=args.always_make,
@@ -147,8 +147,8 @@ def render_graph(graph, fmt: str) -> str:
 
 def cmd_clean(args, term) -> int:
     from recbuild.errors import ForeignFolder
-    from recbuild.build.lock import WorkdirLock
-    from recbuild.build.manifest import made_by_recbuild
+    from recbuild.core.workdir.lock import WorkdirLock
+    from recbuild.core.workdir.manifest import made_by_recbuild
 
     graph, builders, names = load_targets(args)
     ws = open_workspace(graph, builders, term)

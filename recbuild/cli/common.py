@@ -9,8 +9,8 @@ from recbuild.errors import UsageError
 def load_graph(args):
     """(graph, builders): the graph of the recipe named by -f, with the --set overrides."""
     from recbuild.builders import all_builders
-    from recbuild.build.graph import build_graph
-    from recbuild.build.recipe import load_recipe
+    from recbuild.core.recipe.graph import build_graph
+    from recbuild.core.recipe.load import load_recipe
 
     builders = all_builders()
     recipe = load_recipe(args.file, args.overrides, builders)
@@ -28,7 +28,7 @@ def load_targets(args):
 
 def open_workspace(graph, builders, term):
     """The recipe's workspace; state it found unreadable (and rebuilt) is reported in one line each."""
-    from recbuild.build.workspace import Workspace
+    from recbuild.core.workdir.workspace import Workspace
 
     ws = Workspace(graph, builders)
     for warning in ws.cache.warnings:
@@ -38,7 +38,7 @@ def open_workspace(graph, builders, term):
 
 def check_targets(graph, targets: list[str]) -> list[str]:
     """The targets, checked; a matrix artifact's name stands for all its variants."""
-    from recbuild.build.schema import did_you_mean
+    from recbuild.core.recipe.schema import did_you_mean
 
     families = graph.recipe.families
     resolved: list[str] = []

@@ -12,7 +12,7 @@ from recbuild.errors import RecipeError, UsageError
 
 
 def cmd_validate(args, term) -> int:
-    from recbuild.build.sources import missing_source
+    from recbuild.core.workdir.sources import missing_source
 
     graph, _ = load_graph(args)
     missing = []
@@ -33,7 +33,7 @@ def cmd_validate(args, term) -> int:
 
 
 def cmd_templates(args, term) -> int:
-    from recbuild.build.recipe_templates import find_template, template_names
+    from recbuild.core.recipe.templates import find_template, template_names
 
     rows = []
     for name in template_names():
@@ -48,9 +48,9 @@ def cmd_templates(args, term) -> int:
 
 
 def cmd_init(args, term) -> int:
-    from recbuild.build.recipe import DEFAULT_RECIPE
-    from recbuild.build.recipe_templates import find_template, template_names
-    from recbuild.build.schema import did_you_mean
+    from recbuild.core.recipe.load import DEFAULT_RECIPE
+    from recbuild.core.recipe.templates import find_template, template_names
+    from recbuild.core.recipe.schema import did_you_mean
 
     template = find_template(args.template)
     if template is None:
@@ -87,7 +87,7 @@ def _copy_template_files(folder: Path, target_dir: Path) -> None:
 
 def cmd_schema(args, term) -> int:
     from recbuild.builders import all_builders
-    from recbuild.build.schema import reference_markdown, schema_text
+    from recbuild.core.recipe.schema import reference_markdown, schema_text
 
     sys.stdout.write(reference_markdown(all_builders()) if args.markdown else schema_text(all_builders()))
     return 0

@@ -10,7 +10,7 @@ from recbuild.errors import UsageError
 
 
 def cmd_metrics(args, term) -> int:
-    from recbuild.build import metrics
+    from recbuild.core.workdir import metrics
 
     graph, builders, names = load_targets(args)
     ws = open_workspace(graph, builders, term)
@@ -64,7 +64,7 @@ def cmd_metrics(args, term) -> int:
 
 def _previous_metrics(ws, name: str) -> dict[str, float]:
     """The figures of the build before the current one (from the history)."""
-    from recbuild.build import metrics
+    from recbuild.core.workdir import metrics
 
     current_key = (ws.manifest(name) or {}).get("key")
     older = [r for r in metrics.history(ws.workdir, name) if r.get("key") != current_key]
@@ -72,7 +72,7 @@ def _previous_metrics(ws, name: str) -> dict[str, float]:
 
 
 def _explain_metrics(graph, builders, current: dict[str, dict[str, float]], term) -> None:
-    from recbuild.build import metrics
+    from recbuild.core.workdir import metrics
 
     docs: dict[str, str] = {}
     for name, numbers in current.items():
@@ -88,7 +88,7 @@ def _explain_metrics(graph, builders, current: dict[str, dict[str, float]], term
 
 
 def _metrics_history(graph, ws, names: list[str], term, last: int = 6) -> int:
-    from recbuild.build import metrics
+    from recbuild.core.workdir import metrics
 
     shown = 0
     for name in names:

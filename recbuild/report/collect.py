@@ -16,9 +16,9 @@ from pathlib import Path
 
 from recbuild import __version__
 
-from recbuild.build import metrics
-from recbuild.build.graph import Graph
-from recbuild.build.manifest import MANIFEST_NAME, read_manifest
+from recbuild.core.workdir import metrics
+from recbuild.core.recipe.graph import Graph
+from recbuild.core.workdir.manifest import MANIFEST_NAME, read_manifest
 from recbuild.report import readers
 from recbuild.report.model import (
     ArtifactGraph, Curve, GraphNode, HistorySeries, MetricsHistory, MetricsTable, NormHistogram,

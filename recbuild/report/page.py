@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from recbuild.build import metrics
+from recbuild.core.workdir import metrics
 from recbuild.report import figures
 from recbuild.report.model import Report, Section
 

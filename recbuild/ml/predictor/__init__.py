@@ -25,7 +25,8 @@ from recbuild.ml.predictor.pipeline import (DEFAULT_BATCH_SIZE, PredictResult, c
                                             predict_embeddings, raise_non_finite)
 from recbuild.ml.predictor.source import ParquetInput, filtered_batches, resolve_parquet_input
 from recbuild.ml.predictor.tower import EXPORT_FILE, SCRIPTED_FILE, LoadedTower, load_tower
-from recbuild.ml.predictor.validation import ON_DUPLICATE, InputPlan, plan_input
+from recbuild.ml.predictor.plan import InputPlan
+from recbuild.ml.predictor.validation import ON_DUPLICATE, plan_input
 
 __all__ = [
     "DEFAULT_BATCH_SIZE", "DEFAULT_ROWS_PER_FILE", "EMBEDDING_FORMATS", "EXPORT_FILE", "ON_DUPLICATE",

@@ -16,7 +16,7 @@ from recbuild.ml import feature_io
 
 if TYPE_CHECKING:
     from recbuild.ml.predictor.clock import StageClock
-    from recbuild.ml.predictor.validation import InputPlan
+    from recbuild.ml.predictor.plan import InputPlan
 
 EMBEDDING_FORMATS = ("fixed_size_list", "list_double", "string")
 DEFAULT_ROWS_PER_FILE = 1_000_000

@@ -14,7 +14,7 @@ import pyarrow as pa
 from recbuild.errors import BuildError
 from recbuild.ml.predictor.output import ROW_GROUP_ROWS, EmbeddingSink
 from recbuild.ml.predictor.source import ParquetInput, filtered_batches
-from recbuild.ml.predictor.validation import InputPlan
+from recbuild.ml.predictor.plan import InputPlan
 
 
 class _Stopped(Exception):

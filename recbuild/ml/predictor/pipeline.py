@@ -26,7 +26,8 @@ from recbuild.ml.predictor.output import DEFAULT_ROWS_PER_FILE, EmbeddingSink, e
 from recbuild.ml.predictor.overlap import run_overlapped
 from recbuild.ml.predictor.source import filtered_batches, resolve_parquet_input
 from recbuild.ml.predictor.tower import LoadedTower, load_tower
-from recbuild.ml.predictor.validation import InputPlan, plan_input
+from recbuild.ml.predictor.plan import InputPlan
+from recbuild.ml.predictor.validation import plan_input
 
 DEFAULT_BATCH_SIZE = 4096
 

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 from recbuild.errors import InputError
 
 if TYPE_CHECKING:
-    from recbuild.ml.predictor.validation import InputPlan
+    from recbuild.ml.predictor.plan import InputPlan
 
 _PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
 

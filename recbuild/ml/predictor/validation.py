@@ -9,7 +9,6 @@ the reading side (``source.filtered_batches``) filters out batch by batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -21,30 +20,10 @@ import pyarrow.parquet as pq
 from recbuild.errors import BuildError, InputError
 from recbuild.ml import feature_io
 from recbuild.ml.feature_io import FeatureSpec
+from recbuild.ml.predictor.plan import InputPlan
 from recbuild.ml.predictor.source import ParquetInput
 
 ON_DUPLICATE = ("error", "first", "last")
-
-
-@dataclass
-class InputPlan:
-    """What the pre-pass learnt: per-file row counts, output schema, rows to drop."""
-
-    files: list[str]
-    file_rows: list[int]
-    read_columns: list[str]  # id + reserved + feature columns, in that order, each once
-    passthrough_schema: pa.Schema  # id + reserved columns as found in the input
-    drop_rows: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))  # sorted, global
-
-    @property
-    def total_rows(self) -> int:
-        return sum(self.file_rows)
-
-    def locate(self, global_row: int) -> str:
-        """'row R of FILE' for a global row number (messages only)."""
-        starts = np.cumsum([0] + self.file_rows)
-        i = int(np.searchsorted(starts, global_row, side="right")) - 1
-        return f"row {global_row - int(starts[i])} of {Path(self.files[i]).name}"
 
 
 def _check_schema(schema: pa.Schema, path: str, id_column: str, reserved: Sequence[str],

@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from recbuild.errors import RecipeError
-from recbuild.build.recipe import NodeSpec, Recipe
-from recbuild.build.schema import did_you_mean
-from recbuild.build.yamlsrc import problem
+from recbuild.core.recipe.load import NodeSpec, Recipe
+from recbuild.core.recipe.paths import is_glob, is_url
+from recbuild.core.recipe.schema import did_you_mean
+from recbuild.core.recipe.yamlsrc import problem
 
 
 @dataclass(frozen=True)
@@ -111,9 +112,6 @@ def build_graph(recipe: Recipe, builders: dict) -> Graph:
 def _sources_holding_the_workdir(nodes: dict, recipe: Recipe) -> list[tuple[int, str]]:
     """A source folder that contains the workdir would read the artifacts (and recbuild's state) as
     its own input: every build would change it and rebuild everything, forever."""
-    from recbuild.build.hashing import is_glob
-    from recbuild.build.sources import is_url
-
     problems = []
     for name, node in nodes.items():
         spec = node.params.get("path") if node.is_file_source else None

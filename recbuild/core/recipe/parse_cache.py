@@ -40,7 +40,7 @@ def _cache_dir() -> Path:
 
 def _code_fingerprint() -> str:
     hasher = xxhash.xxh3_64()
-    root = Path(__file__).resolve().parents[1]  # all of recbuild/: any code change invalidates
+    root = Path(__file__).resolve().parents[2]  # all of recbuild/: any code change invalidates
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
         for name in sorted(filenames):
@@ -81,8 +81,8 @@ def _loc(loc) -> list:
 
 def _decode(raw: dict):
     """The Recipe an entry describes; raises (KeyError, TypeError, ValueError) on any other shape."""
-    from recbuild.build.recipe import NodeSpec, Recipe
-    from recbuild.build.yamlsrc import Loc
+    from recbuild.core.recipe.spec import NodeSpec, Recipe
+    from recbuild.core.recipe.yamlsrc import Loc
 
     def loc(value) -> Loc:
         file, line, col = value

@@ -18,29 +18,21 @@ import time
 import traceback
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 from recbuild.builders.base import BuildContext, Builder
-from recbuild.build.cache import ArtifactCache, CacheError, CorruptEntry
-from recbuild.build.doit_adapter import doit_config, reset_unreadable_state_db, run_doit
-from recbuild.build.events import ADOPTED, BUILT, HASHED, RESTORED, UP_TO_DATE, Events
+from recbuild.core.cache.store import ArtifactCache, CacheError, CorruptEntry
+from recbuild.core.running.doit_adapter import doit_config, reset_unreadable_state_db, run_doit
+from recbuild.core.running.options import MakeOptions
+from recbuild.core.running.events import ADOPTED, BUILT, HASHED, RESTORED, UP_TO_DATE, Events
 from recbuild.errors import Interrupted, RecbuildError
-from recbuild.build.graph import Graph
-from recbuild.build.lock import WorkdirLock
-from recbuild.build.metrics import METRICS_FILE
-from recbuild.build.metrics import record as record_metrics
-from recbuild.build.manifest import artifact_folders, check_replaceable, make_manifest, publish, write_manifest
-from recbuild.build.workspace import Workspace
-
-
-@dataclass
-class MakeOptions:
-    targets: list[str] = field(default_factory=list)
-    jobs: int = 1
-    always: bool = False
-    keep_going: bool = False
+from recbuild.core.recipe.graph import Graph
+from recbuild.core.workdir.lock import WorkdirLock
+from recbuild.core.workdir.metrics import METRICS_FILE
+from recbuild.core.workdir.metrics import record as record_metrics
+from recbuild.core.workdir.manifest import artifact_folders, check_replaceable, make_manifest, publish, write_manifest
+from recbuild.core.workdir.workspace import Workspace
 
 
 class Engine:
@@ -189,7 +181,7 @@ class Engine:
 
     def _headlines(self, names: list[str]) -> dict[str, dict[str, float]]:
         """The figures worth a glance of what this run built or restored (each kind's ``headline``)."""
-        from recbuild.build.metrics import family_of, ordered, read
+        from recbuild.core.workdir.metrics import family_of, ordered, read
 
         found = {}
         for name in names:

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from recbuild.errors import RecbuildError
-from recbuild.build.hashing import StatCache, entries_digest
-from recbuild.build.manifest import manifest_problem, write_manifest
+from recbuild.core.workdir.hashing import StatCache, entries_digest
+from recbuild.core.workdir.manifest import manifest_problem, write_manifest
 
 LAYOUT = "v1"
 
@@ -143,7 +143,7 @@ class ArtifactCache:
             raise CorruptEntry(f"cache entry {key}: its archive is larger than its manifest allows")
         _safe_extract(data, staged, expected_files)
         expected = manifest.get("files", {})
-        from recbuild.build.hashing import list_files, tree_entries
+        from recbuild.core.workdir.hashing import list_files, tree_entries
 
         files = [f for f in list_files(staged)]
         got = tree_entries(staged, files, cache)

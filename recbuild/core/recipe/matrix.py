@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from recbuild.errors import RecipeError
-from recbuild.build.schema import did_you_mean
-from recbuild.build.yamlsrc import KeyPath, Loc, problem
+from recbuild.core.recipe.schema import did_you_mean
+from recbuild.core.recipe.yamlsrc import KeyPath, Loc, problem
 
 MATRIX_KEY = "matrix"
 MODEL_PREFIX = "model."

@@ -13,7 +13,7 @@ import difflib
 import json
 from typing import Any, Iterable
 
-from recbuild.build.yamlsrc import KeyPath, Loc, problem
+from recbuild.core.recipe.yamlsrc import KeyPath, Loc, problem
 
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*$"
 

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from recbuild.errors import RecipeError
-from recbuild.build.recipe_templates import find_template, template_names
-from recbuild.build.schema import did_you_mean
-from recbuild.build.yamlsrc import KeyPath, Loc, format_path, load_yaml, parse_scalar, problem
+from recbuild.core.recipe.templates import find_template, template_names
+from recbuild.core.recipe.schema import did_you_mean
+from recbuild.core.recipe.yamlsrc import KeyPath, Loc, format_path, load_yaml, parse_scalar, problem
 
 SET_FILE = "--set"
 

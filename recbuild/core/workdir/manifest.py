@@ -17,7 +17,7 @@ from typing import Any
 
 from recbuild import __version__
 from recbuild.errors import ForeignFolder, UnsupportedFile
-from recbuild.build.hashing import ALGORITHM, StatCache, entries_digest, list_files, tree_entries, walk_relpaths
+from recbuild.core.workdir.hashing import ALGORITHM, StatCache, entries_digest, list_files, tree_entries, walk_relpaths
 
 MANIFEST_NAME = "MANIFEST.json"
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import xxhash
 
+from recbuild.core.recipe.paths import is_glob
 from recbuild.errors import UnsupportedFile
 
 ALGORITHM = "xxh3_128"
@@ -263,10 +264,6 @@ def list_files(root: Path) -> list[Path]:
         raise UnsupportedFile(f"{path.relative_to(root)} is {what}{more}: artifacts hold regular files "
                               "and folders only; copy the file in instead (e.g. cp -L)")
     return files
-
-
-def is_glob(pattern: str) -> bool:
-    return any(ch in pattern for ch in "*?[")
 
 
 def expand_local(path: Path) -> tuple[Path, list[Path]]:

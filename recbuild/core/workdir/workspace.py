@@ -17,10 +17,10 @@ import xxhash
 
 from recbuild.builders.base import InputArtifact
 from recbuild.errors import BuildError
-from recbuild.build.graph import Graph
-from recbuild.build.hashing import StatCache
-from recbuild.build.manifest import MANIFEST_NAME, canonical_json, made_by_recbuild, read_manifest, verify_files
-from recbuild.build.sources import SourceScan, scan_source
+from recbuild.core.recipe.graph import Graph
+from recbuild.core.workdir.hashing import StatCache
+from recbuild.core.workdir.manifest import MANIFEST_NAME, canonical_json, made_by_recbuild, read_manifest, verify_files
+from recbuild.core.workdir.sources import SourceScan, scan_source
 
 MODEL_ROLE = "recipe.model"
 

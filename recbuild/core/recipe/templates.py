@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def template_dirs() -> list[Path]:
-    package = Path(__file__).resolve().parents[1]  # recbuild/ (templates are package data)
+    package = Path(__file__).resolve().parents[2]  # recbuild/ (templates are package data)
     return [package / "_recipes", package.parent / "recipes"]
 
 

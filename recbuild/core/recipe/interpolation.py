@@ -2,7 +2,7 @@
 a string that is exactly one reference taking the value's type, ``$${`` for a literal ``${``,
 values shell-quoted in a kind's ``shell_fields`` unless written ``${raw:...}``. ``${out}``,
 ``${deps.NAME}`` and ``${params.KEY}`` are left for the ``command`` kind. Records the environment
-variables it read in recipe_merge.read_trace.
+variables it read in merge.read_trace.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import shlex
 from typing import Any
 
 from recbuild.errors import RecipeError
-from recbuild.build.recipe_merge import read_trace
-from recbuild.build.schema import did_you_mean
-from recbuild.build.yamlsrc import KeyPath, locate, problem
+from recbuild.core.recipe.merge import read_trace
+from recbuild.core.recipe.schema import did_you_mean
+from recbuild.core.recipe.yamlsrc import KeyPath, locate, problem
 
 _REF = re.compile(r"\$\{([^}]*)\}")
 RAW_PREFIX = "raw:"

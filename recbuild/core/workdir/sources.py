@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from recbuild.errors import BuildError, UnsupportedFile
-from recbuild.build.hashing import StatCache, entries_digest, expand_local, is_glob, tree_entries
+from recbuild.core.recipe.paths import is_glob, is_url
+from recbuild.core.workdir.hashing import StatCache, entries_digest, expand_local, tree_entries
 
 
 @dataclass(frozen=True)
@@ -18,10 +19,6 @@ class SourceScan:
     entries: dict  # relpath -> {size, digest}
     digest: str
     url: str | None = None
-
-
-def is_url(path: str) -> bool:
-    return "://" in path and not path.startswith("file://")
 
 
 def scan_source(spec: str, recipe_dir: Path, cache: StatCache, name: str,

@@ -11,10 +11,10 @@ import shutil
 import uuid
 from dataclasses import dataclass
 
-from recbuild.build.cache import ArtifactCache, CacheError, CorruptEntry, age_days
+from recbuild.core.cache.store import ArtifactCache, CacheError, CorruptEntry, age_days
 from recbuild.errors import RecbuildError
-from recbuild.build.manifest import publish
-from recbuild.build.workspace import Workspace
+from recbuild.core.workdir.manifest import publish
+from recbuild.core.workdir.workspace import Workspace
 
 
 @dataclass

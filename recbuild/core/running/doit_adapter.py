@@ -12,14 +12,32 @@ import functools
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from recbuild.build.events import BUILT, UP_TO_DATE
-from recbuild.build.manifest import MANIFEST_NAME
+from recbuild.core.running.events import BUILT, UP_TO_DATE, Events
+from recbuild.core.running.options import MakeOptions
+from recbuild.core.workdir.manifest import MANIFEST_NAME
 
 if TYPE_CHECKING:
-    from recbuild.build.engine import Engine, MakeOptions
-    from recbuild.build.workspace import Workspace
+    from recbuild.core.recipe.graph import Graph
+    from recbuild.core.workdir.workspace import Workspace
+
+
+class Engine(Protocol):
+    """What the adapter needs of the engine that drives it (recbuild.core.running.engine.Engine): the
+    protocol keeps the import one-way, engine -> adapter."""
+
+    ws: Workspace
+    graph: Graph
+    events: Events
+    started: dict[str, float]
+    outcomes: dict[str, tuple[str, str]]
+    failures: dict[str, str]
+
+    @property
+    def state_db(self) -> Path: ...
+
+    def task_dicts(self, names: list[str], force: bool, decided: bool = False) -> list[dict]: ...
 
 
 def run_doit(engine: Engine, todo: list[str], options: MakeOptions) -> int:
@@ -117,7 +135,7 @@ class _CheckerMixin:
 
     def _digest(self, path: str) -> str:
         if os.path.basename(path) == MANIFEST_NAME:
-            from recbuild.build.manifest import read_manifest
+            from recbuild.core.workdir.manifest import read_manifest
 
             manifest = read_manifest(Path(path).parent)
             return manifest["digest"] if manifest else ""

@@ -3,8 +3,8 @@ schema validation -> a :class:`Recipe` of plain data. No I/O beyond reading reci
 
 This module holds the Recipe, the load from end to end and the validation of each source and
 artifact (its kind's schema and defaults, the recipe-wide defaults, its kind's own checks). The
-stages before it: recipe_merge.py (extends, --set), recipe_interpolation.py (${...}),
-recipe_templates.py (the built-in templates); recipe_cache.py reuses an identical earlier load.
+stages before it: merge.py (extends, --set), interpolation.py (${...}),
+templates.py (the built-in templates); parse_cache.py reuses an identical earlier load.
 
 Decisions (documented in docs/recipes.md):
 - ``extends`` is resolved first (a built-in template name or a path relative to the recipe);
@@ -22,60 +22,19 @@ from __future__ import annotations
 import copy
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from recbuild.errors import RecipeError
-from recbuild.build.recipe_interpolation import interpolate, shell_field_test
-from recbuild.build.recipe_merge import apply_overrides, load_with_extends, read_trace
-from recbuild.build.schema import NAME_PATTERN, SchemaChecker, did_you_mean, kind_schema, top_level_schema
-from recbuild.build.yamlsrc import KeyPath, Loc, locate, problem
+from recbuild.core.recipe.interpolation import interpolate, shell_field_test
+from recbuild.core.recipe.merge import apply_overrides, load_with_extends, read_trace
+from recbuild.core.recipe.spec import NodeSpec, Recipe  # noqa: F401  (the loader's result types)
+from recbuild.core.recipe.schema import NAME_PATTERN, SchemaChecker, did_you_mean, kind_schema, top_level_schema
+from recbuild.core.recipe.yamlsrc import KeyPath, Loc, locate, problem
 
 DEFAULT_RECIPE = "recbuild.yaml"
 _NAME_RE = re.compile(NAME_PATTERN)
 RESERVED_NAMES = {"MANIFEST.json"}
 RECIPE_WIDE_DEFAULTS = ("executor", "ray", "tzrec")
-
-
-@dataclass
-class NodeSpec:
-    """One entry of ``sources`` or ``artifacts``."""
-
-    name: str
-    section: str  # "sources" | "artifacts"
-    kind: str  # builder kind, or "source" for a plain path source
-    params: dict[str, Any]  # the spec without ``kind``, schema defaults applied
-    loc: Loc
-    model_overrides: dict[str, Any] = field(default_factory=dict)  # a matrix variant's model.PATH values
-
-    @property
-    def is_file_source(self) -> bool:
-        return self.kind == "source"
-
-
-@dataclass
-class Recipe:
-    path: Path
-    dir: Path
-    name: str
-    workdir: Path
-    model: dict[str, Any]
-    nodes: dict[str, NodeSpec]
-    default: list[str]
-    cache: dict[str, Any] | None
-    data: dict[str, Any]  # the resolved recipe (after extends, --set, interpolation)
-    locations: dict[KeyPath, Loc] = field(repr=False, default_factory=dict)
-    families: dict[str, list[str]] = field(default_factory=dict)  # matrix name -> its variants
-
-    def locate(self, path: KeyPath) -> Loc:
-        return locate(self.locations, path, str(self.path))
-
-    def model_for(self, name: str) -> dict[str, Any]:
-        """The model section an artifact reads: the recipe's, with its matrix variant's values."""
-        from recbuild.build.matrix import model_for
-
-        return model_for(self.model, self.nodes[name].model_overrides)
 
 
 # ------------------------------------------------------------------------------------ validation
@@ -102,7 +61,7 @@ def build_nodes(data: dict, locations: dict, file: str, builders: dict,
     # embedding steps); an artifact's own value wins.
     recipe_defaults = {key: data[key] for key in RECIPE_WIDE_DEFAULTS if key in data}
     nodes: dict[str, NodeSpec] = {}
-    file_source_checker = SchemaChecker(__import__("recbuild.build.schema", fromlist=["x"]).FILE_SOURCE_SCHEMA)
+    file_source_checker = SchemaChecker(__import__("recbuild.core.recipe.schema", fromlist=["x"]).FILE_SOURCE_SCHEMA)
     kind_checkers: dict[str, SchemaChecker] = {}
     for section in ("sources", "artifacts"):
         entries = data.get(section) or {}
@@ -155,10 +114,10 @@ def build_nodes(data: dict, locations: dict, file: str, builders: dict,
 def load_recipe(path: str | os.PathLike | None = None, overrides: list[str] | None = None,
                 builders: dict | None = None) -> Recipe:
     """Load and validate a recipe, reusing the result of an identical earlier load (see
-    recipe_cache.py): a no-op `make` then skips YAML parsing and schema validation."""
-    from recbuild.build import recipe_cache
+    parse_cache.py): a no-op `make` then skips YAML parsing and schema validation."""
+    from recbuild.core.recipe import parse_cache
 
-    cached = recipe_cache.lookup(path or DEFAULT_RECIPE, overrides or [])
+    cached = parse_cache.lookup(path or DEFAULT_RECIPE, overrides or [])
     if cached is not None:
         return cached
     read_trace["files"].clear()
@@ -167,7 +126,7 @@ def load_recipe(path: str | os.PathLike | None = None, overrides: list[str] | No
     from recbuild.builders import builtin_builders
 
     if all(n.kind == "source" or n.kind in builtin_builders() for n in recipe.nodes.values()):
-        recipe_cache.store(path or DEFAULT_RECIPE, overrides or [], recipe, read_trace)  # plugin code is not fingerprinted
+        parse_cache.store(path or DEFAULT_RECIPE, overrides or [], recipe, read_trace)  # plugin code is not fingerprinted
     return recipe
 
 
@@ -194,7 +153,7 @@ def _load_recipe(path, overrides, builders) -> Recipe:
                                                                      "(add `version: 1`)")))
     if problems:
         raise RecipeError([m for _, m in sorted(problems)])
-    from recbuild.build import matrix
+    from recbuild.core.recipe import matrix
 
     data, expansion = matrix.expand(data, locations, shown, builders)
     nodes, problems = build_nodes(data, locations, shown, builders, expansion.variants)
