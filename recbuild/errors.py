@@ -54,6 +54,16 @@ class UnsupportedFile(BuildError):
     FIFO, device, socket)."""
 
 
+class InputChangedDuringBuild(BuildError):
+    """An input the key was computed from changed while the step ran: the output may hold either
+    content, so nothing is published or pushed (run make again)."""
+
+
+class UnprovenNeeds(RecbuildError):
+    """`cache gc` was told to keep what a recipe needs, but that recipe's keys cannot all be
+    computed (a source is missing, an input is neither built nor cached): nothing is deleted."""
+
+
 class ForeignFolder(BuildError):
     """A folder recbuild would replace or delete was not made by recbuild."""
 

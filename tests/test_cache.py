@@ -255,8 +255,11 @@ def test_cache_commands(cached_project, tmp_path):
     assert len(list(cache_dir.glob("v1/*/*.json"))) == 3  # push: false
     pushed = project.run("cache", "push")
     assert pushed.out.count("pushed") == 2
-    gc = project.run("cache", "gc")
-    assert "removed 2 entries, kept 3" in gc.out  # the n=3 head and final are no longer needed
+    dry = project.run("cache", "gc")  # no policy: a dry run
+    assert "nothing is deleted" in dry.out and "would delete 2 entries" in dry.out
+    assert len(list(cache_dir.glob("v1/*/*.json"))) == 5
+    gc = project.run("cache", "gc", "--keep-needed-by", "recbuild.yaml")
+    assert "deleted 2 entries" in gc.out and "kept 3" in gc.out  # the n=3 head and final are no longer needed
     assert len(list(cache_dir.glob("v1/*/*.json"))) == 3
 
 

@@ -308,13 +308,14 @@ def test_concurrent_makes_do_not_corrupt_state(project):
     project.recipe("""
         version: 1
         artifacts:
-          a: {kind: command, cmd: "touch started; sleep 1; echo a > ${out}/a"}
+          a: {kind: command, cmd: "touch started; for i in $(seq 1200); do [ -e release ] && break; sleep 0.05; done; echo a > ${out}/a"}
           b: {kind: command, deps: [a], cmd: "cat ${deps.a}/a > ${out}/b"}
     """)
     first = project.spawn("make")
     wait_for(project.path / "started")
-    second = project.spawn("make")
+    second = project.spawn("make")  # while the first holds the lock, however slow the machine is
     out2, err2 = second.communicate(timeout=60)
+    (project.path / "release").touch()
     out1, err1 = first.communicate(timeout=60)
     assert first.returncode == 0, err1
     assert second.returncode == 1

@@ -158,6 +158,11 @@ class Builder:
       headline          the metric families worth a glance after a build (``recall@k``, ``auc``)
       description       one line for `recbuild templates`/docs
 
+      toolchain         what decides its bytes besides params and inputs: distribution names
+                        (``"torch"``, ``"pyarrow"``; ``"faiss"`` = whichever faiss build is installed),
+                        ``"python"`` (the interpreter's major.minor) and ``"machine"`` (the processor
+                        architecture). Their versions are part of the key and recorded in the manifest.
+
     ``key_facts(params)`` returns facts about the outside world the output depends on that no param
     or input holds (e.g. the version of an external tool); they are part of the artifact key.
     """
@@ -171,6 +176,7 @@ class Builder:
     key_exclude: ClassVar[tuple[str, ...]] = ()
     uses_torch: ClassVar[bool] = False
     shell_fields: ClassVar[tuple[str, ...]] = ()
+    toolchain: ClassVar[tuple[str, ...]] = ()
     metric_docs: ClassVar[dict[str, str]] = {}
     headline: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""

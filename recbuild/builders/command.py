@@ -50,6 +50,40 @@ def _run_logged(argv: list[str], ctx: BuildContext, env: dict) -> tuple[int, str
     return returncode, text
 
 
+_OUTPUTS: dict[str, str] = {}
+
+
+def _command_output(command: str) -> str:
+    """What a toolchain command says, for the key: its first line and a digest of all it wrote
+    (once per process: every key computation of a run asks)."""
+    if command not in _OUTPUTS:
+        import subprocess
+
+        import xxhash
+
+        try:
+            done = subprocess.run(["/bin/sh", "-c", command], capture_output=True, timeout=60,
+                                  stdin=subprocess.DEVNULL)
+            output, status = done.stdout + done.stderr, done.returncode
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            output, status = str(exc).encode(), -1
+        first = next((line.strip() for line in output.decode("utf-8", "replace").splitlines() if line.strip()), "")
+        shown = first[:80] + ("..." if len(first) > 80 else "")
+        prefix = "" if status == 0 else f"exit {status}: "
+        _OUTPUTS[command] = f"{prefix}{shown} [{xxhash.xxh3_64_hexdigest(output)[:8]}]"
+    return _OUTPUTS[command]
+
+
+def _env_digest(name: str) -> str:
+    """A variable's value as a digest: manifests travel to the shared cache, values may be secrets."""
+    value = os.environ.get(name)
+    if value is None:
+        return "unset"
+    import xxhash
+
+    return f"set [{xxhash.xxh3_64_hexdigest(value.encode())[:8]}]"
+
+
 class CommandBuilder(Builder):
     kind = "command"
     version = "1"
@@ -68,11 +102,25 @@ class CommandBuilder(Builder):
                        "description": "Values the command depends on; changing one rebuilds."},
             "env": {"type": "object", "additionalProperties": {"type": "string"}, "default": {},
                     "description": "Extra environment variables for the command."},
+            "toolchain": {"type": "array", "items": {"type": "string", "minLength": 1}, "default": [],
+                          "description": "Commands whose output decides the artifact's bytes, e.g. "
+                                         "\"gcc --version\": their output is part of the key (run by "
+                                         "/bin/sh once per recbuild run, a no-op make too; keep them quick)."},
+            "key_env": {"type": "array", "items": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+                        "default": [],
+                        "description": "Environment variables of recbuild's own environment that decide "
+                                       "the bytes: their values are part of the key (recorded as digests)."},
             "description": {"type": "string"},
         },
         "required": ["cmd"],
     }
-    key_exclude = ("description",)
+    key_exclude = ("description", "toolchain", "key_env")  # (in the key as facts: their outputs and values)
+
+    @classmethod
+    def key_facts(cls, params: dict[str, Any]) -> dict[str, Any]:
+        facts = {f"toolchain `{command}`": _command_output(command) for command in params.get("toolchain") or ()}
+        facts.update({f"env {name}": _env_digest(name) for name in params.get("key_env") or ()})
+        return facts
 
     def check(self, params: dict[str, Any]) -> list[tuple[str, str]]:
         problems = []

@@ -83,6 +83,7 @@ class _EmbeddingsBuilder(Builder):
     side: ClassVar[str] = ""  # "item" | "user": the towers subfolder and the output column prefix
     data_field: ClassVar[str] = ""
     version = "1"
+    toolchain = ("torch", "numpy", "pyarrow", "machine")
     # The thread count and the executor change speed, not content (CPU inference of the same
     # batches; the ray executor keeps the local batch boundaries and writer).
     key_exclude = ("threads", "executor", "ray")

@@ -125,6 +125,7 @@ class ExportBuilder(Builder):
     uses_torch = True
     version = "3"  # 2: fg.json in tzrec's shape without buckets, TorchEasyRec's predict files; 3: the
     # exported files name the models' new module paths (recbuild.ml.models): other bytes, same values
+    toolchain = ("torch", "python", "machine")
     uses_model = True
     reference_fields = ("checkpoints", "assets")
     path_fields = ("assets",)  # an asset may be a plain file path (an implicit source)

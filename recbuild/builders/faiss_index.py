@@ -32,6 +32,7 @@ def auto_pq_m(dim: int) -> int:
 class FaissIndexBuilder(Builder):
     kind = "faiss_index"
     version = "1"
+    toolchain = ("faiss", "numpy", "machine")
     description = "FAISS index (Flat, IVFFlat, HNSWFlat, IVFPQ) over item embeddings, with id_mapping"
     reference_fields = ("embeddings",)
     schema = {

@@ -23,6 +23,7 @@ class RecallEvalBuilder(Builder):
     kind = "recall_eval"
     uses_torch = True
     version = "1"
+    toolchain = ("faiss", "torch", "numpy", "machine")
     description = "recall@k / hitrate@k of a FAISS index (vs exact search) or of a TDM tree + model"
     reference_fields = ("user_embeddings", "towers", "queries", "index", "item_embeddings", "tree", "model")
     headline = ("recall@k", "index_recall@k")

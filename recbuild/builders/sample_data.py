@@ -9,6 +9,7 @@ from recbuild.errors import BuildError
 class SampleDataBuilder(Builder):
     kind = "sample_data"
     version = "1"
+    toolchain = ("numpy", "pyarrow")
     description = "deterministic synthetic Taobao-shaped table (items, users or interactions)"
     schema = {
         "type": "object",

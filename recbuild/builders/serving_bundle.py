@@ -20,6 +20,7 @@ class ServingBundleBuilder(Builder):
     kind = "serving_bundle"
     uses_torch = True
     version = "1"
+    toolchain = ("faiss", "numpy")
     description = "deployable folder: model/, user/ (tower + faiss_index), item/, tree/, serving_config.json"
     reference_fields = _PARTS
     schema = {

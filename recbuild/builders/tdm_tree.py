@@ -22,6 +22,7 @@ class TdmTreeBuilder(Builder):
     kind = "tdm_tree"
     uses_torch = True
     version = "2"  # 2: metrics.json
+    toolchain = ("numpy", "pyarrow", "machine")
     description = "TDM tree (init by category, or learnt by balanced k-means) in TorchEasyRec's formats"
     reference_fields = ("items", "embeddings")
     headline = ("branch_balance", "levels")

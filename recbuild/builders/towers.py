@@ -50,6 +50,7 @@ class TowersBuilder(Builder):
     uses_torch = True
     version = "3"  # 2: fg.json in tzrec's shape without buckets, TorchEasyRec's predict files; 3: the
     # exported files name the models' new module paths (recbuild.ml.models): other bytes, same values
+    toolchain = ("torch", "python", "machine")
     reference_fields = ("model",)
     description = "split a two-tower export into user/ and item/ exported modules"
     schema = {

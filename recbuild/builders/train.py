@@ -21,6 +21,7 @@ class TrainBuilder(Builder):
     kind = "train"
     uses_torch = True
     version = "2"  # 2: metrics.json
+    toolchain = ("torch", "numpy", "python", "machine")
     uses_model = True
     reference_fields = ("data", "eval_data", "tree")
     headline = ("auc", "recall@k", "train_loss")

@@ -59,7 +59,7 @@ class TzrecKind(Builder):
 
     @classmethod
     def key_facts(cls, params: dict[str, Any]) -> dict[str, Any]:
-        return {"tzrec": runner.version_fact(params.get("tzrec"))}
+        return runner.toolchain_facts(params.get("tzrec"))
 
     def references(self, params: dict[str, Any]) -> dict[str, list[str]]:
         refs = super().references({k: v for k, v in params.items() if k not in self.mapping_fields})

@@ -78,8 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("targets", nargs="*", metavar="TARGET")
     cache.add_argument("--cache", metavar="URL", help="cache URL (default: the recipe's `cache:`)")
     cache.add_argument("--keep-days", type=float, default=None, metavar="N",
-                       help="gc: also keep entries newer than N days")
-    cache.add_argument("-n", "--dry-run", action="store_true", help="gc: list what would be deleted")
+                       help="gc policy: delete entries not used (built, pushed or restored) for N days")
+    cache.add_argument("--max-size", default=None, metavar="SIZE",
+                       help="gc policy: delete the least recently used entries until the cache fits "
+                            "SIZE (e.g. 50GB)")
+    cache.add_argument("--keep-needed-by", nargs="+", default=None, metavar="RECIPE",
+                       help="gc policy: delete what none of these recipes needs (their keys now)")
+    cache.add_argument("-n", "--dry-run", action="store_true",
+                       help="gc: list what would be deleted, and why (the default without a policy)")
     _common(cache)
 
     metrics = sub.add_parser("metrics", help="table of the metrics artifacts report (recall@k, ...)")

@@ -68,8 +68,19 @@ def probe(_request):
         if version is None or found == version:
             dist, version = name, found
             break
+    toolchain = {}
+    for names in (("torch",), ("torchrec",), ("fbgemm-gpu", "fbgemm-gpu-cpu", "fbgemm_gpu_cpu")):
+        for name in names:
+            try:
+                toolchain[names[0]] = "%s %s" % (name, md.version(name)) if name != names[0] else md.version(name)
+                break
+            except md.PackageNotFoundError:
+                continue
+        else:
+            toolchain[names[0]] = "not installed"
     return {"version": version, "dist": dist, "path": folder, "python": sys.executable,
-            "python_version": "%d.%d.%d" % sys.version_info[:3]}
+            "python_version": "%d.%d.%d" % sys.version_info[:3], "toolchain": toolchain,
+            "machine": os.uname().machine}
 
 
 def _is_path_field(name):

@@ -195,6 +195,34 @@ def require_tzrec(python: str) -> dict:
     return info
 
 
+# Environment variables that change what tzrec writes (read in tzrec's code: quantised embeddings,
+# input tiling, TDM node-id hashing, id bucketizing, TensorRT/AOT export, export batch sizes)
+OUTPUT_ENV = ("QUANT_EMB", "QUANT_EC_EMB", "INPUT_TILE", "USE_DISTRIBUTED_EMBEDDING", "USE_HASH_NODE_ID",
+              "USE_FARM_HASH_TO_BUCKETIZE", "ENABLE_TRT", "ENABLE_AOT", "TRT_MAX_SEQ_LEN",
+              "TRT_MAX_BATCH_SIZE", "MAX_EXPORT_BATCH_SIZE")
+
+
+def toolchain_facts(settings: dict | None) -> dict[str, str]:
+    """What decides a tzrec step's bytes besides its inputs, for the artifact key: tzrec's version,
+    torch, torchrec and fbgemm as tzrec's interpreter has them, its Python and machine, and the
+    output-changing environment variables tzrec will see (recbuild's environment with the recipe's
+    ``tzrec.env`` on top; only those set)."""
+    facts = {"tzrec": version_fact(settings)}
+    try:
+        info = probe(resolve_interpreter(settings))
+    except BuildError:
+        info = {}
+    for name, version in sorted((info.get("toolchain") or {}).items()):
+        facts[f"tzrec {name}"] = str(version)
+    if info.get("python_version"):
+        facts["tzrec python"] = ".".join(str(info["python_version"]).split(".")[:2])
+    if info.get("machine"):
+        facts["tzrec machine"] = str(info["machine"])
+    env = {**os.environ, **{str(k): str(v) for k, v in ((settings or {}).get("env") or {}).items()}}
+    facts.update({f"env {name}": env[name] for name in OUTPUT_ENV if name in env})
+    return facts
+
+
 def version_fact(settings: dict | None) -> str:
     """'tzrec-sekai 0.9.6' for the artifact key; 'unavailable: ...' when it cannot be asked."""
     try:

@@ -11,8 +11,8 @@ import shutil
 import uuid
 from dataclasses import dataclass
 
-from recbuild.core.cache.store import ArtifactCache, CacheError, CorruptEntry, age_days
-from recbuild.errors import RecbuildError
+from recbuild.core.cache.store import ArtifactCache, CacheError, CorruptEntry
+from recbuild.errors import RecbuildError, UnprovenNeeds
 from recbuild.core.workdir.manifest import publish
 from recbuild.core.workdir.workspace import Workspace
 
@@ -101,20 +101,116 @@ def pull(ws: Workspace, cache: ArtifactCache, names: list[str]) -> list[tuple[st
     return results
 
 
-def gc(ws: Workspace, cache: ArtifactCache, keep_days: float | None, dry_run: bool) -> tuple[list[str], int]:
-    """Delete entries the recipe does not need, unless younger than keep_days. (removed, kept)."""
-    needed = {key for key, _ in resolve_keys(ws, cache, list(ws.graph.nodes)).values() if key}
-    removed, kept = [], 0
-    for entry in cache.entries():
-        age = age_days(entry)
-        young = keep_days is not None and age is not None and age < keep_days
-        if entry.key in needed or young:
-            kept += 1
-            continue
-        if not dry_run:
+def needed_keys(ws: Workspace, cache: ArtifactCache) -> set[str]:
+    """The keys every artifact of the recipe has now (those gc must keep for it). Raises
+    UnprovenNeeds when one cannot be computed: a recipe that cannot say what it needs never
+    drives a deletion."""
+    names = list(ws.graph.nodes)
+    for name in names:
+        if ws.is_file_source(name):
             try:
-                cache.remove(entry.key)
-            except (OSError, CacheError):
-                continue
-        removed.append(entry.key)
-    return removed, kept
+                ws.scan(name)
+            except RecbuildError as exc:
+                raise UnprovenNeeds(f"{ws.recipe.path}: source {name!r} cannot be read ({exc.message}); "
+                                    "gc deletes nothing while a recipe's needs are unknown: check the "
+                                    "source out (or create it), or leave this recipe out") from None
+    keys = resolve_keys(ws, cache, names)
+    for name in ws.graph.closure(names):
+        if name in keys and keys[name][0] is None:
+            raise UnprovenNeeds(f"{ws.recipe.path}: the key of artifact {name!r} cannot be computed (an "
+                                "input is neither built here nor in the cache); gc deletes nothing while "
+                                f"a recipe's needs are unknown: build it first (recbuild make {name})")
+    return {key for key, _ in keys.values() if key}
+
+
+@dataclass
+class Doomed:
+    key: str
+    kind: str
+    size: int
+    last_used: float | None
+    why: str
+
+
+@dataclass
+class GcPlan:
+    delete: list[Doomed]
+    kept: int
+    partial_uploads: list  # store.PartialUpload: dead uploads, always removed
+
+
+def plan_gc(cache: ArtifactCache, *, needed: set[str] | None, keep_days: float | None,
+            max_size: int | None, needed_by: str = "") -> GcPlan:
+    """What a gc under these policies deletes. An entry goes only if every given policy lets it
+    go: not ``needed`` (by the named recipes), not used within ``keep_days``; with ``max_size``
+    the least recently used of those go first, only until the cache fits."""
+    import time
+
+    entries = cache.entries()
+    now = time.time()
+    candidates = []
+    for entry in entries:
+        if needed is not None and entry.key in needed:
+            continue
+        age = None if entry.last_used is None else (now - entry.last_used) / 86400
+        if keep_days is not None and (age is None or age < keep_days):
+            continue
+        reasons = []
+        if needed is not None:
+            reasons.append(f"needed by none of {needed_by}")
+        if keep_days is not None:
+            reasons.append(f"unused for {age:.1f} days")
+        candidates.append((entry, reasons))
+    candidates.sort(key=lambda pair: (pair[0].last_used or 0.0, pair[0].key))  # least recently used first
+    if max_size is not None:
+        total = sum(entry.size for entry in entries)
+        chosen = []
+        for entry, reasons in candidates:
+            if total <= max_size:
+                break
+            total -= entry.size
+            chosen.append((entry, reasons + [f"least recently used while the cache is over {human_size(max_size)}"]))
+        candidates = chosen
+    delete = [Doomed(entry.key, str(entry.manifest.get("kind", "?")), entry.size, entry.last_used,
+                     "; ".join(reasons)) for entry, reasons in candidates]
+    return GcPlan(delete, len(entries) - len(delete), cache.partial_uploads())
+
+
+def run_gc(cache: ArtifactCache, plan: GcPlan) -> tuple[list[Doomed], list[str]]:
+    """Carry out a plan; (entries removed, partial uploads removed). Entries another gc removed
+    first are skipped."""
+    removed, partials = [], []
+    for doomed in plan.delete:
+        try:
+            cache.remove(doomed.key)
+        except (OSError, CacheError):
+            continue
+        removed.append(doomed)
+    for upload in plan.partial_uploads:
+        try:
+            cache.remove_partial(upload)
+        except (OSError, CacheError):
+            continue
+        partials.append(upload.path)
+    return removed, partials
+
+
+def human_size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+def parse_size(text: str) -> int:
+    """'50GB', '1.5 TB', '500M', '1024' (bytes) -> bytes (decimal units; KiB/MiB/GiB/TiB binary)."""
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)\s*", text.lower())
+    if not match:
+        raise ValueError(f"not a size: {text!r} (e.g. 50GB, 500MB, 2TiB)")
+    number, unit = float(match.group(1)), match.group(2).rstrip("b")
+    scale = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12,
+             "ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30, "ti": 1 << 40}[unit]
+    return int(number * scale)

@@ -26,7 +26,7 @@ from recbuild.core.cache.store import ArtifactCache, CacheError, CorruptEntry
 from recbuild.core.running.doit_adapter import doit_config, reset_unreadable_state_db, run_doit
 from recbuild.core.running.options import MakeOptions
 from recbuild.core.running.events import ADOPTED, BUILT, HASHED, RESTORED, UP_TO_DATE, Events
-from recbuild.errors import Interrupted, RecbuildError
+from recbuild.errors import InputChangedDuringBuild, Interrupted, RecbuildError
 from recbuild.core.recipe.graph import Graph
 from recbuild.core.workdir.lock import WorkdirLock
 from recbuild.core.workdir.metrics import METRICS_FILE
@@ -121,6 +121,7 @@ class Engine:
                                      params=material["params"], cache=ws.cache, meta=ctx.meta or None)
             manifest.update(ws.manifest_extras(name))
             write_manifest(staged, manifest)
+            self._check_inputs_unchanged(name, material)  # as late as can be: right before publish
             publish(staged, ws.folder(name), ws.tmp_dir)
         except RecbuildError as exc:
             return self._fail(name, exc.message, log)
@@ -144,6 +145,20 @@ class Engine:
             except Exception as exc:  # an unreachable cache must not fail a good build
                 self.events.warn(f"{name}: could not upload to cache {self.cache.url}: {exc}")
         return None
+
+    def _check_inputs_unchanged(self, name: str, material: dict) -> None:
+        """Every input the key was computed from still has that content (stat first, content where
+        the stat changed), or InputChangedDuringBuild: a file saved while the step ran may or may not
+        be in the output, which must then be neither published nor pushed under the old key."""
+        ws = self.ws
+        for edge in self.graph.edges[name]:
+            expected = material["inputs"].get(edge.role)
+            changed = ws.input_change(edge.upstream, expected)
+            if changed:
+                raise InputChangedDuringBuild(
+                    f"input {changed} changed while the step ran, so the output may hold either "
+                    f"version; nothing was published or pushed (the previous {name} is kept): run "
+                    "make again")
 
     def _not_current(self, names: list[str], always: bool) -> list[str]:
         """The nodes doit has to look at. Those already current (their own key, their inputs and
@@ -176,7 +191,7 @@ class Engine:
                 continue
             if st.st_size == entry["size"]:
                 self.ws.cache.remember(path, st, entry["digest"])
-        for listed in artifact_folders(folder, manifest.get("files", {})):
+        for listed in artifact_folders(folder, manifest.get("files", {}), manifest.get("dirs", [])):
             self.ws.cache.remember_listing(listed, settled=True)
 
     def _headlines(self, names: list[str]) -> dict[str, dict[str, float]]:

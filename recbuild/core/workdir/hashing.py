@@ -205,10 +205,12 @@ def _kind_of(path: str, follow_links: bool) -> str:
     return "not a regular file"
 
 
-def walk_relpaths(root: str | os.PathLike, *, follow_links: bool) -> tuple[list[str], list[tuple[str, str]]]:
+def walk_relpaths(root: str | os.PathLike, *, follow_links: bool,
+                  empty_dirs: list[str] | None = None) -> tuple[list[str], list[tuple[str, str]]]:
     """(regular files, other entries with what they are) under a directory, as sorted relative
     POSIX paths, hidden recbuild state excluded. With ``follow_links`` symlinked files and folders
     are read through (a loop is reported, not followed); without, a symlink is an "other" entry.
+    ``empty_dirs``, when given, receives the folders that hold nothing at all (sorted).
     Strings, not Paths: a no-op make walks every artifact folder, and pathlib costs 10x here."""
     files: list[str] = []
     others: list[tuple[str, str]] = []
@@ -223,7 +225,9 @@ def walk_relpaths(root: str | os.PathLike, *, follow_links: bool) -> tuple[list[
                 continue
             seen.add(real)
         with os.scandir(directory) as entries:
+            held = 0
             for entry in entries:
+                held += 1
                 rel = prefix + entry.name
                 try:
                     if not follow_links and entry.is_symlink():
@@ -237,7 +241,11 @@ def walk_relpaths(root: str | os.PathLike, *, follow_links: bool) -> tuple[list[
                         others.append((rel, _kind_of(entry.path, follow_links)))
                 except OSError:
                     others.append((rel, "unreadable"))
+        if not held and prefix and empty_dirs is not None:
+            empty_dirs.append(prefix.rstrip("/"))
     files.sort()
+    if empty_dirs is not None:
+        empty_dirs.sort()
     return files, others
 
 
@@ -254,16 +262,23 @@ def list_files(root: Path) -> list[Path]:
     Artifacts hold regular files and folders only: a symlink would publish a file from outside
     the workdir (and push it to the shared cache), a FIFO or device would hang whoever reads it.
     """
+    return list_tree(root)[0]
+
+
+def list_tree(root: Path) -> tuple[list[Path], list[str]]:
+    """(the regular files, the relative paths of the empty folders) of an artifact folder: what its
+    manifest records, so a restored tree is the built tree (see list_files for what is refused)."""
     if os.path.islink(root) or not os.path.isdir(root):
         raise UnsupportedFile(f"{root} is {_kind_of(str(root), False)}, not a folder: a step must write "
                               "its files into its output folder, not replace the folder")
-    files, others = walk_files(root, follow_links=False)
+    empty: list[str] = []
+    rels, others = walk_relpaths(root, follow_links=False, empty_dirs=empty)
     if others:
-        path, what = others[0]
+        rel, what = others[0]
         more = f" (and {len(others) - 1} more)" if len(others) > 1 else ""
-        raise UnsupportedFile(f"{path.relative_to(root)} is {what}{more}: artifacts hold regular files "
+        raise UnsupportedFile(f"{rel} is {what}{more}: artifacts hold regular files "
                               "and folders only; copy the file in instead (e.g. cp -L)")
-    return files
+    return [Path(root) / rel for rel in rels], empty
 
 
 def expand_local(path: Path) -> tuple[Path, list[Path]]:
@@ -292,20 +307,33 @@ def _source_files(folder: Path) -> list[Path]:
     return files
 
 
+def is_executable(mode: int) -> bool:
+    return bool(mode & 0o111)
+
+
 def tree_entries(root: Path, files: list[Path], cache: StatCache) -> dict[str, dict]:
-    """relpath -> {size, digest} for files under root."""
+    """relpath -> {size, digest} for files under root, and ``exec: true`` for an executable file
+    (the one mode bit recbuild keeps: a restored or cached file gets 0o755 or 0o644)."""
     entries = {}
     for file in files:
         st = os.stat(file)
-        entries[file.relative_to(root).as_posix()] = {"size": st.st_size,
-                                                      "digest": cache.file_digest(file, st)}
+        entry = {"size": st.st_size, "digest": cache.file_digest(file, st)}
+        if is_executable(st.st_mode):
+            entry["exec"] = True
+        entries[file.relative_to(root).as_posix()] = entry
     return entries
 
 
-def entries_digest(entries: dict[str, dict]) -> str:
-    """Digest of a file listing: sorted relative paths, sizes and file digests."""
+def entries_digest(entries: dict[str, dict], empty_dirs: list[str] | tuple[str, ...] = ()) -> str:
+    """Digest of a tree: sorted relative paths, sizes, file digests, the exec bit and the empty
+    folders. (A plain file and no empty folder add nothing new, so digests of trees without either
+    are what they were before modes and folders were recorded.)"""
     hasher = xxhash.xxh3_128()
     for rel in sorted(entries):
         entry = entries[rel]
         hasher.update(f"{rel}\0{entry['size']}\0{entry['digest']}\n".encode())
+        if entry.get("exec"):
+            hasher.update(f"{rel}\0exec\n".encode())
+    for rel in sorted(empty_dirs):
+        hasher.update(f"{rel}/\0empty folder\n".encode())
     return hasher.hexdigest()

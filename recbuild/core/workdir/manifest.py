@@ -17,7 +17,8 @@ from typing import Any
 
 from recbuild import __version__
 from recbuild.errors import ForeignFolder, UnsupportedFile
-from recbuild.core.workdir.hashing import ALGORITHM, StatCache, entries_digest, list_files, tree_entries, walk_relpaths
+from recbuild.core.workdir.hashing import (ALGORITHM, StatCache, entries_digest, is_executable, list_tree,
+                                          tree_entries, walk_relpaths)
 
 MANIFEST_NAME = "MANIFEST.json"
 
@@ -26,20 +27,40 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+FILE_MODE, EXEC_MODE, FOLDER_MODE = 0o644, 0o755, 0o755
+
+
+def normalize_modes(folder: Path, files: list[Path], empty_dirs: list[str]) -> None:
+    """Give a staged tree the modes a cache restore gives it (0o755 for a file with any exec bit,
+    0o644 for the others, 0o755 for folders): a restored tree is then the built tree, on every
+    machine whatever its umask, and the manifest's ``exec`` flags say all there is to say."""
+    folders = {os.fspath(folder)}
+    for path in files:
+        os.chmod(path, EXEC_MODE if is_executable(os.stat(path).st_mode) else FILE_MODE)
+        folders.add(os.path.dirname(path))
+    folders.update(os.path.join(folder, rel) for rel in empty_dirs)
+    for path in folders:
+        os.chmod(path, FOLDER_MODE)
+
+
 def make_manifest(folder: Path, *, kind: str, key: str, inputs: dict[str, str], params: dict,
                   cache: StatCache, meta: dict | None = None) -> dict:
-    files = [f for f in list_files(folder) if f != folder / MANIFEST_NAME]
+    files, empty_dirs = list_tree(folder)
+    files = [f for f in files if f != folder / MANIFEST_NAME]
+    normalize_modes(folder, files, empty_dirs)
     entries = tree_entries(folder, files, cache)
     manifest = {
         "kind": kind,
         "key": key,
         "hash": ALGORITHM,
-        "digest": entries_digest(entries),
+        "digest": entries_digest(entries, empty_dirs),
         "files": entries,
         "inputs": dict(sorted(inputs.items())),
         "params": params,
         "recbuild_version": __version__,
     }
+    if empty_dirs:  # (absent when none: manifests of plain trees are what they were)
+        manifest["dirs"] = empty_dirs
     if meta:
         manifest["meta"] = meta
     return manifest
@@ -73,9 +94,12 @@ def manifest_problem(manifest: Any) -> str | None:
     for field in ("inputs", "params"):
         if field in manifest and not isinstance(manifest[field], dict):
             return f"{field!r} is not an object"
-    for field in ("meta", "model"):
+    for field in ("meta", "model", "toolchain", "facts"):
         if field in manifest and not isinstance(manifest[field], dict):
             return f"{field!r} is not an object"
+    dirs = manifest.get("dirs", [])
+    if not isinstance(dirs, list) or not all(safe_relpath(rel) for rel in dirs):
+        return "'dirs' must list plain relative paths"
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in manifest.get("inputs", {}).items()):
         return "'inputs' must map names to digests"
     files = manifest.get("files")
@@ -87,6 +111,8 @@ def manifest_problem(manifest: Any) -> str | None:
         if not (isinstance(entry, dict) and isinstance(entry.get("digest"), str)
                 and type(entry.get("size")) is int and entry["size"] >= 0):
             return f"file {rel!r} lacks an integer size or a digest"
+        if "exec" in entry and entry["exec"] is not True:
+            return f"file {rel!r}: 'exec' must be true when present"
     return None
 
 
@@ -115,12 +141,16 @@ def _load_json(path: str) -> Any:
         return None
 
 
-def artifact_folders(folder, files) -> set[str]:
-    """The folder and every folder on the way to every file in it (absolute paths)."""
+def artifact_folders(folder, files, empty_dirs=()) -> set[str]:
+    """The folder, every folder on the way to every file in it, and its empty folders (absolute
+    paths): the folders whose listings say whether anything was added or removed."""
     base = os.path.abspath(folder)
     folders = {base}
     for rel in files:
         parts = rel.split("/")[:-1]
+        folders.update(os.path.join(base, *parts[:i]) for i in range(1, len(parts) + 1))
+    for rel in empty_dirs:
+        parts = rel.split("/")
         folders.update(os.path.join(base, *parts[:i]) for i in range(1, len(parts) + 1))
     return folders
 
@@ -129,16 +159,23 @@ def verify_files(folder: Path, manifest: dict, cache: StatCache) -> list[str]:
     """Problems found comparing the folder with its manifest (empty list = intact)."""
     problems = []
     expected = manifest.get("files", {})
+    expected_dirs = manifest.get("dirs", [])
     base = os.path.abspath(folder)
-    folders = artifact_folders(base, expected)
+    folders = artifact_folders(base, expected, expected_dirs)
     listed = all(cache.listing_unchanged(f) for f in folders)
     if not listed:  # something was added, removed or renamed since the last check: look
-        files, others = walk_relpaths(base, follow_links=False)
+        empty_dirs: list[str] = []
+        files, others = walk_relpaths(base, follow_links=False, empty_dirs=empty_dirs)
         present = set(files) - {MANIFEST_NAME}
         for rel in sorted(present - set(expected)):
             problems.append(f"unexpected file {rel}")
         for rel, what in others:
             problems.append(f"unexpected {rel} ({what})")
+        for rel in sorted(set(empty_dirs) - set(expected_dirs)):
+            problems.append(f"unexpected folder {rel}")
+        for rel in sorted(set(expected_dirs) - set(empty_dirs)):
+            if not os.path.isdir(os.path.join(base, rel)):
+                problems.append(f"missing folder {rel}")
     for rel, entry in sorted(expected.items()):
         path = os.path.join(base, rel)
         try:
@@ -151,6 +188,8 @@ def verify_files(folder: Path, manifest: dict, cache: StatCache) -> list[str]:
             continue
         if st.st_size != entry["size"] or cache.file_digest(path, st) != entry["digest"]:
             problems.append(f"modified file {rel}")
+        elif is_executable(st.st_mode) != bool(entry.get("exec")):
+            problems.append(f"mode of {rel} changed ({'now' if is_executable(st.st_mode) else 'no longer'} executable)")
     if not problems and not listed:
         for f in folders:
             cache.remember_listing(f)

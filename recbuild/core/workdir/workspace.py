@@ -21,6 +21,7 @@ from recbuild.core.recipe.graph import Graph
 from recbuild.core.workdir.hashing import StatCache
 from recbuild.core.workdir.manifest import MANIFEST_NAME, canonical_json, made_by_recbuild, read_manifest, verify_files
 from recbuild.core.workdir.sources import SourceScan, scan_source
+from recbuild.core.workdir.toolchain import facts as toolchain_facts
 
 MODEL_ROLE = "recipe.model"
 
@@ -86,6 +87,16 @@ class CodeChanged(Reason):
 
     def __str__(self) -> str:
         return f"{self.what}: {self.old} -> {self.new}"
+
+
+@dataclass(frozen=True)
+class ToolchainChanged(Reason):
+    what: str
+    old: Any
+    new: Any
+
+    def __str__(self) -> str:
+        return f"{self.what} {self.old if self.old is not None else '(not recorded)'} -> {self.new}"
 
 
 @dataclass(frozen=True)
@@ -178,6 +189,11 @@ def _param_changes(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any,
     return [] if old == new else [(prefix, old, new)]
 
 
+def _shown_file(path: Path, rel: str) -> str:
+    """A source file for a message: the source's own path when it is one file."""
+    return str(path) if path.is_file() or not rel else str(path / rel)
+
+
 def _digest(value: Any) -> str:
     return xxhash.xxh3_128_hexdigest(canonical_json(value).encode())
 
@@ -256,6 +272,32 @@ class Workspace:
         manifest = self.manifest(name)
         return manifest.get("digest") if manifest else None
 
+    def input_change(self, name: str, expected: str | None) -> str | None:
+        """How input ``name`` differs now from the digest ``expected`` (what a key was computed
+        from): None when it does not, else what changed, naming the file. Stat first, content only
+        where the stat changed (the stat cache), for sources and artifacts alike."""
+        if self.is_file_source(name):
+            before = self._scans.get(name)
+            self.forget_scan(name)
+            try:
+                scan = self.scan(name)
+            except BuildError as exc:
+                return f"source {name!r} ({exc.message})"
+            if scan.digest == expected:
+                return None
+            old = before.entries if before is not None and before.digest == expected else {}
+            for rel in sorted(set(old) | set(scan.entries)):
+                if old.get(rel) != scan.entries.get(rel):
+                    return f"{name!r} (file {_shown_file(scan.path, rel)})"
+            return f"{name!r} ({scan.path})"
+        self.forget_manifest(name)
+        manifest = self.manifest(name)
+        folder = self.folder(name)
+        if manifest is None or manifest.get("digest") != expected:
+            return f"artifact {name!r} ({folder} was replaced)"
+        problems = verify_files(folder, manifest, self.cache)
+        return f"artifact {name!r} ({problems[0]} in {folder})" if problems else None
+
     # -- keys
     def key_params(self, name: str) -> dict:
         node = self.graph.nodes[name]
@@ -279,6 +321,8 @@ class Workspace:
             inputs[MODEL_ROLE] = _digest(self.recipe.model_for(name))
         material = {"kind": node.kind, "builder_version": str(builder_cls.version),
                     "params": self.key_params(name), "inputs": inputs}
+        if builder_cls.toolchain:
+            material["toolchain"] = toolchain_facts(builder_cls.toolchain)
         facts = builder_cls.key_facts(node.params)
         if facts:  # (absent, not empty, so keys of builders without facts are unchanged)
             material["facts"] = facts
@@ -360,6 +404,10 @@ class Workspace:
         if str(manifest.get("builder_version")) != material["builder_version"]:
             reasons.append(CodeChanged(f"{material['kind']} builder version",
                                        manifest.get("builder_version"), material["builder_version"]))
+        old_tools, new_tools = manifest.get("toolchain", {}), material.get("toolchain", {})
+        for tool in sorted(set(old_tools) | set(new_tools)):
+            if old_tools.get(tool) != new_tools.get(tool):
+                reasons.append(ToolchainChanged(tool, old_tools.get(tool), new_tools.get(tool, "not used")))
         old_facts, new_facts = manifest.get("facts", {}), material.get("facts", {})
         for key in sorted(set(old_facts) | set(new_facts)):
             if old_facts.get(key) != new_facts.get(key):
@@ -403,6 +451,8 @@ class Workspace:
         extras: dict[str, Any] = {"builder_version": str(builder_cls.version)}
         if builder_cls.uses_model:
             extras["model"] = copy.deepcopy(self.recipe.model_for(name))
+        if builder_cls.toolchain:  # provenance: the versions that built it (`status -v`, the report)
+            extras["toolchain"] = toolchain_facts(builder_cls.toolchain)
         facts = builder_cls.key_facts(node.params)
         if facts:
             extras["facts"] = facts
