@@ -67,9 +67,22 @@ def cmd_status(args, term) -> int:
         if node.is_file_source and state == "missing":
             state = "new"
         rows.append([name, kind, state, "; ".join(str(r) for r in status.reasons) or "-"])
-    ws.cache.close()
     term.table(["artifact", "kind", "state", "reason"], rows)
+    for name in plan:  # -v: provenance, what built each artifact
+        manifest = None if graph.nodes[name].is_file_source else ws.manifest(name)
+        if manifest:
+            term.debug(f"{name}: built by {provenance(manifest)}")
+    ws.cache.close()
     return 0
+
+
+def provenance(manifest: dict) -> str:
+    """'recbuild 0.1.0; torch 2.13.0+cpu, numpy 2.4.6, python 3.11, machine x86_64': the
+    versions a manifest records as having built its artifact."""
+    tools = [f"{name} {value}" for name, value in sorted((manifest.get("toolchain") or {}).items())]
+    facts = [f"{name} {value}" for name, value in sorted((manifest.get("facts") or {}).items())]
+    listed = ", ".join(tools + facts)
+    return f"recbuild {manifest.get('recbuild_version', '?')}" + (f"; {listed}" if listed else "")
 
 
 def cmd_explain(args, term) -> int:
