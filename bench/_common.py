@@ -83,11 +83,18 @@ def print_table(headers, rows, title):
 
 
 
-def timed(cmd: list[str], cwd: Path) -> tuple[float, str]:
+def checkout_env(checkout: Path | None) -> dict[str, str]:
+    """Extra environment that runs ``python -m recbuild.cli`` from another checkout of recbuild (a
+    git worktree of the commit before a change), for before/after figures in one run."""
+    return {} if checkout is None else {"PYTHONPATH": str(Path(checkout).resolve())}
+
+
+def timed(cmd: list[str], cwd: Path, extra_env: dict[str, str] | None = None) -> tuple[float, str]:
     """Run ``cmd`` in ``cwd``; (wall seconds, stdout). Exits the bench if it fails."""
     # Measured as users run it: with bytecode caches (a PYTHONDONTWRITEBYTECODE left in a dev shell
     # would make every run recompile every module it imports).
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env.update(extra_env or {})
     started = time.perf_counter()
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
     elapsed = time.perf_counter() - started

@@ -8,7 +8,10 @@ Targets: full build <= 1.5x doit and no-op <= 1.5x doit at 2000 artifacts.
 The doit graph is what a doit user writes for the same work: one task per step, `file_dep` on the
 previous step's output, a target file, the same shell command, sqlite3 backend.
 
-Usage: python bench/graph_scale.py [--n 2000] [--reps 3] [--dir SCRATCH]
+With --before CHECKOUT (another checkout of recbuild), the same graph's full build and no-op are
+also run with that checkout, alternated with this one, and their ratio printed.
+
+Usage: python bench/graph_scale.py [--n 2000] [--reps 3] [--dir SCRATCH] [--before CHECKOUT]
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import print_table, timed, wait_for_quiet
+from _common import checkout_env, print_table, timed, wait_for_quiet
 
 
 def write_recipe(folder: Path, n: int) -> None:
@@ -65,6 +68,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--dir", default=None)
+    ap.add_argument("--before", type=Path, default=None, metavar="CHECKOUT",
+                    help="another checkout of recbuild to compare with")
     args = ap.parse_args()
     load = wait_for_quiet(60)
     scratch = Path(tempfile.mkdtemp(prefix="recbuild-graph-", dir=args.dir))
@@ -72,13 +77,16 @@ def main() -> None:
     doit = [sys.executable, "-m", "doit", "-f", "dodo.py"]
     try:
         folder = project(scratch, "chain", args.n)
-        full = {"recbuild": [], "doit": []}
-        noop = {"recbuild": [], "doit": []}
+        tools = [("recbuild", recbuild, {}), ("doit", doit, {})]
+        if args.before is not None:
+            tools.append(("before", recbuild, checkout_env(args.before)))
+        full = {tool: [] for tool, _, _ in tools}
+        noop = {tool: [] for tool, _, _ in tools}
         for _ in range(args.reps):
-            for tool, cmd in (("recbuild", recbuild), ("doit", doit)):
+            for tool, cmd, env in tools:
                 clean(folder)
-                full[tool].append(timed(cmd, folder)[0])
-                noop[tool].append(timed(cmd, folder)[0])
+                full[tool].append(timed(cmd, folder, env)[0])
+                noop[tool].append(timed(cmd, folder, env)[0])
         rows = []
         for what, runs in (("full build", full), ("no-op", noop)):
             rb, dt = statistics.median(runs["recbuild"]), statistics.median(runs["doit"])
@@ -87,6 +95,13 @@ def main() -> None:
               f"load average at start {load:.2f}; python {sys.version.split()[0]}")
         print_table(["measure", "recbuild s", "doit s", "ratio (target <= 1.5)"], rows,
                     f"{args.n}-artifact graph")
+        if args.before is not None:
+            rows = []
+            for what, runs in (("full build", full), ("no-op", noop)):
+                this, before = statistics.median(runs["recbuild"]), statistics.median(runs["before"])
+                rows.append([what, f"{this:.2f}", f"{before:.2f}", f"**{this / before:.2f}**"])
+            print_table(["measure", "this checkout s", f"{args.before} s", "ratio"], rows,
+                        f"{args.n}-artifact graph, this checkout against another")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

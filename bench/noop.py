@@ -6,7 +6,12 @@ Reports (median of --reps whole-subprocess runs, page cache warm):
     the no-op, i.e. ratio ~1.0 to the no-op), and doit's figures for the same (it re-hashes forever);
   - whether a same-size edit with its mtime restored is caught (doit misses it).
 
-Usage: python bench/noop.py [--dir SCRATCH] [--reps 5] [--small]   (--small: 20 MiB instead of 1 GiB)
+With --before CHECKOUT (another checkout of recbuild, e.g. `git worktree add /tmp/before HEAD~3`), also
+the no-op of this checkout against that one, alternated on the same machine state, over the same
+inputs plus 10 `sample_data` sources: kinds whose keys hold toolchain facts (library versions).
+
+Usage: python bench/noop.py [--dir SCRATCH] [--reps 5] [--small] [--before CHECKOUT]
+       (--small: 20 MiB instead of 1 GiB)
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import timed
+from _common import checkout_env, timed
 
 N_TASKS = 20
 
@@ -65,6 +70,34 @@ def task_out():
 ''')
 
 
+TOOLCHAIN_SOURCES = 10
+
+
+def before_after(scratch: Path, inputs: list[Path], before: Path, reps: int) -> list[tuple[str, float, float]]:
+    """No-op make of this checkout and of ``before``, each in a workdir of its own over the same
+    input files (hard links), alternated run by run; (measure, this s, before s) rows."""
+    recbuild = [sys.executable, "-m", "recbuild.cli", "make"]
+    folders = {}
+    for label, env in (("this", {}), ("before", checkout_env(before))):
+        folder = scratch / f"compare-{label}"
+        (folder / "data").mkdir(parents=True)
+        for path in inputs:
+            os.link(path, folder / "data" / path.name)
+        write_recipe(folder)
+        with open(folder / "recbuild.yaml", "a") as handle:  # kinds whose keys carry toolchain facts
+            handle.write("".join(f"  items_{i}: {{kind: sample_data, table: items, n_items: 50, seed: {i}}}\n"
+                                 for i in range(TOOLCHAIN_SOURCES)))
+        timed(recbuild, folder, env)
+        timed(recbuild, folder, env)  # settle the racy window of freshly written outputs
+        folders[label] = (folder, env)
+    time.sleep(0.1)
+    runs: dict[str, list[float]] = {"this": [], "before": []}
+    for _ in range(reps):
+        for label, (folder, env) in folders.items():
+            runs[label].append(timed(recbuild, folder, env)[0])
+    return [("no-op", statistics.median(runs["this"]), statistics.median(runs["before"]))]
+
+
 def median_of(cmd, cwd, reps) -> float:
     return statistics.median(timed(cmd, cwd)[0] for _ in range(reps))
 
@@ -80,6 +113,8 @@ def main() -> None:
     ap.add_argument("--dir", default=None)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--small", action="store_true")
+    ap.add_argument("--before", type=Path, default=None, metavar="CHECKOUT",
+                    help="another checkout of recbuild to compare the no-op with")
     args = ap.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="recbuild-noop-", dir=args.dir))
     recbuild = [sys.executable, "-m", "recbuild.cli", "make"]
@@ -130,6 +165,16 @@ def main() -> None:
         print(f"post-touch no-op / first no-op (recbuild): **{rb_touch2 / noop_rb:.2f}** (target ~1.0)")
         print(f"same-size edit with restored mtime: recbuild {'caught' if rb_caught else 'MISSED'}, "
               f"doit {'caught' if doit_caught else 'missed'}")
+        if args.before is not None:
+            rows = before_after(scratch, inputs, args.before, args.reps)
+            print()
+            print(f"this checkout against {args.before} ({N_TASKS} command artifacts + {TOOLCHAIN_SOURCES} "
+                  f"sample_data sources, median of {args.reps} alternated runs):")
+            print()
+            print("| measure | this s | before s | ratio |")
+            print("|---|---|---|---|")
+            for what, this, before in rows:
+                print(f"| {what} | {this:.3f} | {before:.3f} | **{this / before:.2f}** |")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
