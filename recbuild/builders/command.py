@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import tempfile
 from typing import Any
 
 from recbuild.builders.base import Builder, BuildContext
@@ -40,6 +39,8 @@ def _run_logged(argv: list[str], ctx: BuildContext, env: dict) -> tuple[int, str
 
     for handler in ctx.log.handlers:
         handler.flush()  # the "$ command" line first
+    import tempfile  # (not at import either: every builder module is imported to load a recipe)
+
     output = open(ctx.log_path, "a+b") if ctx.log_path else tempfile.TemporaryFile()
     with output:
         start = output.seek(0, os.SEEK_END)

@@ -7,8 +7,8 @@ CI checkout can see (and pull) the whole graph without building anything.
 
 from __future__ import annotations
 
+import os
 import shutil
-import uuid
 from dataclasses import dataclass
 
 from recbuild.core.cache.store import ArtifactCache, CacheError, CorruptEntry
@@ -87,7 +87,7 @@ def pull(ws: Workspace, cache: ArtifactCache, names: list[str]) -> list[tuple[st
         if key is None or cached is None:
             results.append((name, "not in cache"))
             continue
-        staged = ws.tmp_dir / f"{name}-pull-{uuid.uuid4().hex[:10]}"
+        staged = ws.tmp_dir / f"{name}-pull-{os.urandom(5).hex()}"
         staged.mkdir(parents=True, exist_ok=True)
         try:
             manifest = cache.restore(key, staged, ws.cache)

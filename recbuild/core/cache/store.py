@@ -22,7 +22,6 @@ import io
 import json
 import os
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,7 +81,7 @@ class ArtifactCache:
         return f"{self.root}/{LAYOUT}/tmp"
 
     def _put_atomically(self, data: bytes, final: str) -> None:
-        tmp = f"{self._tmp_dir}/{final.rsplit('/', 1)[-1]}.tmp-{uuid.uuid4().hex}"
+        tmp = f"{self._tmp_dir}/{final.rsplit('/', 1)[-1]}.tmp-{os.urandom(16).hex()}"
         parent = final.rsplit("/", 1)[0]
         self.fs.makedirs(parent, exist_ok=True)
         self.fs.makedirs(self._tmp_dir, exist_ok=True)

@@ -15,8 +15,6 @@ import os
 import shutil
 import threading
 import time
-import traceback
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -103,7 +101,7 @@ class Engine:
             return self._fail(name, exc.message)
         if self.cache is not None and not force and self._restore(name, key):
             return None
-        staged = ws.tmp_dir / f"{name}-{uuid.uuid4().hex[:10]}"
+        staged = ws.tmp_dir / f"{name}-{os.urandom(5).hex()}"
         os.mkdir(staged)  # (tmp/ exists: made at the start of make)
         log = self._logger(name)
         try:
@@ -126,10 +124,10 @@ class Engine:
         except RecbuildError as exc:
             return self._fail(name, exc.message, log)
         except OSError as exc:  # disk full, unwritable workdir, input vanished mid-build
-            log.error("%s", traceback.format_exc())
+            log.exception("%s", "the step failed")
             return self._fail(name, _os_error_text(exc), log)
         except Exception as exc:  # a bug or an unexpected library error: keep the traceback in the log
-            log.error("%s", traceback.format_exc())
+            log.exception("%s", "the step failed")
             detail = f"{type(exc).__name__}: {exc}".strip()
             return self._fail(name, f"{detail} (traceback in {self._log_path(name)})", log)
         finally:
@@ -224,7 +222,7 @@ class Engine:
     def _restore(self, name: str, key: str) -> bool:
         """Restore ``name`` from the shared cache if an intact entry exists; True on success."""
         ws = self.ws
-        staged = ws.tmp_dir / f"{name}-cache-{uuid.uuid4().hex[:10]}"
+        staged = ws.tmp_dir / f"{name}-cache-{os.urandom(5).hex()}"
         try:
             if self.cache.lookup(key) is None:
                 return False

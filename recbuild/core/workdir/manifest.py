@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import stat
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -257,7 +256,7 @@ def publish(staged: Path, target: Path, trash_dir: Path) -> None:
             shutil.rmtree(staged, ignore_errors=True)
         else:
             trash_dir.mkdir(parents=True, exist_ok=True)
-            aside = trash_dir / f"{target.name}-old-{uuid.uuid4().hex[:8]}"
+            aside = trash_dir / f"{target.name}-old-{os.urandom(4).hex()}"
             os.rename(target, aside)
             os.rename(staged, target)
             shutil.rmtree(aside, ignore_errors=True)
