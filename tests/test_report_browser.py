@@ -3,8 +3,10 @@ small, rendered by headless Chromium (Debian's chromium + chromium-driver, drive
 the system chromedriver, so nothing is downloaded). Every plot must have drawn, the console must hold
 no error, the page must load nothing from elsewhere, and a screenshot is saved under tmp_path.
 
-Skips when Chromium or its driver is missing, unless RECBUILD_REQUIRE_BROWSER=1 (CI sets it), which
-turns the skip into a failure.
+Skips, saying which of them is missing, when Chromium, its driver or Selenium is missing, unless
+RECBUILD_REQUIRE_BROWSER=1 (CI sets it), which turns the skip into a failure. RECBUILD_CHROMIUM and
+RECBUILD_CHROMEDRIVER point at other binaries (or at nothing, to see the skip on a machine that has
+them).
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
+CHROMIUM = Path(os.environ.get("RECBUILD_CHROMIUM", "/usr/bin/chromium"))
+CHROMEDRIVER = Path(os.environ.get("RECBUILD_CHROMEDRIVER", "/usr/bin/chromedriver"))
 # Without the networking flags, this machine's closed network refuses Chromium's background
 # connections, many at a time; a fresh profile keeps runs independent.
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -39,15 +41,17 @@ EXPECTED_PLOTS = 6
 
 
 def _browser_or_skip():
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    # each of the three is looked for on its own, and the reason names every one that is missing
+    missing = [f"{what} ({path})" for what, path in (("chromium", CHROMIUM), ("chromedriver", CHROMEDRIVER))
+               if not path.is_file()]
     try:
         import selenium  # noqa: F401
     except ImportError:
         missing.append("the selenium package (pip install -e '.[test]')")
     if not missing:
         return
-    reason = (f"{', '.join(missing)} missing: install with `apt-get install -y chromium chromium-driver` "
-              "(.ci/run does)")
+    reason = (f"{' and '.join(missing)} missing; install with "
+              "`apt-get install -y chromium chromium-driver` (.ci/run does)")
     if os.environ.get("RECBUILD_REQUIRE_BROWSER") == "1":
         pytest.fail(f"RECBUILD_REQUIRE_BROWSER=1 but {reason}")
     pytest.skip(reason)
@@ -132,14 +136,25 @@ def test_report_renders_in_a_browser(project, browser, tmp_path):
     assert browser.execute_script("return performance.getEntriesByType('resource').length") == 0
 
 
-def test_a_missing_browser_skips_unless_required(monkeypatch, tmp_path):
+@pytest.mark.parametrize("absent", [["CHROMIUM"], ["CHROMEDRIVER"], ["CHROMIUM", "CHROMEDRIVER"]])
+def test_a_missing_browser_skips_unless_required(monkeypatch, tmp_path, absent):
+    """Whichever of chromium and chromedriver this machine has or lacks, a missing one skips with a
+    reason naming it, and RECBUILD_REQUIRE_BROWSER=1 makes that a failure."""
     import sys
 
     this = sys.modules[__name__]
-    monkeypatch.setattr(this, "CHROMIUM", tmp_path / "no-chromium")
+    present = tmp_path / "present"
+    present.write_text("")  # stands for a binary that exists, whether or not this machine has one
+    for name in ("CHROMIUM", "CHROMEDRIVER"):
+        monkeypatch.setattr(this, name, tmp_path / f"no-{name.lower()}" if name in absent else present)
+    names = " and ".join(f"{n.lower()} ({tmp_path / f'no-{n.lower()}'})" for n in absent)
     monkeypatch.delenv("RECBUILD_REQUIRE_BROWSER", raising=False)
-    with pytest.raises(pytest.skip.Exception, match="no-chromium missing: install with `apt-get install"):
+    with pytest.raises(pytest.skip.Exception) as skipped:
         _browser_or_skip()
+    assert str(skipped.value.msg).startswith(f"{names} missing; install with "
+                                             "`apt-get install -y chromium chromium-driver`")
     monkeypatch.setenv("RECBUILD_REQUIRE_BROWSER", "1")
-    with pytest.raises(pytest.fail.Exception, match="RECBUILD_REQUIRE_BROWSER=1 but .*no-chromium missing"):
+    with pytest.raises(pytest.fail.Exception) as failed:
         _browser_or_skip()
+    assert str(failed.value.msg).startswith(f"RECBUILD_REQUIRE_BROWSER=1 but {names} "
+                                            "missing")
