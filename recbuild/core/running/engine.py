@@ -316,7 +316,7 @@ class Engine:
         targets = options.targets or self.graph.default_targets()
         names = self.graph.closure(targets)
         self.ws.state_dir.mkdir(parents=True, exist_ok=True)
-        with WorkdirLock(self.ws.state_dir):
+        with WorkdirLock(self.ws.state_dir, wait=options.wait):
             shutil.rmtree(self.ws.tmp_dir, ignore_errors=True)  # leftovers of killed builds
             self.ws.tmp_dir.mkdir(parents=True, exist_ok=True)
             self.ws.log_dir.mkdir(parents=True, exist_ok=True)
