@@ -100,6 +100,7 @@ class BuildContext:
     # Deterministic facts the builder wants in MANIFEST.json under "meta" (no times, no hosts).
     meta: dict[str, Any] = field(default_factory=dict)
     _progress_factory: Any = None
+    _on_warning: Any = None  # the engine's: shows a warning to the user (builders never print)
 
     def input(self, field_name: str) -> InputArtifact:
         value = self.inputs[field_name]
@@ -110,6 +111,13 @@ class BuildContext:
     def inputs_of(self, field_name: str) -> list[InputArtifact]:
         value = self.inputs.get(field_name, [])
         return list(value) if isinstance(value, list) else [value]
+
+    def warn(self, message: str) -> None:
+        """A warning for the user (one line, prefixed with the artifact's name) and the step's log:
+        something built, but not as well as it could (e.g. too few rows per IVF list)."""
+        self.log.warning("%s", message)
+        if self._on_warning is not None:
+            self._on_warning(message)
 
     def progress(self, total: float | None = None, unit: str = "rows", phase: str = "") -> Progress:
         """The step's progress, at a new phase (see Progress)."""
