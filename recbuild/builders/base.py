@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,6 +164,9 @@ class Builder:
                         is shell-quoted (``${raw:...}`` pastes it as is)
       metric_docs       what each figure in its metrics.json means, one line per name
                         (``recall@k`` stands for every k), for `recbuild metrics --explain`
+      metric_labels     a short qualifier for a figure whose name other kinds use with another
+                        meaning (``recall@k``: training eval / index search / tzrec in-batch), shown
+                        beside the name in `recbuild metrics` and the report
       headline          the metric families worth a glance after a build (``recall@k``, ``auc``)
       description       one line for `recbuild templates`/docs
 
@@ -186,8 +190,17 @@ class Builder:
     shell_fields: ClassVar[tuple[str, ...]] = ()
     toolchain: ClassVar[tuple[str, ...]] = ()
     metric_docs: ClassVar[dict[str, str]] = {}
+    metric_labels: ClassVar[dict[str, str]] = {}
     headline: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""
+
+    @classmethod
+    def metric_title(cls, metric: str) -> str:
+        """A figure's name as readers see it: ``recall@10 [index search]`` when the kind qualifies its
+        family (the bytes of metrics.json keep the plain name)."""
+        match = re.match(r"^(.*)@\d+$", metric)
+        label = cls.metric_labels.get(f"{match.group(1)}@k" if match else metric)
+        return f"{metric} [{label}]" if label else metric
 
     def references(self, params: dict[str, Any]) -> dict[str, list[str]]:
         """Reference field -> names of the nodes it points at (in order)."""

@@ -27,9 +27,12 @@ class RecallEvalBuilder(Builder):
     description = "recall@k / hitrate@k of a FAISS index (vs exact search) or of a TDM tree + model"
     reference_fields = ("user_embeddings", "towers", "queries", "index", "item_embeddings", "tree", "model")
     headline = ("recall@k", "index_recall@k")
+    metric_labels = {"recall@k": "index search", "hitrate@k": "index search"}
     metric_docs = {
-        "recall@k": "per request, the share of its ground-truth items in the top k; mean over requests",
-        "hitrate@k": "ground-truth items found in the top k over all ground-truth items (TorchEasyRec's hitrate)",
+        "recall@k": "retrieval recall@k through the built index: per request, the share of its ground-truth "
+                    "items in the index's top k; mean over requests (macro average)",
+        "hitrate@k": "ground-truth items found in the index's top k over all ground-truth items (TorchEasyRec's "
+                     "hitrate)",
         "exact.recall@k": "recall@k of an exact (brute-force) search over the same vectors: the index's ceiling",
         "exact.hitrate@k": "hitrate@k of the exact search",
         "index_recall@k": "overlap of the index's top k with the exact top k: 1.0 = the index loses nothing",
@@ -38,6 +41,8 @@ class RecallEvalBuilder(Builder):
         "gt_items": "distinct (request, item) ground-truth pairs",
         "search.distances_per_query": "vector distances faiss computed per query (deterministic stand-in for latency)",
         "search.scored_per_query": "TDM: tree nodes the model scored per query",
+        "search.fewer_than_k": "per k, the queries the index returned fewer than k results for (recorded only "
+                               "when some did): their recall@k counts misses the search could not find",
     }
     schema = {
         "type": "object",
