@@ -82,7 +82,8 @@ def _explain_metrics(graph, builders, current: dict[str, dict[str, float]], term
         by_kind.setdefault(graph.nodes[name].kind, []).append(name)
     for kind, names in by_kind.items():
         builder = builders[kind]
-        families = metrics.ordered(dict.fromkeys(metrics.family_of(m) for n in names for m in current[n]))
+        families = metrics.ordered(dict.fromkeys(_documented(metrics.family_of(m), builder.metric_docs)
+                                                 for n in names for m in current[n]))
         lines = [(builder.metric_title(family), builder.metric_docs[family])
                  for family in families if family in builder.metric_docs]
         if not lines:
@@ -93,6 +94,16 @@ def _explain_metrics(graph, builders, current: dict[str, dict[str, float]], term
         width = max(len(title) for title, _ in lines)
         for title, doc in lines:
             term.out(f"  {title:<{width}}  {doc}")
+
+
+def _documented(family: str, docs: dict[str, str]) -> str:
+    """The name a figure is documented under: itself, or the nearest dotted parent that is
+    (search.fewer_than_k.50.queries -> search.fewer_than_k)."""
+    parts = family.split(".")
+    for end in range(len(parts), 0, -1):
+        if ".".join(parts[:end]) in docs:
+            return ".".join(parts[:end])
+    return family
 
 
 def _metrics_history(graph, ws, names: list[str], term, last: int = 6) -> int:
