@@ -103,22 +103,31 @@ def test_explain_takes_several_targets(chain):
 
 
 def test_a_lock_conflict_has_its_own_exit_code_and_wait_waits(project):
+    # the first make holds the lock until the test lets it go (no race with a loaded machine)
     project.recipe("""
         version: 1
         artifacts:
-          a: {kind: command, cmd: "touch started; sleep 2; echo a > ${out}/a"}
+          a: {kind: command, cmd: "touch started; for i in $(seq 1200); do [ -e release ] && break; sleep 0.1; done; echo a > ${out}/a"}
     """)
     first = project.spawn("make")
-    _wait_for(project.path / "started")
-    second = project.subprocess_run("make")
-    assert second.code == 75, second.err
-    assert "another recbuild is building in this workdir (pid" in second.err
-    assert "make --wait" in second.err
-    waited = project.subprocess_run("make", "--wait", "60")
-    out1, err1 = first.communicate(timeout=60)
+    try:
+        _wait_for(project.path / "started")
+        second = project.subprocess_run("make")
+        assert second.code == 75, second.err
+        assert "another recbuild is building in this workdir (pid" in second.err
+        assert "make --wait" in second.err
+        waiting = project.spawn("make", "--wait", "120")
+        time.sleep(1.0)
+        assert waiting.poll() is None  # still waiting for the lock
+        (project.path / "release").touch()
+        out1, err1 = first.communicate(timeout=60)
+        out2, err2 = waiting.communicate(timeout=120)
+    finally:
+        (project.path / "release").touch()
+        first.wait(timeout=60)
     assert first.returncode == 0, err1
-    assert waited.code == 0, waited.err
-    assert "up to date" in waited.out  # it waited for the first make, then found a built
+    assert waiting.returncode == 0, err2
+    assert "up to date" in out2  # it waited for the first make, then found a built
     assert "--wait" in build_parser().format_help() and "75" in build_parser().format_help()
 
 
