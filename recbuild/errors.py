@@ -69,9 +69,10 @@ class ForeignFolder(BuildError):
 
 
 class LockHeld(RecbuildError):
-    """Another recbuild process holds the workdir lock."""
+    """Another recbuild process holds the workdir lock. Not a failed build: nothing was tried, and the
+    same command can simply be run again, hence its own code (sysexits' EX_TEMPFAIL)."""
 
-    exit_code = 1
+    exit_code = 75
 
 
 class Interrupted(RecbuildError):

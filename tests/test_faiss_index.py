@@ -203,7 +203,8 @@ def test_missing_column_and_bad_params(tmp_path):
     assert FaissIndexBuilder().check({"embeddings": "e", "index_type": "Flat", "nlist": 4}) == [
         ("nlist", "applies to IVFFlat/IVFPQ only, not Flat")]
     emb2 = write_embeddings(tmp_path / "emb2", np.arange(100), clustered(100, dim=10))
-    _expect_input_error(tmp_path, {"index_type": "IVFPQ", "nlist": 2, "m": 4}, emb2, "m=4", "divide")
+    _expect_input_error(tmp_path, {"index_type": "IVFPQ", "nlist": 2, "m": 4, "nbits": 4}, emb2, "m=4",
+                       "divide")
     with pytest.raises(BuildError):
         fi.IndexSpec(index_type="IVF")
 

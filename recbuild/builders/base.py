@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +101,7 @@ class BuildContext:
     # Deterministic facts the builder wants in MANIFEST.json under "meta" (no times, no hosts).
     meta: dict[str, Any] = field(default_factory=dict)
     _progress_factory: Any = None
+    _on_warning: Any = None  # the engine's: shows a warning to the user (builders never print)
 
     def input(self, field_name: str) -> InputArtifact:
         value = self.inputs[field_name]
@@ -110,6 +112,13 @@ class BuildContext:
     def inputs_of(self, field_name: str) -> list[InputArtifact]:
         value = self.inputs.get(field_name, [])
         return list(value) if isinstance(value, list) else [value]
+
+    def warn(self, message: str) -> None:
+        """A warning for the user (one line, prefixed with the artifact's name) and the step's log:
+        something built, but not as well as it could (e.g. too few rows per IVF list)."""
+        self.log.warning("%s", message)
+        if self._on_warning is not None:
+            self._on_warning(message)
 
     def progress(self, total: float | None = None, unit: str = "rows", phase: str = "") -> Progress:
         """The step's progress, at a new phase (see Progress)."""
@@ -155,6 +164,9 @@ class Builder:
                         is shell-quoted (``${raw:...}`` pastes it as is)
       metric_docs       what each figure in its metrics.json means, one line per name
                         (``recall@k`` stands for every k), for `recbuild metrics --explain`
+      metric_labels     a short qualifier for a figure whose name other kinds use with another
+                        meaning (``recall@k``: training eval / index search / tzrec in-batch), shown
+                        beside the name in `recbuild metrics` and the report
       headline          the metric families worth a glance after a build (``recall@k``, ``auc``)
       description       one line for `recbuild templates`/docs
 
@@ -178,8 +190,17 @@ class Builder:
     shell_fields: ClassVar[tuple[str, ...]] = ()
     toolchain: ClassVar[tuple[str, ...]] = ()
     metric_docs: ClassVar[dict[str, str]] = {}
+    metric_labels: ClassVar[dict[str, str]] = {}
     headline: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""
+
+    @classmethod
+    def metric_title(cls, metric: str) -> str:
+        """A figure's name as readers see it: ``recall@10 [index search]`` when the kind qualifies its
+        family (the bytes of metrics.json keep the plain name)."""
+        match = re.match(r"^(.*)@\d+$", metric)
+        label = cls.metric_labels.get(f"{match.group(1)}@k" if match else metric)
+        return f"{metric} [{label}]" if label else metric
 
     def references(self, params: dict[str, Any]) -> dict[str, list[str]]:
         """Reference field -> names of the nodes it points at (in order)."""

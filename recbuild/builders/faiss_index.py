@@ -79,6 +79,7 @@ class FaissIndexBuilder(Builder):
 
     def build(self, ctx: BuildContext) -> None:
         from recbuild.retrieval.embeddings_io import EmbeddingTable
+        from recbuild.retrieval.faiss_checks import check_training
         from recbuild.retrieval.faiss_index import IndexSpec, build_index
 
         p = ctx.params
@@ -98,6 +99,8 @@ class FaissIndexBuilder(Builder):
             nbits=p["nbits"], hnsw_m=p["M"], ef_construction=p["ef_construction"],
             nprobe=p["nprobe"], ef_search=p["ef_search"], train_size=p.get("train_size"),
             seed=p["seed"])
+        for advice in check_training(spec, table.num_rows):  # before reading a vector or training
+            ctx.warn(advice)
         result = build_index(table, spec, ctx.out, batch_rows=p["batch_size"],
                              threads=ctx.threads, allow_duplicate_ids=p["allow_duplicate_ids"],
                              progress=ctx.progress(table.num_rows, "rows", "checking ids"))

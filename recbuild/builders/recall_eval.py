@@ -27,9 +27,12 @@ class RecallEvalBuilder(Builder):
     description = "recall@k / hitrate@k of a FAISS index (vs exact search) or of a TDM tree + model"
     reference_fields = ("user_embeddings", "towers", "queries", "index", "item_embeddings", "tree", "model")
     headline = ("recall@k", "index_recall@k")
+    metric_labels = {"recall@k": "index search", "hitrate@k": "index search"}
     metric_docs = {
-        "recall@k": "per request, the share of its ground-truth items in the top k; mean over requests",
-        "hitrate@k": "ground-truth items found in the top k over all ground-truth items (TorchEasyRec's hitrate)",
+        "recall@k": "retrieval recall@k through the built index: per request, the share of its ground-truth "
+                    "items in the index's top k; mean over requests (macro average)",
+        "hitrate@k": "ground-truth items found in the index's top k over all ground-truth items (TorchEasyRec's "
+                     "hitrate)",
         "exact.recall@k": "recall@k of an exact (brute-force) search over the same vectors: the index's ceiling",
         "exact.hitrate@k": "hitrate@k of the exact search",
         "index_recall@k": "overlap of the index's top k with the exact top k: 1.0 = the index loses nothing",
@@ -38,6 +41,8 @@ class RecallEvalBuilder(Builder):
         "gt_items": "distinct (request, item) ground-truth pairs",
         "search.distances_per_query": "vector distances faiss computed per query (deterministic stand-in for latency)",
         "search.scored_per_query": "TDM: tree nodes the model scored per query",
+        "search.fewer_than_k": "per k, the queries the index returned fewer than k results for (recorded only "
+                               "when some did): their recall@k counts misses the search could not find",
     }
     schema = {
         "type": "object",
@@ -125,6 +130,7 @@ class RecallEvalBuilder(Builder):
         fi.tune_blas_threshold(index.d)
         progress.phase(f"index search, {len(queries):,} queries")
         approx, elapsed, cost = recall.counted_search(index, queries, top)
+        short = recall.short_results(approx, ks)
         truth = recall.GroundTruth(gt)
         # Every faiss id's string is looked up once; the lists then compare as integer codes.
         id_codes = truth.codes(id_mapping)
@@ -145,6 +151,10 @@ class RecallEvalBuilder(Builder):
             search["nprobe"] = int(index.nprobe)
         if fi.index_kind(index) == "HNSWFlat":
             search["ef_search"] = int(index.hnsw.efSearch)
+        if short:  # (only then: a complete search's metrics.json keeps its bytes)
+            search["fewer_than_k"] = short
+            for line in _short_warnings(short, len(queries), index, meta):
+                ctx.warn(line)
         doc = {**metrics, "exact": exact_metrics, "exact_baseline": baseline, "k": ks,
                "requests": len(gt), "requests_without_gt": skipped,
                "gt_items": int(sum(len(g) for g in gt)), "search": search}
@@ -156,6 +166,15 @@ class RecallEvalBuilder(Builder):
                      "single query p50 %.2f ms; %s", ctx.name, len(gt), top,
                      1e3 * elapsed / len(gt), len(gt) / max(elapsed, 1e-9), single,
                      ", ".join(f"{k}={v}" for k, v in metrics.items()))
+
+
+def _short_warnings(short: dict, n_queries: int, index, meta) -> list[str]:
+    """One line per k that some queries did not reach: recall@k is then not what it says."""
+    knob = "nprobe" if hasattr(index, "nprobe") else "ef_search" if meta["type"] == "HNSWFlat" else None
+    fix = f"raise {knob} (recall_eval's {knob}, or the index's)" if knob else "lower k"
+    return [f"recall@{k}: {facts['queries']} of {n_queries} queries got fewer than {k} results from the "
+            f"index (fewest {facts['fewest']}), so recall@{k} counts misses it could not have found; "
+            f"{fix}, or lower k" for k, facts in short.items()]
 
 
 def _faiss_codes(faiss_ids, id_codes):

@@ -25,11 +25,14 @@ class TrainBuilder(Builder):
     uses_model = True
     reference_fields = ("data", "eval_data", "tree")
     headline = ("auc", "recall@k", "train_loss")
+    metric_labels = {"recall@k": "training eval", "popularity_recall@k": "training eval"}
     metric_docs = {
         "auc": "ROC AUC of the last evaluation (ranking: eval rows; tdm: the tree's layer-wise samples)",
-        "recall@k": "the last evaluation's exact-search recall@k over every item seen: eval positives "
-                    "found in each query's top k, over all positives",
-        "popularity_recall@k": "recall@k of ranking items by training clicks for everyone: the floor a model must beat",
+        "recall@k": "training evaluation's recall@k: the model's exact (brute-force) search over every item "
+                    "seen in the data, eval positives found in each query's top k over all positives "
+                    "(micro average); no index involved, unlike recall_eval's",
+        "popularity_recall@k": "training evaluation's recall@k of ranking items by training clicks for everyone: "
+                               "the floor a model must beat",
         "train_loss": "mean training loss over the last epoch",
         "steps": "optimizer steps taken",
     }

@@ -41,7 +41,9 @@ _BIGGER = {"type": ["boolean", "null"], "default": None,
 
 _EVAL_DOCS = {
     "auc": "AUC as tzrec's evaluation reports it (the metrics of pipeline.config's model_config)",
-    "recall@k": "tzrec's recall@k metric as its evaluation reports it (in-batch for match models)",
+    "recall@k": "tzrec's recall@k as its evaluation reports it; for match models (DSSM) in-batch: each "
+                "query's positive among the items of its own eval batch only, not the whole catalogue, so not "
+                "comparable with recall_eval's or the train kind's",
     "grouped_auc": "tzrec's AUC averaged per group (grouping_key of the metric)",
     "gauc": "tzrec's grouped AUC",
     "global_step": "the step of the evaluated checkpoint",
@@ -53,6 +55,7 @@ class TzrecTrainEval(TzrecKind):
     step = "train_eval"
     headline = ("auc", "recall@k")
     metric_docs = _EVAL_DOCS
+    metric_labels = {"recall@k": "tzrec in-batch"}
     description = "TorchEasyRec train_eval: a pipeline.config trained on declared data (model_dir)"
     reference_fields = ("pipeline_config", "data", "eval_data")
     path_fields = ("pipeline_config", "data", "eval_data", "inputs")
@@ -115,6 +118,7 @@ class TzrecEval(_FromCheckpoints):
     step = "eval"
     headline = ("auc", "recall@k")
     metric_docs = _EVAL_DOCS
+    metric_labels = {"recall@k": "tzrec in-batch"}
     description = "TorchEasyRec eval of a checkpoint on declared data (eval_result.txt, metrics.json)"
     reference_fields = ("checkpoints", "eval_data")
     path_fields = ("eval_data", "inputs")

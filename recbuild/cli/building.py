@@ -14,14 +14,18 @@ def cmd_make(args, term) -> int:
     args.targets = check_targets(graph, args.targets)
     if args.jobs < 1:
         raise UsageError("recbuild make: -j must be at least 1")
+    if args.question:
+        return _would_build(graph, builders, args.targets or graph.default_targets(), term)
     if args.dry_run:
         return _dry_run(graph, builders, args.targets, term)
     from recbuild.core.cache.store import open_cache
     from recbuild.core.running.engine import Engine, MakeOptions
 
     engine = Engine(graph, builders, term.build_events(args.heartbeat), cache=open_cache(graph.recipe, args.cache))
+    if args.wait is not None and args.wait < 0:
+        raise UsageError("recbuild make: --wait must be 0 or more seconds")
     options = MakeOptions(targets=args.targets, jobs=args.jobs, always=args.always_make,
-                          keep_going=args.keep_going)
+                          keep_going=args.keep_going, wait=args.wait)
     return engine.make(options)
 
 
@@ -52,6 +56,22 @@ def _dry_run(graph, builders, targets, term) -> int:
     return 1 if broken else 0
 
 
+def _would_build(graph, builders, targets, term) -> int:
+    """make --question: 1 when any artifact the targets need is not up to date, else 0; prints nothing
+    (errors aside), as GNU make -q."""
+    ws = open_workspace(graph, builders, term)
+    try:
+        plan = ws.plan(targets)
+    finally:
+        ws.cache.close()
+    return 1 if _stale(graph, plan) else 0
+
+
+def _stale(graph, plan) -> list[str]:
+    """The artifacts of a plan that a make would build (sources are hashed, not built)."""
+    return [s.name for s in plan.values() if not s.current and not graph.nodes[s.name].is_file_source]
+
+
 def cmd_status(args, term) -> int:
     graph, builders = load_graph(args)
     args.targets = check_targets(graph, args.targets)
@@ -73,6 +93,12 @@ def cmd_status(args, term) -> int:
         if manifest:
             term.debug(f"{name}: built by {provenance(manifest)}")
     ws.cache.close()
+    if args.check:
+        stale = _stale(graph, plan)
+        if stale:
+            term.info(f"{len(stale)} artifact{'s' if len(stale) != 1 else ''} would build: {', '.join(stale)}")
+            return 1
+        term.info("everything is up to date")
     return 0
 
 
@@ -87,28 +113,35 @@ def provenance(manifest: dict) -> str:
 
 def cmd_explain(args, term) -> int:
     graph, builders = load_graph(args)
-    variants = check_targets(graph, [args.target])
-    if variants != [args.target]:
-        raise UsageError(f"{args.target} is a matrix of {len(variants)} variants; explain one of them: "
-                         f"{', '.join(variants)}")
+    names = check_targets(graph, args.targets)  # a matrix name stands for each of its variants
     ws = open_workspace(graph, builders, term)
-    plan = ws.plan([args.target])
-    status = plan[args.target]
-    node = graph.nodes[args.target]
-    if status.current:
-        term.out(f"{args.target} is up to date (key {ws.manifest(args.target)['key'][:12]})")
-    else:
-        term.out(f"{args.target} ({node.kind}, {node.loc}) is {status.state}:")
-        for reason in status.reasons:
-            term.out(f"  - {reason}")
-        upstream = [s for n, s in plan.items() if n != args.target and not s.current]
-        if upstream:
-            term.out("upstream that will rebuild first:")
-            for up in upstream:
-                label = "source" if graph.nodes[up.name].is_file_source else graph.nodes[up.name].kind
-                term.out(f"  - {up.name} ({label}): " + "; ".join(str(r) for r in up.reasons))
-    ws.cache.close()
+    try:
+        for i, name in enumerate(names):
+            if i:
+                term.out()
+            _explain(graph, ws, name, term)
+    finally:
+        ws.cache.close()
     return 0
+
+
+def _explain(graph, ws, name: str, term) -> None:
+    plan = ws.plan([name])
+    status = plan[name]
+    node = graph.nodes[name]
+    if status.current:
+        key = ws.manifest(name)["key"][:12] if not node.is_file_source else None
+        term.out(f"{name} is up to date" + (f" (key {key})" if key else ""))
+        return
+    term.out(f"{name} ({node.kind}, {node.loc}) is {status.state}:")
+    for reason in status.reasons:
+        term.out(f"  - {reason}")
+    upstream = [s for n, s in plan.items() if n != name and not s.current]
+    if upstream:
+        term.out("upstream that will rebuild first:")
+        for up in upstream:
+            label = "source" if graph.nodes[up.name].is_file_source else graph.nodes[up.name].kind
+            term.out(f"  - {up.name} ({label}): " + "; ".join(str(r) for r in up.reasons))
 
 
 def cmd_list(args, term) -> int:

@@ -35,7 +35,7 @@ def cmd_metrics(args, term) -> int:
     for name in plain:
         for metric in metrics.ordered(current[name]):
             value = current[name][metric]
-            row = [name, metric, metrics.format_value(value)]
+            row = [name, builders[graph.nodes[name].kind].metric_title(metric), metrics.format_value(value)]
             if args.diff:
                 old = previous[name].get(metric)
                 row += [metrics.format_value(old), metrics.format_change(old, value)]
@@ -47,8 +47,9 @@ def cmd_metrics(args, term) -> int:
         if not shown:
             continue
         table = []
+        titled = builders[graph.nodes[shown[0]].kind]
         for metric in metrics.ordered(m for v in shown for m in current[v]):
-            row = [metric]
+            row = [titled.metric_title(metric)]
             for variant in shown:
                 value = current[variant].get(metric)
                 cell = metrics.format_value(value)
@@ -72,19 +73,37 @@ def _previous_metrics(ws, name: str) -> dict[str, float]:
 
 
 def _explain_metrics(graph, builders, current: dict[str, dict[str, float]], term) -> None:
+    """What each figure means, per kind of artifact: the same name (recall@k) means different things
+    for a training evaluation, recall_eval's index search and tzrec's in-batch evaluation."""
     from recbuild.core.workdir import metrics
 
-    docs: dict[str, str] = {}
-    for name, numbers in current.items():
-        known = builders[graph.nodes[name].kind].metric_docs
-        for metric in numbers:
-            family = metrics.family_of(metric)
-            if family in known:
-                docs.setdefault(family, known[family])
-    if docs:
+    by_kind: dict[str, list[str]] = {}
+    for name in current:
+        by_kind.setdefault(graph.nodes[name].kind, []).append(name)
+    for kind, names in by_kind.items():
+        builder = builders[kind]
+        families = metrics.ordered(dict.fromkeys(_documented(metrics.family_of(m), builder.metric_docs)
+                                                 for n in names for m in current[n]))
+        lines = [(builder.metric_title(family), builder.metric_docs[family])
+                 for family in families if family in builder.metric_docs]
+        if not lines:
+            continue
+        shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
         term.out("")
-        for family in metrics.ordered(docs):
-            term.out(f"  {family:<22} {docs[family]}")
+        term.out(f"{kind} ({shown}):")
+        width = max(len(title) for title, _ in lines)
+        for title, doc in lines:
+            term.out(f"  {title:<{width}}  {doc}")
+
+
+def _documented(family: str, docs: dict[str, str]) -> str:
+    """The name a figure is documented under: itself, or the nearest dotted parent that is
+    (search.fewer_than_k.50.queries -> search.fewer_than_k)."""
+    parts = family.split(".")
+    for end in range(len(parts), 0, -1):
+        if ".".join(parts[:end]) in docs:
+            return ".".join(parts[:end])
+    return family
 
 
 def _metrics_history(graph, ws, names: list[str], term, last: int = 6) -> int:

@@ -52,14 +52,21 @@ def collect(graph: Graph, builders: dict, generated_at: str, norm_sample_rows: i
     recall = _recall(searched, current, family_of)
     recall.pending = pending(lambda n: n in searched and "recall@k" in builders[graph.nodes[n].kind].metric_docs)
     training = _training(recipe.workdir, done)
+    labels_of = {n: builders[graph.nodes[n].kind].metric_labels for n in artifacts}
+    for item in recall.items:  # the same names mean different figures per kind: say whose they are
+        item.labels = labels_of.get(recipe.families.get(item.title, [item.title])[0], {})
+    for item in training.items:
+        item.labels = labels_of.get(item.artifact, {})
     training.pending = pending(lambda n: graph.nodes[n].kind in TRAINING_KINDS)
     history = _history(recipe.workdir, artifacts, family_of, graph, builders)
+    for item in history.items:
+        item.labels = labels_of.get(recipe.families.get(item.title, [item.title])[0], {})
     history.pending = pending(lambda n: n in reports_metrics)
     embeddings = _embeddings(recipe.workdir, done, norm_sample_rows)
     embeddings.pending = pending(lambda n: graph.nodes[n].kind in EMBEDDING_KINDS)
     trees = _trees(recipe.workdir, done)
     trees.pending = pending(lambda n: graph.nodes[n].kind in TREE_KINDS)
-    table = Section(items=[_table(artifacts, current, recipe.families, family_of)] if current else [],
+    table = Section(items=[_table(artifacts, current, recipe.families, family_of, graph, builders)] if current else [],
                     notes=metric_notes, pending=pending(lambda n: n in reports_metrics))
     return Report(recipe_name=recipe.name, recipe_path=str(recipe.path), workdir=str(recipe.workdir),
                   generated_at=generated_at, commit=git_commit(recipe.dir), recbuild_version=__version__,
@@ -325,21 +332,25 @@ def _graph(graph: Graph, family_of: dict[str, str], built: dict[str, bool]) -> A
     for name in graph.order:
         node = graph.nodes[name]
         kind = "source" if node.is_file_source else node.kind
-        nodes.append(GraphNode(name, kind, family_of.get(name), None if node.is_file_source else built[name]))
+        nodes.append(GraphNode(name, kind, family_of.get(name), None if node.is_file_source else built[name],
+                               source=node.is_file_source or node.section == "sources"))
     edges = [(edge.upstream, name) for name in graph.order for edge in graph.edges[name]]
     return ArtifactGraph(nodes, edges)
 
 
 def _table(artifacts: list[str], current: dict[str, dict[str, float]], families: dict[str, list[str]],
-           family_of: dict[str, str]) -> MetricsTable:
-    plain = [(name, metric, current[name][metric]) for name in artifacts
+           family_of: dict[str, str], graph: Graph, builders: dict) -> MetricsTable:
+    def title(name: str, metric: str) -> str:
+        return builders[graph.nodes[name].kind].metric_title(metric)
+
+    plain = [(name, title(name, metric), current[name][metric]) for name in artifacts
              if name in current and name not in family_of for metric in metrics.ordered(current[name])]
     tables = []
     for family, variants in families.items():
         shown = [v for v in variants if v in current]
         if not shown:
             continue
-        rows = [(metric, [current[v].get(metric) for v in shown])
+        rows = [(title(shown[0], metric), [current[v].get(metric) for v in shown])
                 for metric in metrics.ordered(m for v in shown for m in current[v])]
         tables.append((family, shown, rows))
     return MetricsTable(plain, tables)

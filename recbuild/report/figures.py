@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+import re
 from collections import defaultdict
 from datetime import datetime, timedelta
 
 import plotly.graph_objects as go
+from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from recbuild.report.model import (
@@ -15,18 +18,84 @@ from recbuild.report.model import (
 TEMPLATE = "plotly_white"
 HEIGHT = 420
 BASELINE_COLOR = "#444444"
+EDGE_COLOR = "#9a9a9a"
 MARGIN = dict(l=70, r=30, t=70, b=60)
 PALETTE = ("#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880")  # plotly's
-MIN_TIME_SPAN = timedelta(hours=1)
+# a time axis is padded by this share of the data's span on each side, and at least MIN_TIME_PAD
+TIME_PAD = 0.1
+MIN_TIME_PAD = timedelta(seconds=30)
 DASHES = ("solid", "dash", "dot", "dashdot", "longdash")
+# Figures a metric is compared with, not a metric of its own: drawn in the panel of the metric they
+# qualify (popularity_recall@10 beside recall@10), dashed and grey.
+BASELINE_PREFIXES = ("popularity_", "random_", "exact.")
+PANEL_HEIGHT = 250
+# the artifact graph's colours: one per kind, never reused (plotly's palettes, duplicates dropped)
+KIND_COLOURS = tuple(dict.fromkeys(c.lower() for c in (*qualitative.Plotly, *qualitative.Dark24,
+                                                         *qualitative.Light24, *qualitative.Alphabet)))
 
 
 def _layout(fig: go.Figure, title: str, subtitle: str | None = None, height: int = HEIGHT, **axes) -> go.Figure:
+    named = [t for t in fig.data if t.showlegend is not False]
+    axes.setdefault("showlegend", len(named) > 1)  # every plot of several lines says which is which
     fig.update_layout(template=TEMPLATE, height=height, margin=MARGIN,
                       title=dict(text=title, subtitle=dict(text=subtitle) if subtitle else None, x=0.01),
                       legend=dict(orientation="v", yanchor="top", y=1, xanchor="left", x=1.01),
                       hovermode="closest", **axes)
     return fig
+
+
+def titled(metric: str, labels: dict[str, str]) -> str:
+    """``recall@10 [index search]``: the name with its kind's qualifier (see Builder.metric_labels)."""
+    match = re.match(r"^(.*)@\d+$", metric)
+    label = labels.get(f"{match.group(1)}@k" if match else metric)
+    return f"{metric} [{label}]" if label else metric
+
+
+def panel_of(metric: str) -> str:
+    """The panel a metric is drawn in: its own, or, for a baseline, the metric it qualifies."""
+    for prefix in BASELINE_PREFIXES:
+        if metric.startswith(prefix) and len(metric) > len(prefix):
+            return metric[len(prefix):]
+    return metric
+
+
+def _is_baseline(metric: str) -> bool:
+    return panel_of(metric) != metric
+
+
+def _panels(metrics: list[str]) -> list[str]:
+    """One panel per metric (baselines join theirs), in first-seen order: every line gets a y-axis
+    scaled to its own figures, so a loss of 6 never flattens a recall of 0.004."""
+    return list(dict.fromkeys(panel_of(m) for m in metrics))
+
+
+def _columns(count: int) -> int:
+    """Panels per row: up to three side by side, four as two by two (no row left mostly empty)."""
+    return count if count <= 3 else 2 if count == 4 else 3
+
+
+def _grid(panels: list[str], titles: list[str], **subplots) -> tuple[go.Figure, int]:
+    """Small multiples: a figure with one titled subplot per panel, and its height."""
+    cols = _columns(len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.09,
+                        vertical_spacing=min(0.25, 0.35 / rows) if rows > 1 else 0.0, **subplots)
+    return fig, 130 + PANEL_HEIGHT * rows
+
+
+def _frame_flat_panels(fig: go.Figure, panels: list[str], values: dict[str, list[float]]) -> None:
+    """A panel whose figures are all one value (one build, one evaluation) gets an axis of +-10% around
+    it; plotly's own is +-1, which leaves 0.004 a dot lost on an axis from -1 to 1."""
+    for panel, numbers in values.items():
+        if numbers and min(numbers) == max(numbers):
+            pad = max(abs(numbers[0]) * 0.1, 0.01)
+            fig.update_yaxes(range=[numbers[0] - pad, numbers[0] + pad], **_cell(panels, panel))
+
+
+def _cell(panels: list[str], panel: str) -> dict:
+    cols = _columns(len(panels))
+    i = panels.index(panel)
+    return dict(row=i // cols + 1, col=i % cols + 1)
 
 
 def recall_figure(item: RecallCurves) -> go.Figure:
@@ -43,7 +112,7 @@ def recall_figure(item: RecallCurves) -> go.Figure:
     parts = [f"{len(item.variants)} variants" if len(item.variants) > 1 else "",
              "beside exact (brute-force) search over the same vectors" if item.baselines else ""]
     subtitle = " ".join(p for p in parts if p) or None
-    return _layout(fig, f"recall@k: {item.title}", subtitle,
+    return _layout(fig, f"{titled('recall@k', item.labels)}: {item.title}", subtitle,
                    xaxis=dict(title="k (items retrieved per query, log scale)", type="log", tickvals=ks,
                               ticktext=[str(k) for k in ks]),
                    yaxis=dict(title="recall@k (share of ground-truth items found)", tickformat=".0%",
@@ -51,50 +120,75 @@ def recall_figure(item: RecallCurves) -> go.Figure:
 
 
 def training_figure(item: TrainingCurves) -> go.Figure:
-    fig = go.Figure()
+    """Small multiples, one panel per metric of the evaluation file (its baselines beside it)."""
     steps = sorted({step for curve in item.curves for step in curve.x})
+    panels = _panels([curve.label for curve in item.curves])
+    fig, height = _grid(panels, titles=[titled(p, item.labels) for p in panels])
     for curve in item.curves:
-        fig.add_trace(go.Scatter(x=curve.x, y=curve.y, name=curve.label, mode="lines+markers",
-                                 hovertemplate="%{fullData.name}<br>step %{x}: %{y:.4f}<extra></extra>"))
-    return _layout(fig, f"training: {item.artifact}",
-                   f"every metric of its evaluation file, {item.evaluations} evaluation"
-                   f"{'s' if item.evaluations != 1 else ''}",
-                   xaxis=dict(title="global_step (training steps)", tickformat=",d",
-                              # few evaluations: tick exactly those steps (no "2.5" between them)
-                              tickvals=steps if len(steps) <= 12 else None),
-                   yaxis=dict(title="metric value on the eval data"))
+        panel = panel_of(curve.label)
+        style = (dict(line=dict(dash="dash", color=BASELINE_COLOR), marker=dict(symbol="diamond"))
+                 if _is_baseline(curve.label) else
+                 dict(line=dict(color=PALETTE[panels.index(panel) % len(PALETTE)])))
+        fig.add_trace(go.Scatter(x=curve.x, y=curve.y, name=curve.label, mode="lines+markers", **style,
+                                 hovertemplate="%{fullData.name}<br>step %{x}: %{y:.4f}<extra></extra>"),
+                      **_cell(panels, panel))
+    values: dict[str, list[float]] = defaultdict(list)
+    for curve in item.curves:
+        values[panel_of(curve.label)] += [y for y in curve.y if y is not None]
+    _frame_flat_panels(fig, panels, values)
+    # few evaluations: tick exactly those steps (no "2.5" between them)
+    fig.update_xaxes(tickformat=",d", tickvals=steps if len(steps) <= 12 else None)
+    _layout(fig, f"training: {item.artifact}",
+            f"every metric of its evaluation file against global_step (training steps), "
+            f"{item.evaluations} evaluation{'s' if item.evaluations != 1 else ''}; one panel per metric, "
+            "each with its own y-axis; baselines dashed", height=height)
+    return fig.update_layout(margin=dict(MARGIN, t=110))
 
 
 def history_figure(item: MetricsHistory) -> go.Figure:
-    """A family's variants get a colour each and its metrics a dash each, so nine lines stay legible."""
-    fig = go.Figure()
+    """One panel per metric, each with its own y-axis; a family's variants get a colour each (the
+    same in every panel, named once in the legend)."""
     variants = list(dict.fromkeys(s.variant for s in item.series if s.variant))
-    metric_names = list(dict.fromkeys(s.metric for s in item.series))
+    panels = _panels([s.metric for s in item.series])
+    fig, height = _grid(panels, titles=[titled(p, item.labels) for p in panels], shared_xaxes="all")
+    named: set[str] = set()
     for series in item.series:
-        style = {}
+        panel = panel_of(series.metric)
         if series.variant:
-            style = dict(line=dict(color=PALETTE[variants.index(series.variant) % len(PALETTE)],
-                                   dash=DASHES[metric_names.index(series.metric) % len(DASHES)]),
-                         legendgroup=series.variant)
-        fig.add_trace(go.Scatter(x=series.times, y=series.values, name=series.label, mode="lines+markers", **style,
+            colour = PALETTE[variants.index(series.variant) % len(PALETTE)]
+            name, group = series.variant, series.variant
+        else:
+            colour = PALETTE[panels.index(panel) % len(PALETTE)]
+            name, group = series.metric, series.metric
+        dash = "dash" if _is_baseline(series.metric) else "solid"
+        fig.add_trace(go.Scatter(x=series.times, y=series.values, name=name, mode="lines+markers",
+                                 line=dict(color=colour, dash=dash), legendgroup=group,
+                                 showlegend=group not in named,
                                  customdata=[c or "no commit" for c in series.commits],
-                                 hovertemplate="%{fullData.name}<br>%{x}: %{y:.4f}<br>%{customdata}"
-                                               "<extra></extra>"))
-    return _layout(fig, f"metrics across builds: {item.title}",
-                   f"{item.builds} build{'s' if item.builds != 1 else ''} recorded in metrics-history.jsonl",
-                   xaxis=dict(title="build time (as recorded)", type="date", range=_time_range(item)),
-                   yaxis=dict(title="value"))
+                                 hovertemplate=f"{series.label}<br>%{{x}}: %{{y:.4f}}<br>%{{customdata}}"
+                                               "<extra></extra>"),
+                      **_cell(panels, panel))
+        named.add(group)
+    values: dict[str, list[float]] = defaultdict(list)
+    for series in item.series:
+        values[panel_of(series.metric)] += [y for y in series.values if y is not None]
+    _frame_flat_panels(fig, panels, values)
+    fig.update_xaxes(type="date", range=_time_range(item), nticks=4, tickangle=0)
+    _layout(fig, f"metrics across builds: {item.title}",
+            f"{item.builds} build{'s' if item.builds != 1 else ''} recorded in metrics-history.jsonl; "
+            "x: build time (as recorded); one panel per metric, each with its own y-axis",
+            height=height, showlegend=len(named) > 1 or len(item.series) > 1)
+    return fig.update_layout(margin=dict(MARGIN, t=110))
 
 
 def _time_range(item: MetricsHistory) -> list[str] | None:
-    """At least an hour wide: the variants of one make land seconds apart, and a date axis zoomed
-    to seconds labels them with fractions of a second."""
+    """The builds' times, padded on each side by a share of their own span (at least half a minute):
+    two builds minutes apart fill the axis instead of sitting in the middle of an hour."""
     times = [datetime.strptime(t, "%Y-%m-%d %H:%M:%S") for s in item.series for t in s.times]
-    if not times or max(times) - min(times) >= MIN_TIME_SPAN:
+    if not times:
         return None
-    middle = min(times) + (max(times) - min(times)) / 2
-    return [(middle - MIN_TIME_SPAN / 2).strftime("%Y-%m-%d %H:%M:%S"),
-            (middle + MIN_TIME_SPAN / 2).strftime("%Y-%m-%d %H:%M:%S")]
+    pad = max((max(times) - min(times)) * TIME_PAD, MIN_TIME_PAD)
+    return [(min(times) - pad).strftime("%Y-%m-%d %H:%M:%S"), (max(times) + pad).strftime("%Y-%m-%d %H:%M:%S")]
 
 
 def norms_figure(item: NormHistogram) -> go.Figure:
@@ -153,57 +247,136 @@ def _log_ticks(largest: float) -> dict:
     return dict(tickvals=shown, ticktext=[f"{v:,}" for v in shown])
 
 
-def graph_figure(graph: ArtifactGraph) -> go.Figure:
-    """Layers left to right by longest path from the sources; inside a layer, nodes sit near the
-    mean height of what they read (one barycentre sweep), so a variant lines up with its inputs."""
+# The artifact graph's geometry, in the page's pixels: the plot area a figure gets on the page (its
+# <main> is 1180 px wide), a label's character width and its lines.
+GRAPH_PLOT_WIDTH_PX = 1000
+GRAPH_ROW_PX = 80
+LABEL_PX_PER_CHAR = 7.2
+LABEL_LINE_CHARS = 12
+MARKER_PX = 22
+
+
+def _label_lines(name: str) -> list[str]:
+    """A node's label in lines of about LABEL_LINE_CHARS, broken after "_" or before "@"."""
+    lines, line = [], ""
+    for part in re.split(r"(?<=_)|(?=@)", name):
+        if line and len(line) + len(part) > LABEL_LINE_CHARS:
+            lines.append(line)
+            line = part
+        else:
+            line += part
+    return [*lines, line]
+
+
+def graph_layout(graph: ArtifactGraph) -> tuple[dict, dict[tuple, list], dict[int, float]]:
+    """(position of each slot, the slots each edge passes, half the widest label of each column).
+
+    Layers left to right by longest path from the sources. An edge that spans several layers passes
+    one waypoint per layer between, shared by every long edge of the same input (as Graphviz's dot
+    does, so such edges run in slots of their own instead of through other nodes). Within a layer,
+    slots are ordered by a few barycentre sweeps (what they read, then what reads them), which keeps
+    edges from crossing one another where it can."""
     upstream = defaultdict(list)
     for up, down in graph.edges:
         upstream[down].append(up)
     layer: dict[str, int] = {}
     for node in graph.nodes:  # build order: upstream first
         layer[node.name] = 1 + max((layer[u] for u in upstream[node.name] if u in layer), default=-1)
-    order = {node.name: i for i, node in enumerate(graph.nodes)}
-    rows: dict[int, list[str]] = defaultdict(list)
+    columns: dict[int, list[tuple]] = defaultdict(list)
     for node in graph.nodes:
-        rows[layer[node.name]].append(node.name)
-    height: dict[str, float] = {}
-    for column in sorted(rows):
-        def barycentre(name: str) -> tuple[float, int]:
-            placed = [height[u] for u in upstream[name] if u in height]
-            return (-sum(placed) / len(placed) if placed else 0.0, order[name])
-
-        members = sorted(rows[column], key=barycentre) if column else rows[column]
-        for i, name in enumerate(members):
-            height[name] = (len(members) - 1) / 2 - i
-        rows[column] = members
-    position = {name: (layer[name], height[name]) for name in height}
-    tallest = max((len(members) for members in rows.values()), default=1)
-
-    fig = go.Figure()
+        columns[layer[node.name]].append(("node", node.name))
+    paths: dict[tuple, list] = {}
+    before, after = defaultdict(set), defaultdict(set)
     for up, down in graph.edges:
-        (x0, y0), (x1, y1) = position[up], position[down]
-        fig.add_annotation(x=x1, y=y1, ax=x0, ay=y0, xref="x", yref="y", axref="x", ayref="y",
-                           showarrow=True, arrowhead=2, arrowsize=1.2, arrowwidth=1.2,
-                           arrowcolor="#9a9a9a", standoff=14, startstandoff=14, text="")
-    by_kind: dict[str, list] = defaultdict(list)
-    for node in graph.nodes:
-        by_kind[node.kind].append(node)
-    for kind, members in by_kind.items():
-        state = ["source (not built by recbuild)" if n.built is None else ("built" if n.built else "not built yet")
-                 for n in members]
+        path = [("node", up)]
+        for between in range(layer[up] + 1, layer[down]):
+            via = ("via", up, between)
+            if via not in columns[between]:
+                columns[between].append(via)
+            path.append(via)
+        path.append(("node", down))
+        paths[(up, down)] = path
+        for a, b in zip(path, path[1:]):
+            after[a].add(b)
+            before[b].add(a)
+    index = {slot: i for members in columns.values() for i, slot in enumerate(members)}
+
+    def barycentre(slot, neighbours) -> float:
+        placed = [index[n] / max(len(columns[_column(n, layer)]) - 1, 1) for n in neighbours[slot]]
+        mine = index[slot] / max(len(columns[_column(slot, layer)]) - 1, 1)
+        return sum(placed) / len(placed) if placed else mine
+
+    last = max(columns, default=0)
+    for _ in range(4):
+        for sweep, neighbours in ((range(1, last + 1), before), (range(last - 1, -1, -1), after)):
+            for column in sweep:
+                members = sorted(columns[column], key=lambda slot: (barycentre(slot, neighbours), index[slot]))
+                columns[column] = members
+                index.update({slot: i for i, slot in enumerate(members)})
+    position = {slot: (column, (len(members) - 1) / 2 - i)
+                for column, members in columns.items() for i, slot in enumerate(members)}
+    unit_px = GRAPH_PLOT_WIDTH_PX / (last + 1)
+    half = {column: min(0.42, max([MARKER_PX / 2] + [max(map(len, _label_lines(slot[1]))) * LABEL_PX_PER_CHAR / 2
+                                                       for slot in members if slot[0] == "node"]) / unit_px)
+            for column, members in columns.items()}
+    return position, paths, half
+
+
+def _column(slot, layer) -> int:
+    return layer[slot[1]] if slot[0] == "node" else slot[2]
+
+
+def graph_figure(graph: ArtifactGraph) -> go.Figure:
+    """Squares are sources, circles artifacts, filled when built; a colour per kind. Each label sits
+    under its node and no edge crosses one: an edge leaves and enters a node level with it, over the
+    width of the column's widest label, and slants only in the gap between columns."""
+    position, paths, half = graph_layout(graph)
+    xs, ys = [], []
+    fig = go.Figure()
+    for (up, down), path in paths.items():
+        points = []
+        for i, slot in enumerate(path):
+            x, y = position[slot]
+            h = half[x]
+            if i == 0:
+                points += [(x, y), (x + h, y)]
+            elif i == len(path) - 1:
+                points.append((x - h, y))
+                fig.add_annotation(x=x, y=y, ax=x - h, ay=y, xref="x", yref="y", axref="x", ayref="y",
+                                   showarrow=True, arrowhead=2, arrowsize=1.2, arrowwidth=1.2,
+                                   arrowcolor=EDGE_COLOR, standoff=MARKER_PX / 2 + 2, text="")
+            else:
+                points += [(x - h, y), (x + h, y)]
+        xs += [p[0] for p in points] + [None]
+        ys += [p[1] for p in points] + [None]
+    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name="edges", showlegend=False, hoverinfo="skip",
+                             line=dict(color=EDGE_COLOR, width=1.2)))
+    kinds = list(dict.fromkeys(node.kind for node in graph.nodes))
+    for kind in kinds:
+        members = [n for n in graph.nodes if n.kind == kind]
+        state = ["source file" if n.built is None else ("built" if n.built else "not built yet") for n in members]
         fig.add_trace(go.Scatter(
-            x=[position[n.name][0] for n in members], y=[position[n.name][1] for n in members],
-            mode="markers+text", name=kind, text=[n.name for n in members], textposition="bottom center",
-            marker=dict(size=22, symbol=["square" if n.built is None else ("circle" if n.built else "circle-open")
-                                         for n in members], line=dict(width=2)),
-            customdata=[[kind, n.family or "-", s] for n, s in zip(members, state)],
-            hovertemplate="<b>%{text}</b><br>kind %{customdata[0]}<br>matrix family %{customdata[1]}"
-                          "<br>%{customdata[2]}<extra></extra>"))
-    columns = max(rows, default=0) + 1
-    return _layout(fig, "artifact graph",
-                   "arrows point from an input to what reads it; filled = built, open = not built yet, "
-                   "square = source",
-                   height=max(HEIGHT, 160 + 80 * tallest),
-                   xaxis=dict(visible=False, range=[-0.6, columns - 0.4]),
-                   yaxis=dict(visible=False, range=[-(tallest / 2) - 0.2, tallest / 2]),
-                   legend_title_text="kind")
+            x=[position[("node", n.name)][0] for n in members], y=[position[("node", n.name)][1] for n in members],
+            mode="markers+text", name=kind, text=["<br>".join(_label_lines(n.name)) for n in members],
+            textposition="bottom center",
+            marker=dict(size=MARKER_PX, color=KIND_COLOURS[kinds.index(kind) % len(KIND_COLOURS)],
+                        symbol=[("square" if n.source else "circle") + ("" if n.built is not False else "-open")
+                                for n in members], line=dict(width=2)),
+            customdata=[[n.name, kind, n.family or "-", s, "source" if n.source else "artifact"]
+                        for n, s in zip(members, state)],
+            hovertemplate="<b>%{customdata[0]}</b><br>%{customdata[4]}, kind %{customdata[1]}<br>matrix family "
+                          "%{customdata[2]}<br>%{customdata[3]}<extra></extra>"))
+    heights = [y for _, y in position.values()] or [0.0]
+    columns = max(half, default=0) + 1
+    rows = max(heights) - min(heights) + 1
+    label_rows = max((len(_label_lines(n.name)) for n in graph.nodes), default=1)
+    below = (MARKER_PX / 2 + 6 + 15 * label_rows) / GRAPH_ROW_PX  # room for the lowest labels
+    _layout(fig, "artifact graph",
+            "arrows point from an input to what reads it; squares are the recipe's sources, circles its "
+            "artifacts; filled = built (or a source file), open = not built yet; colour = kind",
+            height=int(110 + 70 + GRAPH_ROW_PX * (rows - 1 + below + 0.4)),
+            xaxis=dict(visible=False, range=[-0.5, columns - 0.5], fixedrange=False),
+            yaxis=dict(visible=False, range=[min(heights) - below, max(heights) + 0.4]),
+            showlegend=True, legend_title_text="kind")
+    return fig.update_layout(margin=dict(l=20, r=20, t=80, b=20),
+                             legend=dict(orientation="h", yanchor="top", y=-0.01, xanchor="left", x=0))

@@ -26,6 +26,7 @@ class RecallCurves:
     title: str  # the artifact or family name
     variants: list[Curve]  # x = k
     baselines: list[Curve]
+    labels: dict[str, str] = field(default_factory=dict)  # the kind's metric_labels ("recall@k": "index search")
 
 
 @dataclass
@@ -35,6 +36,7 @@ class TrainingCurves:
     artifact: str
     curves: list[Curve]  # x = global_step
     evaluations: int
+    labels: dict[str, str] = field(default_factory=dict)  # the kind's metric_labels
 
 
 @dataclass
@@ -57,6 +59,7 @@ class MetricsHistory:
     title: str
     series: list[HistorySeries]
     builds: int
+    labels: dict[str, str] = field(default_factory=dict)  # the kind's metric_labels
 
 
 @dataclass
@@ -98,6 +101,7 @@ class GraphNode:
     kind: str  # "source" for a plain file source
     family: str | None  # the matrix family of a variant
     built: bool | None  # None for a file source (nothing to build)
+    source: bool = False  # declared under the recipe's sources: (a file source or generated sample data)
 
 
 @dataclass

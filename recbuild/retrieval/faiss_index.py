@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from recbuild.errors import BuildError, InputError
+from recbuild.retrieval.faiss_checks import quiet_clustering
 from recbuild.retrieval.embeddings_io import EmbeddingTable, id_strings, write_lines
 from recbuild.retrieval.threads import threads_for_load
 
@@ -124,6 +125,7 @@ def new_index(spec: IndexSpec, dim: int):
         index.pq.cp.seed = spec.seed
     # (faiss's Python wrapper keeps a reference to the quantizer inside the index object.)
     index.cp.seed = spec.seed
+    quiet_clustering(index)
     index.nprobe = min(spec.nprobe, spec.nlist)
     return index
 

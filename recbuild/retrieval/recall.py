@@ -180,6 +180,18 @@ def _overlap_at_k_by_sets(approx: np.ndarray, exact: np.ndarray, ks: Sequence[in
     return out
 
 
+def short_results(faiss_ids: np.ndarray, ks: Sequence[int]) -> dict[str, dict[str, int]]:
+    """For each k that some query's search did not fill (faiss pads with -1 when the probed lists
+    hold fewer than k items): how many queries fell short and the fewest results one got."""
+    found = (faiss_ids >= 0).sum(axis=1) if faiss_ids.size else np.zeros(len(faiss_ids), dtype=np.int64)
+    out = {}
+    for k in ks:
+        short = found < k
+        if short.any():
+            out[str(k)] = {"queries": int(short.sum()), "fewest": int(found.min())}
+    return out
+
+
 def map_ids(faiss_ids: np.ndarray, id_mapping: np.ndarray) -> np.ndarray:
     """faiss ids -> item id strings (None for -1)."""
     out = np.empty(faiss_ids.shape, dtype=object)

@@ -8,7 +8,8 @@ import os
 import sys
 import threading
 import time
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from recbuild.builders.base import Progress
 
@@ -42,6 +43,7 @@ class Terminal:
         self.rich = not plain
         self._console = None
         self._err_console = None
+        self._live = None  # the live progress display while one runs (BuildEvents sets it)
         if self.rich:
             from rich.console import Console
 
@@ -64,17 +66,41 @@ class Terminal:
             self.out(text)
 
     def error(self, text: str) -> None:
-        for line in text.splitlines() or [""]:
-            if self._err_console is not None:
-                self._err_console.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
-            else:
-                print(f"error: {line}", file=self.stderr, flush=True)
+        with self._above_live():
+            for line in text.splitlines() or [""]:
+                if self._err_console is not None:
+                    self._err_console.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
+                else:
+                    print(f"error: {line}", file=self.stderr, flush=True)
 
     def warn(self, text: str) -> None:
-        if self._err_console is not None:
-            self._err_console.print(f"[yellow]warning:[/] {text}", highlight=False, soft_wrap=True)
-        else:
-            print(f"warning: {text}", file=self.stderr, flush=True)
+        with self._above_live():
+            if self._err_console is not None:
+                self._err_console.print(f"[yellow]warning:[/] {text}", highlight=False, soft_wrap=True)
+            else:
+                print(f"warning: {text}", file=self.stderr, flush=True)
+
+    def stop_live(self) -> None:
+        """End the live progress display for good, erasing its lines (Ctrl-C, an error that ends the
+        command): what is printed next starts on a clean line instead of after the progress text."""
+        live, self._live = self._live, None
+        if live is not None:
+            live.stop()
+
+    @contextmanager
+    def _above_live(self) -> Iterator[None]:
+        # stderr is not the live display's console: a message written while the live lines are on
+        # screen would be glued onto them. Take them down (they are transient), print, put them back.
+        live = self._live
+        if live is None or not live.is_started:
+            yield
+            return
+        live.stop()
+        try:
+            yield
+        finally:
+            if self._live is live:
+                live.start()
 
     def table(self, headers: list[str], rows: list[list[Any]], title: str | None = None) -> None:
         if self._console is not None:
@@ -195,6 +221,7 @@ class BuildEvents:
             self._live = Live(_LiveLines(self), console=self.term._console, refresh_per_second=4,
                               transient=True)
             self._live.start()
+            self.term._live = self._live
         elif self.heartbeat > 0:
             self._beat = threading.Thread(target=self._heartbeat, name="recbuild-heartbeat", daemon=True)
             self._beat.start()
@@ -267,6 +294,7 @@ class BuildEvents:
         if self._live is not None:
             self._live.stop()
             self._live = None
+            self.term._live = None
         if self.term.verbosity < 1:
             return
         headlines = stats.get("headlines", {})

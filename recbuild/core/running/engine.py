@@ -110,7 +110,8 @@ class Engine:
                 name=name, kind=node.kind, params=dict(node.params), out=staged,
                 inputs=ws.inputs_for(name), recipe_dir=self.graph.recipe.dir, workdir=ws.workdir,
                 model=self.graph.recipe.model_for(name), log=log, log_path=self._log_path(name),
-                _progress_factory=lambda total, unit: self.events.progress(name, total, unit))
+                _progress_factory=lambda total, unit: self.events.progress(name, total, unit),
+                _on_warning=lambda message: self.events.warn(f"{name}: {message}"))
             with torch_turn(builder, log):
                 # the base class's run, not an override: a plugin written before run() existed may
                 # have a method of that name with another meaning
@@ -316,7 +317,7 @@ class Engine:
         targets = options.targets or self.graph.default_targets()
         names = self.graph.closure(targets)
         self.ws.state_dir.mkdir(parents=True, exist_ok=True)
-        with WorkdirLock(self.ws.state_dir):
+        with WorkdirLock(self.ws.state_dir, wait=options.wait):
             shutil.rmtree(self.ws.tmp_dir, ignore_errors=True)  # leftovers of killed builds
             self.ws.tmp_dir.mkdir(parents=True, exist_ok=True)
             self.ws.log_dir.mkdir(parents=True, exist_ok=True)

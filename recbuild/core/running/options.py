@@ -11,3 +11,4 @@ class MakeOptions:
     jobs: int = 1
     always: bool = False
     keep_going: bool = False
+    wait: float | None = None  # seconds to wait for another recbuild's workdir lock (None: fail at once)

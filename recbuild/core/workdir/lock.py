@@ -1,4 +1,5 @@
-"""One build per workdir at a time: an flock on <workdir>/.recbuild/lock naming its holder."""
+"""One build per workdir at a time: an flock on <workdir>/.recbuild/lock naming its holder. A second
+recbuild fails at once (LockHeld, its own exit code), or waits for the holder when asked to."""
 
 from __future__ import annotations
 
@@ -6,26 +7,36 @@ import fcntl
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from recbuild.errors import LockHeld
 
 
 class WorkdirLock:
-    def __init__(self, state_dir: Path):
+    def __init__(self, state_dir: Path, wait: float | None = None):
         self.path = state_dir / "lock"
+        self.wait = wait
         self._fd: int | None = None
 
     def acquire(self) -> "WorkdirLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = self._holder(fd)
-            os.close(fd)
-            raise LockHeld(f"another recbuild is building in this workdir ({holder}); wait for it to "
-                           f"finish, or stop it. Lock file: {self.path}") from None
+        deadline = time.monotonic() + (self.wait or 0)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                # polled rather than a blocking flock, so Ctrl-C and the deadline stay responsive
+                if self.wait and time.monotonic() < deadline:
+                    time.sleep(min(0.2, max(deadline - time.monotonic(), 0)))
+                    continue
+                holder = self._holder(fd)
+                os.close(fd)
+                waited = f"after waiting {self.wait:g}s " if self.wait else ""
+                raise LockHeld(f"another recbuild is building in this workdir {waited}({holder}); wait for it "
+                               f"to finish (make --wait does), or stop it. Lock file: {self.path}") from None
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps({"pid": os.getpid(), "argv": sys.argv}).encode())
         self._fd = fd
