@@ -20,7 +20,7 @@ from recbuild.core.workdir import metrics
 from recbuild.core.recipe.graph import Graph
 from recbuild.core.workdir.manifest import MANIFEST_NAME, read_manifest
 from recbuild.report import readers
-from recbuild.report.model import (
+from recbuild.report.model import (Provenance, 
     ArtifactGraph, Curve, GraphNode, HistorySeries, MetricsHistory, MetricsTable, NormHistogram,
     RecallCurves, Report, Section, TrainingCurves, TreeBalance,
 )
@@ -71,7 +71,25 @@ def collect(graph: Graph, builders: dict, generated_at: str, norm_sample_rows: i
     return Report(recipe_name=recipe.name, recipe_path=str(recipe.path), workdir=str(recipe.workdir),
                   generated_at=generated_at, commit=git_commit(recipe.dir), recbuild_version=__version__,
                   recall=recall, training=training, history=history, embeddings=embeddings, trees=trees,
-                  graph=_graph(graph, family_of, built), metrics=table)
+                  graph=_graph(graph, family_of, built), metrics=table,
+                  provenance=_provenance(recipe.workdir, done, graph))
+
+
+def _provenance(workdir: Path, done: list[str], graph: Graph) -> Section[Provenance]:
+    """Each built artifact's toolchain (library versions, Python, machine) from its manifest."""
+    from recbuild.core.workdir.manifest import read_manifest
+
+    rows, notes = [], []
+    for name in done:
+        manifest = read_manifest(workdir / name)
+        if manifest is None:
+            notes.append(f"{name}: MANIFEST.json is unreadable; skipped")
+            continue
+        tools = [f"{k} {v}" for k, v in sorted((manifest.get("toolchain") or {}).items())]
+        tools += [f"{k} {v}" for k, v in sorted((manifest.get("facts") or {}).items())]
+        built_by = f"recbuild {manifest.get('recbuild_version', '?')}" + (f"; {', '.join(tools)}" if tools else "")
+        rows.append((name, graph.nodes[name].kind, built_by))
+    return Section(items=[Provenance(rows)] if rows else [], notes=notes)
 
 
 def _sections(report: Report) -> list[Section]:

@@ -120,6 +120,13 @@ class MetricsTable:
 
 
 @dataclass
+class Provenance:
+    """What built each artifact, as its MANIFEST.json records it."""
+
+    rows: list[tuple[str, str, str]]  # artifact, kind, "recbuild 0.1.0; torch 2.13.0, ..."
+
+
+@dataclass
 class Section(Generic[T]):
     """One part of the page: what it shows, what is not built yet, and inputs it had to skip."""
 
@@ -143,3 +150,4 @@ class Report:
     trees: Section[TreeBalance]
     graph: ArtifactGraph
     metrics: Section[MetricsTable]
+    provenance: Section[Provenance] = field(default_factory=Section)

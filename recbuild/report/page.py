@@ -57,6 +57,10 @@ SECTIONS = {
                            "Every figure of every metrics.json, as `recbuild metrics` lists them (matrix "
                            "variants as columns).",
                            "Nothing to show: no built artifact has a metrics.json."),
+    "provenance": SectionInfo("provenance", "Built by",
+                              "What built each artifact, as its MANIFEST.json records it: recbuild's version "
+                              "and the toolchain in its key (library versions, Python, machine).",
+                              "Nothing to show: no artifact is built yet."),
 }
 
 STYLE = """
@@ -106,6 +110,7 @@ def render(report: Report) -> tuple[str, int]:
         _section("trees", report.trees, plots.add_all(report.trees.items, figures.tree_figure)),
         _section("graph", Section(items=[report.graph]), plots.add_all([report.graph], figures.graph_figure)),
         _section("metrics", report.metrics, [_metrics_tables(t) for t in report.metrics.items]),
+        _section("provenance", report.provenance, [_provenance_table(t) for t in report.provenance.items]),
     ]
     e = html.escape
     facts = [("recipe", report.recipe_path), ("workdir", report.workdir), ("generated", report.generated_at),
@@ -189,6 +194,12 @@ def _section(key: str, section: Section, fragments: list[str]) -> str:
     out.extend(fragments)
     out.append("</section>\n")
     return "\n".join(out)
+
+
+def _provenance_table(table) -> str:
+    e = html.escape
+    rows = "".join(f"<tr><td>{e(a)}</td><td>{e(k)}</td><td>{e(b)}</td></tr>" for a, k, b in table.rows)
+    return f"<table><thead><tr><th>artifact</th><th>kind</th><th>built by</th></tr></thead><tbody>{rows}</tbody></table>"
 
 
 def _metrics_tables(table) -> str:
