@@ -96,7 +96,7 @@ def test_report_output_path_and_errors(project):
     # nothing is built: only the graph; a command may write anything, so none is "not built yet"
     assert written.out.strip() == "wrote out/page.html (1 plot)"
     page = project.read("out/page.html")
-    assert page.count('class="empty">Nothing to show') == 6 and 'class="pending"' not in page
+    assert page.count('class="empty">Nothing to show') == 7 and 'class="pending"' not in page
     assert not (project.path / "build" / "report.html").exists()
     into_folder = project.run("report", "-o", "out")
     assert into_folder.code == 1
