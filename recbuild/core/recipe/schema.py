@@ -43,7 +43,7 @@ CACHE_SCHEMA = {
 CLUSTER_SCHEMA = {
     "type": "object",
     "description": "Run the stale steps as Ray tasks on a cluster (docs/cluster.md). Needs `cache:`, through "
-                   "which inputs and outputs move. `recbuild make --cluster ADDRESS|local` overrides it. "
+                   "which inputs and outputs move. `recbuild make --cluster ADDRESS` (or `local`) overrides it. "
                    "Never part of a key: where a step runs does not change its bytes.",
     "properties": {
         "kind": {"const": "ray"},
