@@ -98,7 +98,10 @@ def main() -> None:
                 "checkpoints: {kind: train,", f"checkpoints: {{kind: train, matrix: {{model.emb_dim: {sizes}}},"))
             small = ["--set", "vars.n_items=2000", "--set", f"vars.train_rows={args.rows}",
                      "--set", "vars.eval_rows=2000", "--set", "artifacts.checkpoints.epochs=1",
-                     "--set", "artifacts.checkpoints.eval_every=1000"]
+                     "--set", "artifacts.checkpoints.eval_every=1000",
+                     # one thread a step, as each node has one CPU (the default, 2, would make one
+                     # node use both cores of a 2-core machine already)
+                     "--set", "artifacts.checkpoints.threads=1"]
             seconds, _ = timed(lambda: cluster.run(
                 [*recbuild, "make", "-q", "-j", "4", "checkpoints", *small,
                  "--cache", str(scratch / f"matrix-store-{nodes}"), "--cluster", cluster.address],

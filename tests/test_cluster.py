@@ -146,12 +146,14 @@ def test_dssm_builds_on_the_cluster_as_locally(cluster):
 
     done = cluster.recbuild("make", *SMALL, "--cache", str(cluster.store), "--cluster", cluster.address,
                             "-j", "2", "--set", "artifacts.checkpoints.resources={custom: {trainer: 1}}",
-                            cwd=remote, timeout=900)
+                            "--heartbeat", "1", cwd=remote, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     assert _digests(remote / "build") == _digests(local / "build")
     assert len(_digests(local / "build")) == 10
     # the train step, given the worker's resource, ran there, and its log says so
     assert f"checkpoints" in done.stdout and f"on node {cluster.worker[:12]}" in done.stdout
+    beats = [line for line in done.stdout.splitlines() if line.startswith("  ... checkpoints (train): ")]
+    assert any(f"node {cluster.worker[:12]}" in line for line in beats), done.stdout  # the CI heartbeat
     log = (remote / "build" / ".recbuild" / "logs" / "checkpoints.log").read_text()
     assert f"recbuild:checkpoints on Ray node {cluster.worker}" in log.splitlines()[0]
     assert "built" in done.stdout and "restored" not in done.stdout
@@ -213,6 +215,13 @@ def test_step_error_is_the_local_line_with_its_log(cluster):
     assert not (folder / "build" / "step").exists()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def test_ctrl_c_cancels_the_running_task(cluster):
     marks = cluster.base / "marks"
     marks.mkdir()
@@ -232,36 +241,72 @@ def test_ctrl_c_cancels_the_running_task(cluster):
         if client.poll() is None:
             client.kill()
     assert client.returncode == 130, out + err
-    for _ in range(100):  # the step's process on the node is gone, not orphaned
-        if not Path(f"/proc/{pid}").exists():
+    for _ in range(300):  # the step's process on the node is gone, not orphaned
+        if not _alive(pid):
             break
         time.sleep(0.1)
-    assert not Path(f"/proc/{pid}").exists()
+    assert not _alive(pid), Path(f"/proc/{pid}/status").read_text()
     assert not (folder / "build" / "step").exists()
 
 
-def test_node_death_publishes_nothing(cluster):
-    """Runs last: it kills the worker node. The step needs the worker's resource, so no other node
-    can take the retry: it fails cleanly and nothing is published."""
+def _raylet_of(cluster, pid: int) -> str:
+    """The Ray node whose raylet started process ``pid`` (its worker, then what the step ran)."""
+    raylets = {p: node for node, p in cluster.raylets().items()}
+    while pid > 1:
+        if pid in raylets:
+            return raylets[pid]
+        status = Path(f"/proc/{pid}/status").read_text()
+        pid = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+    raise AssertionError("the step's process is not below a raylet of the cluster")
+
+
+def _wait_for_lines(path: Path, count: int, seconds: float = 120) -> list[str]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        lines = path.read_text().split() if path.exists() else []
+        if len(lines) >= count:
+            return lines
+        time.sleep(0.1)
+    raise AssertionError(f"{path} did not get {count} lines")
+
+
+def test_node_death_retries_then_fails_cleanly(cluster):
+    """Runs last: it kills the nodes that have `trainer`. A spare one joins; the step's node is killed
+    mid-step and Ray runs it again on the other; then that one is killed under the next step, which
+    no live node can take any more: it fails cleanly and nothing is published."""
+    import os
+
+    cluster.spare = cluster.start_node(head=False, resources={"trainer": 1}, hide=[cluster.client])
     marks = cluster.base / "death"
     marks.mkdir()
-    folder = _command_project(cluster, "death", f"touch {marks}/started; sleep 60; echo late > ${{out}}/x",
+    folder = _command_project(cluster, "death", f"echo $$ >> {marks}/pids; sleep 6; echo built > ${{out}}/x",
                               ", resources: {custom: {trainer: 1}}")
     client = cluster.popen([sys.executable, "-m", "recbuild.cli", "make"], cwd=folder,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        for _ in range(600):
-            if (marks / "started").exists():
-                break
-            time.sleep(0.1)
-        assert (marks / "started").exists()
-        import os
+        first = _raylet_of(cluster, int(_wait_for_lines(marks / "pids", 1)[0]))
+        os.kill(cluster.raylets()[first], signal.SIGKILL)
+        out, err = client.communicate(timeout=240)
+    finally:
+        if client.poll() is None:
+            client.kill()
+    assert client.returncode == 0, out + err
+    assert len((marks / "pids").read_text().split()) == 2  # run again, once
+    survivor = ({cluster.worker, cluster.spare} - {first}).pop()
+    log = (folder / "build" / ".recbuild" / "logs" / "step.log").read_text()
+    assert f"on Ray node {survivor}" in log.splitlines()[0] and f"on node {survivor[:12]}" in out
+    assert (folder / "build" / "step" / "x").read_text() == "built\n"
 
-        os.kill(cluster.raylets()[cluster.worker], signal.SIGKILL)
-        out, err = client.communicate(timeout=180)
+    (folder / "recbuild.yaml").write_text((folder / "recbuild.yaml").read_text().replace("sleep 6", "sleep 60"))
+    client = cluster.popen([sys.executable, "-m", "recbuild.cli", "make"], cwd=folder,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        pid = int(_wait_for_lines(marks / "pids", 3)[2])
+        os.kill(cluster.raylets()[_raylet_of(cluster, pid)], signal.SIGKILL)
+        out, err = client.communicate(timeout=240)
     finally:
         if client.poll() is None:
             client.kill()
     assert client.returncode == 1, out + err
     assert "artifacts.step" in err and "nothing was published" in err and "Traceback" not in err
-    assert not (folder / "build" / "step").exists()
+    assert (folder / "build" / "step" / "x").read_text() == "built\n"  # the previous artifact stays

@@ -33,6 +33,7 @@ from recbuild.errors import RecbuildError, RecipeError
 
 POLL_SECONDS = 0.5  # how often a waiting step looks at its task and its progress
 FEASIBLE_CHECK_SECONDS = 5.0  # how often it asks whether a node that can run it is still alive
+GRACE_SECONDS = 5.0  # Ctrl-C: how long a cancelled step has to stop its commands before its worker is killed
 LOG_LIMIT = 4 << 20  # the tail of a remote step's log that comes back to the client
 
 
@@ -215,6 +216,9 @@ class RayExecutor:
                 text = " ".join(str(exc).split())[:300]
                 return engine._fail(name, f"its Ray task {task_name(name)} failed on the cluster "
                                           f"({type(exc).__name__}: {text}); nothing was published")
+        except KeyboardInterrupt:  # Ctrl-C while this thread waits (make -j 1): no task outlives us
+            self._cancel_refs([ref])
+            raise
         finally:
             with self._lock:
                 self._running.pop(name, None)
@@ -296,22 +300,32 @@ class RayExecutor:
     def cancel(self) -> None:
         """Ctrl-C: every running task is killed on its node (force: its worker process and what
         it started), so nothing keeps running on the cluster."""
-        import ray
-
         self._cancelled.set()
         with self._lock:
             refs = list(self._running.values())
-        for ref in refs:
-            try:
-                ray.cancel(ref, force=True, recursive=True)
-            except Exception:
-                pass
-        deadline = time.monotonic() + 10
-        for ref in refs:  # wait until Ray confirms, so no task outlives the client
-            try:
-                ray.wait([ref], timeout=max(0.1, deadline - time.monotonic()))
-            except Exception:
-                pass
+        self._cancel_refs(refs)
+
+    def _cancel_refs(self, refs: list) -> None:
+        """First as Ctrl-C in the task (the step stops its commands: process_tree kills their
+        sessions), then, for a task still running after GRACE_SECONDS, by killing its worker."""
+        import ray
+
+        for force in (False, True):
+            for ref in refs:
+                try:
+                    ray.cancel(ref, force=force, recursive=True)
+                except Exception:
+                    pass
+            deadline = time.monotonic() + (GRACE_SECONDS if not force else 10)
+            pending = list(refs)
+            while pending and time.monotonic() < deadline:  # until Ray confirms: no task outlives us
+                try:
+                    _, pending = ray.wait(pending, num_returns=len(pending), timeout=0.2)
+                except Exception:
+                    break
+            refs = pending
+            if not refs:
+                return
 
     def close(self) -> None:
         import ray
@@ -431,6 +445,15 @@ def build_on_node(spec: dict, board=None) -> dict:
             have = "no such kind" if builder_cls is None else f"version {builder_cls.version}"
             raise RecbuildError(f"Ray node {node_id} has {spec['kind']} {have}, the client has version "
                                 f"{wanted}: install the same recbuild (and plugins) on every node")
+        # the key holds the client's facts (e.g. an external tool's version): a node that would
+        # make other bytes must not push them under that key
+        facts = builder_cls.key_facts(spec["params"]) or {}
+        if facts != spec["material"].get("facts", {}):
+            changed = sorted(k for k in set(facts) | set(spec["material"].get("facts", {}))
+                             if facts.get(k) != spec["material"].get("facts", {}).get(k))
+            raise RecbuildError(f"Ray node {node_id} differs from the client in {', '.join(changed)} "
+                                f"({facts}); the step's bytes would differ from its key: give every "
+                                "node the client's toolchain")
         cache = ArtifactCache(spec["cache_url"], push=True)
         stat_cache = StatCache(scratch / "hashes.sqlite")
         inputs: dict[str, Any] = {}

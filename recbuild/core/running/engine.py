@@ -348,9 +348,9 @@ class Engine:
             self.events.run_started([n for n in names])
             started = time.perf_counter()
             try:
-                if self.executor is not None:  # an unreachable cluster fails here, before any work
-                    self.executor.start(self, names)
                 todo = self._not_current(names, options.always)
+                if todo and self.executor is not None:  # an unreachable cluster fails here, before any work
+                    self.executor.start(self, todo)
                 code = run_doit(self, todo, options) if todo else 0
             except KeyboardInterrupt:
                 if self.executor is not None:
