@@ -277,7 +277,11 @@ class RayExecutor:
                 else:
                     single = scan.path.name if scan.path.is_file() else None
                     root = scan.path.parent if single else scan.path
-                    self._upload(root, {**manifest, "key": scan.digest})
+                    if self._upload(root, {**manifest, "key": scan.digest}):
+                        changed = ws.input_change(upstream, scan.digest)
+                        if changed:  # saved while it was read: the entry may hold either version
+                            self.cache.remove(scan.digest)
+                            raise RecbuildError(f"input {changed} changed while it was uploaded; run make again")
                     entry.update(key=scan.digest, single=single)
             else:
                 manifest = ws.manifest(upstream)
@@ -288,13 +292,14 @@ class RayExecutor:
             found.append(entry)
         return found
 
-    def _upload(self, folder: Path, manifest: dict) -> None:
+    def _upload(self, folder: Path, manifest: dict) -> bool:
+        """Put an input into the store unless it is there; True when this call uploaded it."""
         key = manifest["key"]
         if key in self._uploaded:
-            return
-        if self.cache.lookup(key) is None:
-            self.cache.push(folder, manifest)
+            return False
+        pushed = self.cache.lookup(key) is None and self.cache.push(folder, manifest)
         self._uploaded.add(key)
+        return pushed
 
     # -- the end
     def cancel(self) -> None:
@@ -445,15 +450,11 @@ def build_on_node(spec: dict, board=None) -> dict:
             have = "no such kind" if builder_cls is None else f"version {builder_cls.version}"
             raise RecbuildError(f"Ray node {node_id} has {spec['kind']} {have}, the client has version "
                                 f"{wanted}: install the same recbuild (and plugins) on every node")
-        # the key holds the client's facts (e.g. an external tool's version): a node that would
-        # make other bytes must not push them under that key
-        facts = builder_cls.key_facts(spec["params"]) or {}
-        if facts != spec["material"].get("facts", {}):
-            changed = sorted(k for k in set(facts) | set(spec["material"].get("facts", {}))
-                             if facts.get(k) != spec["material"].get("facts", {}).get(k))
-            raise RecbuildError(f"Ray node {node_id} differs from the client in {', '.join(changed)} "
-                                f"({facts}); the step's bytes would differ from its key: give every "
-                                "node the client's toolchain")
+        mismatch = _toolchain_mismatch(builder_cls, spec["params"], spec["material"])
+        if mismatch:
+            raise RecbuildError(f"Ray node {node_id} differs from the client in what decides the step's "
+                                f"bytes ({mismatch}): its output would not match its key; give every "
+                                "node the client's versions (or build it with --cluster local)")
         cache = ArtifactCache(spec["cache_url"], push=True)
         stat_cache = StatCache(scratch / "hashes.sqlite")
         inputs: dict[str, Any] = {}
@@ -505,6 +506,21 @@ def build_on_node(spec: dict, board=None) -> dict:
             result["log"] = ""
         shutil.rmtree(scratch, ignore_errors=True)
     return result
+
+
+def _toolchain_mismatch(builder_cls, params: dict, material: dict) -> str:
+    """What this node's toolchain and key facts (part of the key the client computed) differ in."""
+    from recbuild.core.workdir import toolchain
+
+    here = {"toolchain": toolchain.facts(builder_cls.toolchain) if getattr(builder_cls, "toolchain", ()) else {},
+            "facts": builder_cls.key_facts(params) or {}}
+    differences = []
+    for part in ("toolchain", "facts"):
+        theirs = material.get(part, {})
+        for name in sorted(set(here[part]) | set(theirs)):
+            if here[part].get(name) != theirs.get(name):
+                differences.append(f"{name}: node {here[part].get(name)}, client {theirs.get(name)}")
+    return "; ".join(differences)
 
 
 def _fetch_input(entry: dict, cache: ArtifactCache, scratch: Path, stat_cache, input_cls, log):
