@@ -171,6 +171,16 @@ def test_dssm_builds_on_the_cluster_as_locally(cluster):
     assert not [line for line in lines if "on node" in line]
     assert _digests(remote / "build") == _digests(local / "build")
 
+    # `executor: ray` of an embedding step goes on working inside a step on the cluster (its actor
+    # on the cluster's other CPU); with a new store, the inputs built here are uploaded first
+    shutil.rmtree(remote / "build" / "item_embeddings")
+    inner = cluster.recbuild("make", "item_embeddings", *SMALL, "--cache", str(cluster.base / "store2"),
+                             "--cluster", cluster.address, "--set", "artifacts.item_embeddings.executor=ray",
+                             "--set", "artifacts.item_embeddings.ray={concurrency: 1}", cwd=remote)
+    assert inner.returncode == 0, inner.stdout + inner.stderr
+    assert [line.split()[1] for line in inner.stdout.splitlines() if line.startswith("  built")] == ["item_embeddings"]
+    assert _digests(remote / "build") == _digests(local / "build")
+
 
 def _command_project(cluster, name: str, cmd: str, resources: str = "") -> Path:
     folder = cluster.client / name

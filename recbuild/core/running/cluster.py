@@ -78,6 +78,8 @@ def ray_request(resources: dict[str, Any]) -> dict[str, float]:
 def _shown(request: dict[str, float]) -> str:
     parts = []
     for key, amount in request.items():
+        if key.startswith("node:") or key == "object_store_memory":  # Ray's own bookkeeping
+            continue
         if key == "memory":
             parts.append(f"memory {amount / 2**30:.3g}GiB")
         else:
