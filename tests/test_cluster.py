@@ -95,6 +95,24 @@ def test_local_overrides_the_recipe(project):
     assert project.read("build/copy/copy.txt") == "hello\n"
 
 
+def test_a_node_with_another_toolchain_refuses():
+    from recbuild.core.running.cluster import _toolchain_mismatch
+
+    class Kind:
+        toolchain = ("python",)
+
+        @classmethod
+        def key_facts(cls, params):
+            return {"tool": "1.0"}
+
+    import sys
+
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert _toolchain_mismatch(Kind, {}, {"toolchain": {"python": here}, "facts": {"tool": "1.0"}}) == ""
+    assert _toolchain_mismatch(Kind, {}, {"toolchain": {"python": "2.7"}, "facts": {"tool": "1.0"}}) == (
+        f"python: node {here}, client 2.7")
+
+
 def test_sizes():
     from recbuild.core.running.cluster import ray_request, size_bytes
 
@@ -191,6 +209,18 @@ def _command_project(cluster, name: str, cmd: str, resources: str = "") -> Path:
         "sources:\n  raw: {path: data.txt}\n"
         f"artifacts:\n  step: {{kind: command, deps: [raw], cmd: '{cmd}'{resources}}}\n")
     return folder
+
+
+def test_nodes_cannot_see_the_client_folder(cluster):
+    """The proof that a step reads nothing of the client's: on the nodes, its folder is empty."""
+    folder = cluster.client / "hidden"
+    folder.mkdir()
+    _command_project(cluster, "hidden/p", f"test ! -e {folder}/p/data.txt && cat ${{deps.raw}} > ${{out}}/x")
+    done = cluster.recbuild("make", cwd=folder / "p")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (folder / "p" / "build" / "step" / "x").read_text() == "hello\n"
+    here = cluster.recbuild("make", "-B", "--cluster", "local", cwd=folder / "p")
+    assert here.returncode == 1, here.stdout  # here the file is there: the check is not vacuous
 
 
 def test_unknown_resource_fails_before_any_work(cluster):
