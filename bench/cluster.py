@@ -1,11 +1,12 @@
 """Steps on a Ray cluster against steps in the `recbuild make` process.
 
-Usage: python bench/cluster.py [--steps 50] [--sizes 8,16,32,64] [--rows 20000] [--dir DIR] [--keep]
+Usage: python bench/cluster.py [--steps 50] [--sizes 8,16,32,64] [--rows 150000] [--dir DIR] [--keep]
 
-1. Dispatch cost: a recipe of N independent `command` steps that each write one line; `make -j 1`
-   locally, then on a one-node cluster (`--cluster`), each into a fresh workdir and a fresh store.
-   (cluster - local) / N is what a step pays for going through Ray and the store: task submission,
-   the input upload and fetch, the push, the restore. Target: at most 0.5 s a step.
+1. Dispatch cost: recipes of 1 and of N independent `command` steps that each write one line;
+   `make -j 1` locally, then on a one-node cluster (`--cluster`), each into a fresh workdir and a
+   fresh store. (N steps - 1 step) / (N - 1) is a step's own time, without the fixed start-up and
+   connect; the cluster's minus the local one is what a step pays for going through Ray and the
+   store: submission, the push, the restore. Target: at most 0.5 s a step.
 2. A matrix of 4 model sizes (`model.emb_dim`) of the dssm template's train step, `-j 4`, on one node,
    then on two (a second node joins), each with a fresh store: the ratio is what the second node buys.
 
@@ -50,7 +51,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--sizes", default="8,16,32,64", help="model.emb_dim of the matrix variants")
-    ap.add_argument("--rows", type=int, default=20000, help="train rows of the matrix steps")
+    ap.add_argument("--rows", type=int, default=150000, help="train rows of the matrix steps")
     ap.add_argument("--dir")
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
@@ -65,22 +66,24 @@ def main() -> None:
         cluster.start_holder()
         cluster.start_node(head=True)
 
-        # 1. dispatch cost
-        local_dir, remote_dir = scratch / "cmd-local", scratch / "cmd-cluster"
-        command_recipe(local_dir, args.steps, None)
-        command_recipe(remote_dir, args.steps, scratch / "cmd-store")
-        local_s, _ = timed(lambda: cluster.run([*recbuild, "make", "-q"], cwd=local_dir))
-        remote_s, _ = timed(lambda: cluster.run([*recbuild, "make", "-q", "--cluster", cluster.address],
-                                                cwd=remote_dir))
-        overhead = (remote_s - local_s) / args.steps
-        print(f"{args.steps} command steps, -j 1: local {local_s:.1f} s, cluster {remote_s:.1f} s "
-              f"(connect included): {overhead:.3f} s a step beyond local (target <= 0.5 s)")
-        remote4_dir = scratch / "cmd-cluster-j4"
-        command_recipe(remote4_dir, args.steps, scratch / "cmd-store-j4")
-        remote4_s, _ = timed(lambda: cluster.run([*recbuild, "make", "-q", "-j", "4", "--cluster",
-                                                  cluster.address], cwd=remote4_dir))
-        print(f"{args.steps} command steps on the cluster, -j 4: {remote4_s:.1f} s "
-              f"({remote4_s / args.steps:.3f} s a step)\n")
+        # 1. dispatch cost: N steps against 1 step, so the fixed cost (start-up, connect) drops out
+        def make(steps: int, cluster_run: bool, jobs: int = 1) -> float:
+            folder = scratch / f"cmd-{steps}-{'cluster' if cluster_run else 'local'}-j{jobs}"
+            command_recipe(folder, steps, scratch / f"{folder.name}-store" if cluster_run else None)
+            extra = ["--cluster", cluster.address] if cluster_run else []
+            return timed(lambda: cluster.run([*recbuild, "make", "-q", "-j", str(jobs), *extra], cwd=folder))[0]
+
+        local_1, local_n = make(1, False), make(args.steps, False)
+        remote_1, remote_n = make(1, True), make(args.steps, True)
+        local_step = (local_n - local_1) / (args.steps - 1)
+        remote_step = (remote_n - remote_1) / (args.steps - 1)
+        print(f"command steps, -j 1: local {local_1:.1f} s for 1 step, {local_n:.1f} s for {args.steps} "
+              f"({local_step:.3f} s a step); cluster {remote_1:.1f} s for 1 (start-up and connect), "
+              f"{remote_n:.1f} s for {args.steps} ({remote_step:.3f} s a step)")
+        print(f"dispatch cost: {remote_step - local_step:.3f} s a step beyond local (target <= 0.5 s)")
+        remote_j4 = make(args.steps, True, jobs=4)
+        print(f"{args.steps} command steps on the cluster, -j 4: {remote_j4:.1f} s "
+              f"({(remote_j4 - remote_1) / (args.steps - 1):.3f} s a step beyond the fixed cost)\n")
 
         # 2. a matrix of model sizes on 1 node, then on 2
         sizes = [int(s) for s in args.sizes.split(",")]

@@ -146,6 +146,9 @@ def recipe_schema(builders: dict[str, type]) -> dict:
     """The complete schema (draft 2020-12) for editors and docs."""
     kinds = sorted(builders)
     defs = {kind: kind_schema(builders[kind]) for kind in kinds}
+    for kind in kinds:  # one definition in the file, not one copy per kind
+        defs[kind]["properties"]["resources"] = {"$ref": "#/$defs/resources"}
+    defs["resources"] = copy.deepcopy(RESOURCES_SCHEMA)
     defs["file_source"] = FILE_SOURCE_SCHEMA
     kinded = {
         "type": "object",
