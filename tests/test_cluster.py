@@ -162,8 +162,10 @@ def test_dssm_builds_on_the_cluster_as_locally(cluster):
                           capture_output=True, text=True, env=cluster.env(), timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
 
-    done = cluster.recbuild("make", *SMALL, "--cache", str(cluster.store), "--cluster", cluster.address,
-                            "-j", "2", "--set", "artifacts.checkpoints.resources={custom: {trainer: 1}}",
+    on_cluster = [*SMALL, "--cache", str(cluster.store), "--cluster", cluster.address,
+                  "--set", "cluster={kind: ray, leave_in_store: [item_embeddings]}"]
+    done = cluster.recbuild("make", *on_cluster, "-j", "2",
+                            "--set", "artifacts.checkpoints.resources={custom: {trainer: 1}}",
                             "--heartbeat", "1", cwd=remote, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     assert _digests(remote / "build") == _digests(local / "build")
@@ -176,10 +178,23 @@ def test_dssm_builds_on_the_cluster_as_locally(cluster):
     assert f"recbuild:checkpoints on Ray node {cluster.worker}" in log.splitlines()[0]
     assert "built" in done.stdout and "restored" not in done.stdout
 
-    # a second make is a no-op; a fresh workdir restores everything from the store, dispatching nothing
-    again = cluster.recbuild("make", *SMALL, "--cache", str(cluster.store), "--cluster", cluster.address,
+    # build without the bytes: the intermediate item_embeddings stayed in the store
+    left = remote / "build" / "item_embeddings"
+    assert sorted(p.name for p in left.iterdir()) == ["MANIFEST.json"]
+    assert json.loads((left / "MANIFEST.json").read_text())["in_store"] is True
+    assert "files left in the store" in done.stdout
+
+    # a second make is a no-op; one without the cluster restores the files left in the store
+    again = cluster.recbuild("make", *on_cluster, "--set", "artifacts.checkpoints.resources={custom: {trainer: 1}}",
                              cwd=remote)
-    assert again.returncode == 0 and "built" not in again.stdout, again.stdout
+    assert again.returncode == 0 and "built" not in again.stdout and "restored" not in again.stdout, again.stdout
+    here = cluster.recbuild("make", *SMALL, "--cache", str(cluster.store), cwd=remote)
+    assert here.returncode == 0, here.stdout + here.stderr
+    assert [line.split()[3] for line in here.stdout.splitlines() if line.startswith("  restored")] == ["item_embeddings"]
+    assert "built" not in here.stdout and (left / "part-0.parquet").is_file()
+    assert _digests(remote / "build") == _digests(local / "build")
+
+    # a fresh workdir restores everything from the store, dispatching nothing
     shutil.rmtree(remote / "build")
     fresh = cluster.recbuild("make", *SMALL, "--cache", str(cluster.store), "--cluster", cluster.address,
                              cwd=remote)

@@ -23,7 +23,7 @@ def cmd_make(args, term) -> int:
 
     cache = open_cache(graph.recipe, args.cache)
     engine = Engine(graph, builders, term.build_events(args.heartbeat), cache=cache,
-                    executor=_executor(graph.recipe, args.cluster, cache))
+                    executor=_executor(graph, args.cluster, cache, args.targets))
     if args.wait is not None and args.wait < 0:
         raise UsageError("recbuild make: --wait must be 0 or more seconds")
     options = MakeOptions(targets=args.targets, jobs=args.jobs, always=args.always_make,
@@ -31,14 +31,16 @@ def cmd_make(args, term) -> int:
     return engine.make(options)
 
 
-def _executor(recipe, override: str | None, cache):
+def _executor(graph, override: str | None, cache, targets: list[str]):
     """Where stale steps run: None (this process) or a Ray cluster (the recipe's `cluster:`, or
     ``--cluster ADDRESS``; ``--cluster local`` keeps them here)."""
+    recipe = graph.recipe
     settings = recipe.cluster
     if override is not None:
         if override.strip() == "local":
             return None
-        settings = {**(settings or {"max_retries": 3}), "kind": "ray", "address": override.strip()}
+        settings = {"max_retries": 3, "leave_in_store": [], **(settings or {}), "kind": "ray",
+                    "address": override.strip()}
     if not settings:
         return None
     if cache is None:
@@ -47,9 +49,19 @@ def _executor(recipe, override: str | None, cache):
         raise UsageError(f"{where}: a cluster build needs a shared cache, through which inputs and "
                          "outputs move between this machine and the nodes; add `cache: URL` to the "
                          "recipe (a store every node reaches) or pass --cache URL")
+    left = set()
+    for index, name in enumerate(settings.get("leave_in_store") or []):
+        if name not in recipe.nodes and name not in recipe.families:
+            raise UsageError(f"{recipe.locate(('cluster', 'leave_in_store', index))}: cluster.leave_in_store: "
+                             f"unknown artifact {name!r}")
+        left.update(recipe.families.get(name, [name]))
+    wanted = set()
+    for name in targets or graph.default_targets():  # what was asked for is always downloaded
+        wanted.update(recipe.families.get(name, [name]))
     from recbuild.core.running.cluster import RayExecutor
 
-    return RayExecutor(settings["address"], cache, max_retries=settings.get("max_retries", 3))
+    return RayExecutor(settings["address"], cache, max_retries=settings.get("max_retries", 3),
+                       files_in_store=left - wanted)
 
 
 def _dry_run(graph, builders, targets, term) -> int:

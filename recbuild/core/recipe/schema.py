@@ -51,6 +51,11 @@ CLUSTER_SCHEMA = {
                     "description": "What ray.init takes: host:port of the head, ray://host:port, or auto."},
         "max_retries": {"type": "integer", "minimum": 0, "default": 3,
                         "description": "Times a step is run again when its node dies under it."},
+        "leave_in_store": {"type": "array", "items": {"type": "string", "minLength": 1}, "default": [],
+                           "description": "Artifacts (or matrix families) whose files stay in the store "
+                                          "when built on the cluster and not named as targets: the "
+                                          "workdir keeps only their MANIFEST.json (build without the "
+                                          "bytes). A make that needs their files restores them."},
     },
     "required": ["kind"],
     "additionalProperties": False,

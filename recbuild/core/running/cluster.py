@@ -107,8 +107,10 @@ def _task_options(request: dict[str, float]) -> dict[str, Any]:
 class RayExecutor:
     """The engine's executor for ``cluster: {kind: ray}`` (see engine.Executor)."""
 
-    def __init__(self, address: str, cache: ArtifactCache, max_retries: int = 3):
+    def __init__(self, address: str, cache: ArtifactCache, max_retries: int = 3,
+                 files_in_store: set[str] | None = None):
         self.address = address
+        self.files_in_store = set(files_in_store or ())  # built there, their files are not downloaded
         self.cache = cache
         self.max_retries = max_retries
         self._running: dict[str, Any] = {}  # artifact -> ObjectRef of its task
@@ -236,10 +238,38 @@ class RayExecutor:
             finally:
                 for handler in list(log.handlers):
                     handler.close()
+        if name in self.files_in_store:
+            return self._record_in_store(engine, name, key, result["node"])
         if not engine._restore(name, key):
             return engine._fail(name, f"built on Ray node {result['node']}, but its cache entry {key} "
                                       f"could not be restored from {self.cache.url}")
         engine.outcomes[name] = ("built", f"on node {result['node'][:12]}")
+        return None
+
+    def _record_in_store(self, engine, name: str, key: str, node_id: str):
+        """Build without the bytes: the workdir gets the entry's MANIFEST.json alone, marked
+        ``in_store``; dependents on the cluster fetch the files from the store, and a make that
+        needs them here restores them (Workspace: FilesInStore)."""
+        from recbuild.core.workdir.manifest import publish, write_manifest
+
+        ws = engine.ws
+        try:
+            manifest = self.cache.lookup(key)
+            if manifest is None:
+                raise CacheError(f"no entry {key}")
+            manifest = {**manifest, "in_store": True}
+            staged = ws.tmp_dir / f"{name}-store-{os.urandom(5).hex()}"
+            staged.mkdir()
+            try:
+                write_manifest(staged, manifest)
+                publish(staged, ws.folder(name), ws.tmp_dir)
+            finally:
+                shutil.rmtree(staged, ignore_errors=True)
+        except (CacheError, OSError, RecbuildError) as exc:
+            return engine._fail(name, f"built on Ray node {node_id}, but its manifest could not be "
+                                      f"recorded from {self.cache.url}: {exc}")
+        ws.set_manifest(name, manifest)
+        engine.outcomes[name] = ("built", f"on node {node_id[:12]}, files left in the store")
         return None
 
     def _mirror(self, name: str, progress, seen_phase):

@@ -38,6 +38,8 @@ class Executor(Protocol):
     The engine plans, keys and restores as always; ``build`` returns what ``run_artifact`` does
     (None, or the failure from ``engine._fail``) with the artifact published and recorded."""
 
+    files_in_store: set[str]  # artifacts whose files may stay in the shared cache (leave_in_store)
+
     def start(self, engine: "Engine", names: list[str]) -> None: ...
     def build(self, engine: "Engine", name: str, key: str, material: dict) -> Any: ...
     def cancel(self) -> None: ...
@@ -54,6 +56,8 @@ class Engine:
         self.executor = executor  # None: stale steps build in this process
         self._corrupt_keys: set[str] = set()
         self.ws = Workspace(graph, builders)
+        if executor is not None:
+            self.ws.files_in_store_ok = set(executor.files_in_store)
         self.outcomes: dict[str, tuple[str, str]] = {}
         self.started: dict[str, float] = {}
         self.failures: dict[str, str] = {}
