@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from recbuild.core.cache.store import ArtifactCache, CacheError
+from recbuild.core.running.events import BUILT
 from recbuild.errors import RecbuildError, RecipeError
 
 POLL_SECONDS = 0.5  # how often a waiting step looks at its task and its progress
@@ -243,7 +244,7 @@ class RayExecutor:
         if not engine._restore(name, key):
             return engine._fail(name, f"built on Ray node {result['node']}, but its cache entry {key} "
                                       f"could not be restored from {self.cache.url}")
-        engine.outcomes[name] = ("built", f"on node {result['node'][:12]}")
+        engine.outcomes[name] = (BUILT, f"on node {result['node'][:12]}")
         return None
 
     def _record_in_store(self, engine, name: str, key: str, node_id: str):
@@ -269,7 +270,7 @@ class RayExecutor:
             return engine._fail(name, f"built on Ray node {node_id}, but its manifest could not be "
                                       f"recorded from {self.cache.url}: {exc}")
         ws.set_manifest(name, manifest)
-        engine.outcomes[name] = ("built", f"on node {node_id[:12]}, files left in the store")
+        engine.outcomes[name] = (BUILT, f"on node {node_id[:12]}, files left in the store")
         return None
 
     def _mirror(self, name: str, progress, seen_phase):
