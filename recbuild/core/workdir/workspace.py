@@ -111,7 +111,7 @@ class OutputsModified(Reason):
 @dataclass(frozen=True)
 class FilesInStore(Reason):
     def __str__(self) -> str:
-        return "its files were left in the shared cache (cluster.leave_in_store); restoring them"
+        return "its files are in the shared cache only (cluster.leave_in_store); make restores them"
 
 
 @dataclass(frozen=True)
