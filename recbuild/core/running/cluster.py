@@ -8,6 +8,8 @@ sources are uploaded there once, content-addressed; URL sources are read where t
 the same builder code as a local build (``Builder.run`` with a ``BuildContext``) in a temporary
 folder, writes the manifest and pushes the verified entry. The client then restores the entry into
 the workdir like any cache hit and records it. Nothing on a node reads a path of the client.
+With ``cluster.leave_in_store`` an intermediate artifact is not restored: the workdir records its
+manifest alone (build without the bytes; see Workspace.files_in_store_ok).
 
 Ray core only: tasks, ``max_retries`` for a node that dies, ``ray.cancel`` on Ctrl-C, one small
 actor through which running steps report their progress. No scheduler or transport of our own:
