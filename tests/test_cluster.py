@@ -304,6 +304,33 @@ def test_ctrl_c_cancels_the_running_task(cluster):
     assert not (folder / "build" / "step").exists()
 
 
+def test_ctrl_c_cancels_every_task_in_flight(cluster):
+    """-j 2: two steps run at once, one a node; Ctrl-C stops both."""
+    marks = cluster.base / "marks-j2"
+    marks.mkdir()
+    folder = cluster.client / "interrupted-j2"
+    folder.mkdir()
+    steps = "".join(f"  s{i}: {{kind: command, cmd: 'echo $$ >> {marks}/pids; exec sleep 60'}}\n" for i in (1, 2))
+    (folder / "recbuild.yaml").write_text(
+        f"version: 1\ncache: {cluster.store}\ncluster: {{kind: ray, address: '{cluster.address}'}}\n"
+        f"artifacts:\n{steps}")
+    client = cluster.popen([sys.executable, "-m", "recbuild.cli", "make", "-j", "2"], cwd=folder,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        pids = [int(p) for p in _wait_for_lines(marks / "pids", 2)]
+        client.send_signal(signal.SIGINT)
+        out, err = client.communicate(timeout=60)
+    finally:
+        if client.poll() is None:
+            client.kill()
+    assert client.returncode == 130, out + err
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in pids)
+    assert not list((folder / "build").glob("s*"))
+
+
 def _raylet_of(cluster, pid: int) -> str:
     """The Ray node whose raylet started process ``pid`` (its worker, then what the step ran)."""
     raylets = {p: node for node, p in cluster.raylets().items()}
