@@ -169,6 +169,9 @@ class Builder:
                         beside the name in `recbuild metrics` and the report
       headline          the metric families worth a glance after a build (``recall@k``, ``auc``)
       description       one line for `recbuild templates`/docs
+      resources         what a step of this kind asks of a cluster node by default
+                        ({cpus, gpus, memory, custom}); a recipe's `resources:` overrides each key.
+                        Never part of the key (see core/running/cluster.py)
 
       toolchain         what decides its bytes besides params and inputs: distribution names
                         (``"torch"``, ``"pyarrow"``; ``"faiss"`` = whichever faiss build is installed),
@@ -193,6 +196,7 @@ class Builder:
     metric_labels: ClassVar[dict[str, str]] = {}
     headline: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""
+    resources: ClassVar[dict[str, Any]] = {"cpus": 1}
 
     @classmethod
     def metric_title(cls, metric: str) -> str:

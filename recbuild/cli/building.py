@@ -21,12 +21,47 @@ def cmd_make(args, term) -> int:
     from recbuild.core.cache.store import open_cache
     from recbuild.core.running.engine import Engine, MakeOptions
 
-    engine = Engine(graph, builders, term.build_events(args.heartbeat), cache=open_cache(graph.recipe, args.cache))
+    cache = open_cache(graph.recipe, args.cache)
+    engine = Engine(graph, builders, term.build_events(args.heartbeat), cache=cache,
+                    executor=_executor(graph, args.cluster, cache, args.targets))
     if args.wait is not None and args.wait < 0:
         raise UsageError("recbuild make: --wait must be 0 or more seconds")
     options = MakeOptions(targets=args.targets, jobs=args.jobs, always=args.always_make,
                           keep_going=args.keep_going, wait=args.wait)
     return engine.make(options)
+
+
+def _executor(graph, override: str | None, cache, targets: list[str]):
+    """Where stale steps run: None (this process) or a Ray cluster (the recipe's `cluster:`, or
+    ``--cluster ADDRESS``; ``--cluster local`` keeps them here)."""
+    recipe = graph.recipe
+    settings = recipe.cluster
+    if override is not None:
+        if override.strip() == "local":
+            return None
+        settings = {"max_retries": 3, "leave_in_store": [], **(settings or {}), "kind": "ray",
+                    "address": override.strip()}
+    if not settings:
+        return None
+    if cache is None:
+        where = (f"{recipe.locate(('cluster',))}: cluster" if recipe.cluster
+                 else "recbuild make --cluster")
+        raise UsageError(f"{where}: a cluster build needs a shared cache, through which inputs and "
+                         "outputs move between this machine and the nodes; add `cache: URL` to the "
+                         "recipe (a store every node reaches) or pass --cache URL")
+    left = set()
+    for index, name in enumerate(settings.get("leave_in_store") or []):
+        if name not in recipe.nodes and name not in recipe.families:
+            raise UsageError(f"{recipe.locate(('cluster', 'leave_in_store', index))}: cluster.leave_in_store: "
+                             f"unknown artifact {name!r}")
+        left.update(recipe.families.get(name, [name]))
+    wanted = set()
+    for name in targets or graph.default_targets():  # what was asked for is always downloaded
+        wanted.update(recipe.families.get(name, [name]))
+    from recbuild.core.running.cluster import RayExecutor
+
+    return RayExecutor(settings["address"], cache, max_retries=settings.get("max_retries", 3),
+                       files_in_store=left - wanted)
 
 
 def _dry_run(graph, builders, targets, term) -> int:

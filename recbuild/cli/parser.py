@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("-B", "--always-make", action="store_true", help="rebuild targets even if up to date")
     make.add_argument("-k", "--keep-going", action="store_true", help="go on with independent artifacts after a failure")
     make.add_argument("--cache", metavar="URL", help="shared artifact cache (fsspec URL)")
+    make.add_argument("--cluster", metavar="ADDRESS|local",
+                      help="run the stale steps as Ray tasks on the cluster at ADDRESS (what ray.init "
+                           "takes), or `local` in this process; overrides the recipe's `cluster:`")
     make.add_argument("--heartbeat", type=float, default=None, metavar="SECONDS",
                       help="when output is not a terminal, a progress line per running step every SECONDS "
                            "(default 30, or $RECBUILD_HEARTBEAT; 0 turns it off)")

@@ -102,12 +102,13 @@ def build_nodes(data: dict, locations: dict, file: str, builders: dict,
                 checker = kind_checkers[kind] = SchemaChecker(kind_schema(builder_cls))
             found = checker.problems(spec, path, where)
             problems.extend(found)
-            params = {k: v for k, v in spec.items() if k != "kind"}
+            params = {k: v for k, v in spec.items() if k not in ("kind", "resources")}
             if not found:
                 params = _apply_defaults(builder_cls.schema, params)
                 for sub, message in builder_cls().check(params):
                     fail(path + tuple(sub.split(".")), message)
-            nodes[name] = NodeSpec(name, section, kind, params, where(path))
+            resources = {**copy.deepcopy(builder_cls.resources), **(spec.get("resources") or {})}
+            nodes[name] = NodeSpec(name, section, kind, params, where(path), resources=resources)
     return nodes, problems
 
 
@@ -173,6 +174,11 @@ def _load_recipe(path, overrides, builders) -> Recipe:
     cache = data.get("cache")
     if isinstance(cache, str):
         cache = {"url": cache}
+    cluster = data.get("cluster")
+    if cluster is not None:
+        from recbuild.core.recipe.schema import CLUSTER_SCHEMA
+
+        cluster = _apply_defaults(CLUSTER_SCHEMA, cluster)
     recipe_dir = recipe_path.resolve().parent
     workdir = (recipe_dir / data.get("workdir", "build")).resolve()
     if workdir == Path(workdir.anchor) or workdir == Path.home().resolve():
@@ -183,5 +189,5 @@ def _load_recipe(path, overrides, builders) -> Recipe:
         path=recipe_path, dir=recipe_dir, name=data.get("name") or recipe_dir.name,
         workdir=workdir,
         model=data.get("model") or {}, nodes=nodes, default=default, cache=cache,
-        data=data, locations=locations, families=expansion.families,
+        data=data, locations=locations, families=expansion.families, cluster=cluster,
     )

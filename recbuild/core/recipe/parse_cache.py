@@ -68,8 +68,9 @@ def _encode(recipe) -> dict:
         "path": str(recipe.path), "dir": str(recipe.dir), "name": recipe.name, "workdir": str(recipe.workdir),
         "model": recipe.model, "default": recipe.default, "cache": recipe.cache,
         "data": {"workdir": recipe.data.get("workdir", "build")},  # the rest is not read after a load
-        "nodes": [[n.name, n.section, n.kind, n.params, _loc(n.loc), n.model_overrides]
+        "nodes": [[n.name, n.section, n.kind, n.params, _loc(n.loc), n.model_overrides, n.resources]
                   for n in recipe.nodes.values()],
+        "cluster": recipe.cluster,
         "locations": [[list(key), _loc(loc)] for key, loc in recipe.locations.items()],
         "families": recipe.families,
     }
@@ -96,11 +97,13 @@ def _decode(raw: dict):
         return tuple(parts)
 
     nodes = {}
-    for name, section, kind, params, where, overrides in raw["nodes"]:
+    for name, section, kind, params, where, overrides, resources in raw["nodes"]:
         if not (isinstance(name, str) and isinstance(section, str) and isinstance(kind, str)
-                and isinstance(params, dict) and isinstance(overrides, dict)):
+                and isinstance(params, dict) and isinstance(overrides, dict) and isinstance(resources, dict)):
             raise TypeError("node")
-        nodes[name] = NodeSpec(name, section, kind, params, loc(where), overrides)
+        nodes[name] = NodeSpec(name, section, kind, params, loc(where), overrides, resources)
+    if not (raw["cluster"] is None or isinstance(raw["cluster"], dict)):
+        raise TypeError("cluster")
     families = raw["families"]
     if not (isinstance(families, dict) and all(isinstance(v, list) and all(n in nodes for n in v)
                                                for v in families.values())):
@@ -114,7 +117,7 @@ def _decode(raw: dict):
         raise TypeError("locations")
     return Recipe(path=Path(raw["path"]), dir=Path(raw["dir"]), name=str(raw["name"]),
                   workdir=Path(raw["workdir"]), model=raw["model"], nodes=nodes, default=raw["default"],
-                  cache=raw["cache"], data=raw["data"], families=families,
+                  cache=raw["cache"], data=raw["data"], families=families, cluster=raw["cluster"],
                   locations=_LazyLocations(lambda: {key(parts): loc(where) for parts, where in raw["locations"]}))
 
 

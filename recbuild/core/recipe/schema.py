@@ -40,6 +40,46 @@ CACHE_SCHEMA = {
 }
 
 
+CLUSTER_SCHEMA = {
+    "type": "object",
+    "description": "Run the stale steps as Ray tasks on a cluster (docs/cluster.md). Needs `cache:`, through "
+                   "which inputs and outputs move. `recbuild make --cluster ADDRESS` (or `local`) overrides it. "
+                   "Never part of a key: where a step runs does not change its bytes.",
+    "properties": {
+        "kind": {"const": "ray"},
+        "address": {"type": "string", "minLength": 1, "default": "auto",
+                    "description": "What ray.init takes: host:port of the head, ray://host:port, or auto."},
+        "max_retries": {"type": "integer", "minimum": 0, "default": 3,
+                        "description": "Times a step is run again when its node dies under it."},
+        "leave_in_store": {"type": "array", "items": {"type": "string", "minLength": 1}, "default": [],
+                           "description": "Artifacts (or matrix families) whose files stay in the store "
+                                          "when built on the cluster and not named as targets: the "
+                                          "workdir keeps only their MANIFEST.json (build without the "
+                                          "bytes). A make that needs their files restores them."},
+    },
+    "required": ["kind"],
+    "additionalProperties": False,
+}
+
+SIZE_PATTERN = r"^[0-9]+(\.[0-9]+)?\s*([KMGTP]i?B?|B)?$"
+
+RESOURCES_SCHEMA = {
+    "type": "object",
+    "description": "What the step needs of a cluster node (used with `cluster:`; defaults per kind). "
+                   "Never part of the key.",
+    "properties": {
+        "cpus": {"type": "number", "minimum": 0},
+        "gpus": {"type": "number", "minimum": 0},
+        "memory": {"oneOf": [{"type": "integer", "minimum": 0},
+                             {"type": "string", "pattern": SIZE_PATTERN}],
+                   "description": "Bytes, or a size such as 512MiB, 8GB, 2GiB."},
+        "custom": {"type": "object", "additionalProperties": {"type": "number", "exclusiveMinimum": 0},
+                   "description": "Custom Ray resources: {NAME: AMOUNT}."},
+    },
+    "additionalProperties": False,
+}
+
+
 def _model_schema() -> dict:
     try:
         from recbuild.ml.models.schema import MODEL_SCHEMA
@@ -74,6 +114,7 @@ def top_level_schema() -> dict:
             "artifacts": {"type": "object", "additionalProperties": {"type": "object"}},
             "default": {"type": "array", "items": {"type": "string"}},
             "cache": CACHE_SCHEMA,
+            "cluster": CLUSTER_SCHEMA,
             "executor": {"enum": ["local", "ray"],
                          "description": "Default `executor` of the kinds that have one (item_embeddings, "
                                         "user_embeddings); an artifact's own setting wins."},
@@ -95,6 +136,7 @@ def kind_schema(builder_cls) -> dict:
         "description": "Variants side by side: {PARAM: [values...]} (or model.PATH for kinds that read "
                        "the model section) expands this artifact into NAME@VALUE variants; artifacts "
                        "that read it follow per variant."}
+    properties["resources"] = copy.deepcopy(RESOURCES_SCHEMA)
     result = {"type": "object", "properties": properties,
               "required": ["kind", *params.get("required", [])], "additionalProperties": False}
     if builder_cls.description:
@@ -109,6 +151,9 @@ def recipe_schema(builders: dict[str, type]) -> dict:
     """The complete schema (draft 2020-12) for editors and docs."""
     kinds = sorted(builders)
     defs = {kind: kind_schema(builders[kind]) for kind in kinds}
+    for kind in kinds:  # one definition in the file, not one copy per kind
+        defs[kind]["properties"]["resources"] = {"$ref": "#/$defs/resources"}
+    defs["resources"] = copy.deepcopy(RESOURCES_SCHEMA)
     defs["file_source"] = FILE_SOURCE_SCHEMA
     kinded = {
         "type": "object",

@@ -21,6 +21,9 @@ class NodeSpec:
     params: dict[str, Any]  # the spec without ``kind``, schema defaults applied
     loc: Loc
     model_overrides: dict[str, Any] = field(default_factory=dict)  # a matrix variant's model.PATH values
+    # What the step needs of a cluster node (its kind's defaults, then the recipe's `resources:`);
+    # kept out of params, so never part of the key.
+    resources: dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_file_source(self) -> bool:
@@ -40,6 +43,7 @@ class Recipe:
     data: dict[str, Any]  # the resolved recipe (after extends, --set, interpolation)
     locations: dict[KeyPath, Loc] = field(repr=False, default_factory=dict)
     families: dict[str, list[str]] = field(default_factory=dict)  # matrix name -> its variants
+    cluster: dict[str, Any] | None = None  # `cluster:` (defaults applied); not part of any key
 
     def locate(self, path: KeyPath) -> Loc:
         return locate(self.locations, path, str(self.path))

@@ -17,7 +17,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol
 
 from recbuild.builders.base import BuildContext, Builder
 from recbuild.core.cache.store import ArtifactCache, CacheError, CorruptEntry
@@ -33,14 +33,31 @@ from recbuild.core.workdir.manifest import artifact_folders, check_replaceable, 
 from recbuild.core.workdir.workspace import Workspace
 
 
+class Executor(Protocol):
+    """Builds stale steps somewhere else than this process (core/running/cluster.py: on Ray).
+    The engine plans, keys and restores as always; ``build`` returns what ``run_artifact`` does
+    (None, or the failure from ``engine._fail``) with the artifact published and recorded."""
+
+    files_in_store: set[str]  # artifacts whose files may stay in the shared cache (leave_in_store)
+
+    def start(self, engine: "Engine", names: list[str]) -> None: ...
+    def build(self, engine: "Engine", name: str, key: str, material: dict) -> Any: ...
+    def cancel(self) -> None: ...
+    def close(self) -> None: ...
+
+
 class Engine:
-    def __init__(self, graph: Graph, builders: dict, events: Events, cache: ArtifactCache | None = None):
+    def __init__(self, graph: Graph, builders: dict, events: Events, cache: ArtifactCache | None = None,
+                 executor: Executor | None = None):
         self.graph = graph
         self.builders = builders
         self.events = events
         self.cache = cache
+        self.executor = executor  # None: stale steps build in this process
         self._corrupt_keys: set[str] = set()
         self.ws = Workspace(graph, builders)
+        if executor is not None:
+            self.ws.files_in_store_ok = set(executor.files_in_store)
         self.outcomes: dict[str, tuple[str, str]] = {}
         self.started: dict[str, float] = {}
         self.failures: dict[str, str] = {}
@@ -101,6 +118,8 @@ class Engine:
             return self._fail(name, exc.message)
         if self.cache is not None and not force and self._restore(name, key):
             return None
+        if self.executor is not None:
+            return self.executor.build(self, name, key, material)
         staged = ws.tmp_dir / f"{name}-{os.urandom(5).hex()}"
         os.mkdir(staged)  # (tmp/ exists: made at the start of make)
         log = self._logger(name)
@@ -323,8 +342,10 @@ class Engine:
             self.ws.log_dir.mkdir(parents=True, exist_ok=True)
             for warning in [*self.ws.cache.warnings, *reset_unreadable_state_db(self.state_db)]:
                 self.events.warn(warning)
-            jobs = min(options.jobs, len(names), max_jobs())
-            if options.jobs > max_jobs():
+            # steps on a cluster only wait here: -j bounds the steps in flight, not this machine's threads
+            limit = max_jobs() if self.executor is None else options.jobs
+            jobs = min(options.jobs, len(names), limit)
+            if options.jobs > limit:
                 self.events.warn(f"-j {options.jobs} is far above this machine's {os.cpu_count()} CPUs; "
                                  f"running at most {max_jobs()} steps at once")
             options = dataclasses.replace(options, jobs=max(jobs, 1))
@@ -332,11 +353,17 @@ class Engine:
             started = time.perf_counter()
             try:
                 todo = self._not_current(names, options.always)
+                if todo and self.executor is not None:  # an unreachable cluster fails here, before any work
+                    self.executor.start(self, todo)
                 code = run_doit(self, todo, options) if todo else 0
             except KeyboardInterrupt:
+                if self.executor is not None:
+                    self.executor.cancel()
                 raise Interrupted("interrupted; completed artifacts are kept, the running step "
                                   "was abandoned (its previous artifact is intact)") from None
             finally:
+                if self.executor is not None:
+                    self.executor.close()
                 self.ws.cache.close()
             stats = {"seconds": time.perf_counter() - started, "headlines": self._headlines(names),
                      "files_hashed": self.ws.cache.stats.files_hashed,

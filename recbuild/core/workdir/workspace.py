@@ -109,6 +109,12 @@ class OutputsModified(Reason):
 
 
 @dataclass(frozen=True)
+class FilesInStore(Reason):
+    def __str__(self) -> str:
+        return "its files are in the shared cache only (cluster.leave_in_store); make restores them"
+
+
+@dataclass(frozen=True)
 class ForeignFolderInTheWay(Reason):
     folder: str
 
@@ -210,6 +216,9 @@ class Workspace:
         self.state_dir = self.workdir / ".recbuild"
         self.cache = cache or StatCache(self.state_dir / "hashes.sqlite")
         self._scans: dict[str, SourceScan] = {}
+        # artifacts whose files may stay in the shared cache, their MANIFEST.json alone here
+        # (a make on a cluster with `leave_in_store`); any other run restores their files
+        self.files_in_store_ok: set[str] = set()
         self._manifests: dict[str, dict | None] = {}
 
     # -- places
@@ -389,7 +398,10 @@ class Workspace:
         else:
             reasons.append(InputUnavailable(tuple(e.upstream for e in self.graph.edges[name]
                                                   if self.current_digest(e.upstream) is None)))
-        if not reasons:
+        if not reasons and manifest.get("in_store"):
+            if name not in self.files_in_store_ok:
+                reasons.append(FilesInStore())
+        elif not reasons:
             problems = verify_files(self.folder(name), manifest, self.cache)
             if problems:
                 reasons.append(OutputsModified(tuple(problems)))
