@@ -8,7 +8,8 @@ templates.py (the built-in templates); parse_cache.py reuses an identical earlie
 
 Decisions (documented in docs/recipes.md):
 - ``extends`` is resolved first (a built-in template name or a path relative to the recipe);
-  mappings deep-merge, everything else is replaced; a ``null`` value deletes the inherited key.
+  mappings deep-merge, everything else is replaced; a ``null`` value deletes the inherited key; a
+  source or artifact of another kind replaces the inherited one (merge.py).
 - Relative paths in the final recipe (``workdir``, source paths, ``cmd`` folders) are relative to
   the folder of the recipe file named on the command line, also for keys inherited from a template.
 - ``--set a.b=value`` parses value as YAML and applies before interpolation.
@@ -81,6 +82,9 @@ def build_nodes(data: dict, locations: dict, file: str, builders: dict,
                 if section == "sources" and "path" in spec:
                     problems.extend(file_source_checker.problems(spec, path, where))
                     nodes[name] = NodeSpec(name, section, "source", dict(spec), where(path))
+                elif "path" in spec:  # a file recbuild does not build is a source, not an artifact
+                    fail(path, f"missing required key 'kind': a {{path: ...}} entry is a source; declare it "
+                               f"under sources instead (`{name}: null` under artifacts drops an inherited one)")
                 else:
                     hint = " or 'path'" if section == "sources" else ""
                     fail(path, f"missing required key 'kind'{hint}")

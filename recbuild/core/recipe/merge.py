@@ -1,6 +1,7 @@
 """The layers of a recipe, merged with their locations: the recipe file and the templates or files
-it ``extends`` (mappings deep-merge, a ``null`` deletes an inherited key), then the ``--set``
-overrides. Records the files it read in ``read_trace``, the recipe cache's validity conditions.
+it ``extends`` (mappings deep-merge, a ``null`` deletes an inherited key, a source or artifact of
+another kind replaces the inherited one), then the ``--set`` overrides. Records the files it read
+in ``read_trace``, the recipe cache's validity conditions.
 """
 
 from __future__ import annotations
@@ -25,8 +26,31 @@ def _drop_subtree(locations: dict[KeyPath, Loc], path: KeyPath) -> None:
         del locations[key]
 
 
+_ENTRY_SECTIONS = ("sources", "artifacts")
+_FILE_SOURCE = object()  # the "kind" of a plain {path: ...} source
+
+
+def _entry_kind(entry: dict) -> Any:
+    """What a source or artifact entry declares itself to be: its ``kind``, a file source when it
+    has only a ``path``, or None (it names no kind: it adjusts the inherited entry's params)."""
+    if entry.get("kind") is not None:
+        return entry["kind"]
+    return _FILE_SOURCE if "path" in entry else None
+
+
+def _replaces(base: Any, over: Any, path: KeyPath) -> bool:
+    """An entry of another kind replaces the inherited one: `items: {path: data/items}` over a
+    template's `sample_data` source means "my file instead", not "add a path to the generator"."""
+    if len(path) != 2 or path[0] not in _ENTRY_SECTIONS:
+        return False
+    if not isinstance(base, dict) or not isinstance(over, dict):
+        return False
+    kind = _entry_kind(over)
+    return kind is not None and kind != _entry_kind(base)
+
+
 def deep_merge(base: Any, base_locs: dict, over: Any, over_locs: dict, path: KeyPath = ()) -> Any:
-    if isinstance(base, dict) and isinstance(over, dict):
+    if isinstance(base, dict) and isinstance(over, dict) and not _replaces(base, over, path):
         merged = dict(base)
         for key, value in over.items():
             child = path + (key,)
