@@ -30,7 +30,7 @@ from recbuild.core.recipe.interpolation import interpolate, shell_field_test
 from recbuild.core.recipe.merge import apply_overrides, load_with_extends, read_trace
 from recbuild.core.recipe.spec import NodeSpec, Recipe  # noqa: F401  (the loader's result types)
 from recbuild.core.recipe.schema import NAME_PATTERN, SchemaChecker, did_you_mean, kind_schema, top_level_schema
-from recbuild.core.recipe.yamlsrc import KeyPath, Loc, locate, problem
+from recbuild.core.recipe.yamlsrc import KeyPath, Loc, clip, excerpt, locate, problem
 
 DEFAULT_RECIPE = "recbuild.yaml"
 _NAME_RE = re.compile(NAME_PATTERN)
@@ -69,11 +69,11 @@ def build_nodes(data: dict, locations: dict, file: str, builders: dict,
         for name, spec in entries.items():
             path = (section, name)
             if (not _NAME_RE.fullmatch(name) or name in RESERVED_NAMES) and name not in (variants or {}):
-                fail(path, f"bad name {name!r}: use letters, digits, '_' and '-', starting with a letter or '_'")
+                fail(path, f"bad name {excerpt(name)}: use letters, digits, '_' and '-', starting with a letter or '_'")
                 continue
             if name in nodes:
                 other = nodes[name]
-                fail(path, f"{name!r} is already declared in {other.section} at {other.loc}; rename one")
+                fail(path, f"{excerpt(name)} is already declared in {other.section} at {other.loc}; rename one")
                 continue
             if not isinstance(spec, dict):
                 fail(path, "must be a mapping (e.g. {kind: ..., ...} or {path: ...})")
@@ -92,7 +92,7 @@ def build_nodes(data: dict, locations: dict, file: str, builders: dict,
             kind = spec["kind"]
             if not isinstance(kind, str) or kind not in builders:
                 kinds = sorted(builders)
-                fail(path + ("kind",), f"unknown kind {kind!r}{did_you_mean(kind, kinds)}; "
+                fail(path + ("kind",), f"unknown kind {excerpt(kind)}{did_you_mean(kind, kinds)}; "
                                        f"kinds: {', '.join(kinds)}")
                 continue
             builder_cls = builders[kind]
@@ -135,6 +135,28 @@ def load_recipe(path: str | os.PathLike | None = None, overrides: list[str] | No
     return recipe
 
 
+# The system's own trees: no workdir inside them; and folders that hold everyone's folders: no
+# workdir there itself (a folder of its own below them is fine: /tmp/x, /var/lib/ci/build).
+_SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/sbin",
+                 "/sys", "/usr", "/System", "/Library", "/private/etc")
+_SYSTEM_FOLDERS = ("/home", "/root", "/var", "/opt", "/srv", "/mnt", "/media", "/tmp", "/run", "/snap",
+                   "/usr/local", "/Users", "/Applications", "/private", "/private/var", "/private/tmp",
+                   "/dev/shm")
+
+
+def _system_folder(workdir: Path) -> str | None:
+    """Why ``workdir`` is the system's (or the home folder), or None."""
+    text = workdir.as_posix()
+    if workdir == Path.home().resolve():
+        return "your home folder"
+    if workdir == Path(workdir.anchor) or text in _SYSTEM_FOLDERS:
+        return "a system folder"
+    if text.startswith(("/usr/local/", "/dev/shm/")):  # a folder of its own on a RAM disk, or /usr/local/src/x
+        return None
+    tree = next((t for t in _SYSTEM_TREES if text == t or text.startswith(t + "/")), None)
+    return None if tree is None else (f"inside {tree}, a system folder" if tree != text else "a system folder")
+
+
 def _load_recipe(path, overrides, builders) -> Recipe:
     from recbuild.builders import all_builders
 
@@ -170,7 +192,7 @@ def _load_recipe(path, overrides, builders) -> Recipe:
         if target not in nodes:
             loc = where(("default", index))
             problems.append((loc.line, problem(loc, ("default", index),
-                                               f"unknown artifact {target!r}{did_you_mean(target, nodes)}")))
+                                               f"unknown artifact {excerpt(target)}{did_you_mean(target, nodes)}")))
     if not nodes and not problems:
         problems.append((1, problem(Loc(shown, 1, 1), ("artifacts",), "the recipe declares no sources or artifacts")))
     if problems:
@@ -185,10 +207,12 @@ def _load_recipe(path, overrides, builders) -> Recipe:
         cluster = _apply_defaults(CLUSTER_SCHEMA, cluster)
     recipe_dir = recipe_path.resolve().parent
     workdir = (recipe_dir / data.get("workdir", "build")).resolve()
-    if workdir == Path(workdir.anchor) or workdir == Path.home().resolve():
+    system = _system_folder(workdir)
+    if system:
         raise RecipeError(problem(where(("workdir",)), ("workdir",),
-                                  f"{workdir} cannot be a workdir: artifacts would be published beside "
-                                  "the system's (or your home's) folders; use a folder of its own, e.g. build"))
+                                  f"{clip(str(workdir), 200)} cannot be a workdir: it is {system}, where "
+                                  "artifacts would be published beside folders that are not recbuild's; "
+                                  "use a folder of its own, e.g. build"))
     return Recipe(
         path=recipe_path, dir=recipe_dir, name=data.get("name") or recipe_dir.name,
         workdir=workdir,

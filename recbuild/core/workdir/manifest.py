@@ -238,6 +238,40 @@ def check_replaceable(target: Path) -> None:
                             "the artifact another name or the recipe another workdir")
 
 
+RECBUILD_FILES = {".recbuild", "metrics-history.jsonl", "report.html"}  # what recbuild writes beside artifacts
+
+
+def foreign_workdir(workdir: Path, recipe_dir: Path, artifact_names=()) -> str | None:
+    """Why recbuild must not take ``workdir`` as its own, or None. A workdir is recbuild's to
+    fill when it is missing, holds nothing but recbuild's files and entries named like the
+    recipe's artifacts (each of those is checked on its own: check_replaceable), holds
+    recbuild's state (``.recbuild/``) or an artifact recbuild made (the state may have been
+    deleted), or is the recipe's own folder or one above it (``workdir: .``: the artifacts live
+    beside the recipe). Anything else holds someone's files: `workdir: ~/Documents` must not be
+    filled with artifact folders and state."""
+    if workdir == recipe_dir or workdir in recipe_dir.parents:
+        return None
+    try:
+        with os.scandir(workdir) as entries:
+            names = [entry.name for entry in entries]
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        if isinstance(exc, NotADirectoryError) or os.path.lexists(workdir):
+            return f"{workdir} is not a folder"
+        return None
+    except OSError as exc:
+        return f"{workdir} cannot be listed ({exc.strerror})"
+    if os.path.isdir(workdir / ".recbuild") and not os.path.islink(workdir / ".recbuild"):
+        return None
+    names = [name for name in names if name not in RECBUILD_FILES and name not in artifact_names]
+    if not names:
+        return None
+    if any(made_by_recbuild(workdir / name) for name in names[:1000]):
+        return None
+    shown = ", ".join(sorted(names)[:3]) + (", ..." if len(names) > 3 else "")
+    return (f"{workdir} holds files recbuild did not make ({len(names)} {'entry' if len(names) == 1 else 'entries'}: {shown}) and no recbuild "
+            "state; use a new or empty folder as the workdir, e.g. build")
+
+
 def publish(staged: Path, target: Path, trash_dir: Path) -> None:
     """Replace ``target`` with the fully written ``staged`` folder.
 

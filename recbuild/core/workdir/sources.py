@@ -29,7 +29,7 @@ def scan_source(spec: str, recipe_dir: Path, cache: StatCache, name: str,
         spec = spec[len("file://"):]
     path = Path(spec) if Path(spec).is_absolute() else recipe_dir / spec
     try:
-        root, files = expand_local(path)
+        root, files = expand_local(path, _outside(workdir))
     except UnsupportedFile as exc:
         raise BuildError(f"source {name!r}: {exc}") from None
     except OSError as exc:
@@ -52,6 +52,21 @@ def scan_source(spec: str, recipe_dir: Path, cache: StatCache, name: str,
         raise BuildError(f"source {name!r}: cannot read {exc.filename}: {exc.strerror}") from None
     shown = path if not is_glob(str(spec)) else root
     return SourceScan(shown, tuple(files), entries, entries_digest(entries))
+
+
+def _outside(workdir: Path | None):
+    """A source folder's link into the workdir (`data/out -> ../build`) makes the artifacts inputs
+    of themselves, as a source folder holding the workdir does (refused at load): refused too."""
+    if workdir is None:
+        return None
+    inside = str(workdir) + os.sep
+
+    def guard(real: str) -> str | None:
+        if real == str(workdir) or real.startswith(inside) or inside.startswith(real.rstrip(os.sep) + os.sep):
+            return (f"which is (or holds) the workdir {workdir}: the artifacts would be inputs of "
+                    "themselves; point the link elsewhere, or set workdir outside the source")
+        return None
+    return guard
 
 
 def missing_source(spec: str, recipe_dir: Path) -> str | None:
