@@ -32,6 +32,20 @@ def fmt_bytes(size: float) -> str:
     return f"{size:.1f} TiB"
 
 
+def _keep_name_bytes(stream) -> None:
+    """A file name that is not UTF-8 reaches Python as surrogates; a strict stream (a UTF-8
+    locale's terminal) would fail on it mid-table. Write its original bytes instead, as ls and
+    find do (or an escape, on a stream that is not UTF-8)."""
+    encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
+    reconfigure = getattr(stream, "reconfigure", None)
+    if reconfigure is None or getattr(stream, "errors", None) in ("surrogateescape", "backslashreplace"):
+        return
+    try:
+        reconfigure(errors="surrogateescape" if encoding == "utf8" else "backslashreplace")
+    except (ValueError, OSError, AttributeError):
+        pass
+
+
 class Terminal:
     def __init__(self, verbosity: int = 1, force_plain: bool | None = None):
         self.verbosity = verbosity  # 0 quiet, 1 normal, 2 verbose
@@ -39,6 +53,8 @@ class Terminal:
         # and lines printed from another thread at that moment would vanish into that capture.
         self.stdout = sys.stdout
         self.stderr = sys.stderr
+        for stream in (self.stdout, self.stderr):
+            _keep_name_bytes(stream)
         plain = force_plain if force_plain is not None else not self.stdout.isatty()
         self.rich = not plain
         self._console = None

@@ -35,6 +35,9 @@ from recbuild.core.recipe.yamlsrc import KeyPath, Loc, clip, excerpt, locate, pr
 DEFAULT_RECIPE = "recbuild.yaml"
 _NAME_RE = re.compile(NAME_PATTERN)
 RESERVED_NAMES = {"MANIFEST.json"}
+# A name is a folder name (<workdir>/<name>/) and, while building, part of longer ones: the staging
+# folder <name>-<10 hex> and the old copy set aside <name>-old-<8 hex>. Most file systems hold 255 bytes.
+MAX_NAME_BYTES = 255 - len("-old-12345678")
 RECIPE_WIDE_DEFAULTS = ("executor", "ray", "tzrec")
 
 
@@ -70,6 +73,13 @@ def build_nodes(data: dict, locations: dict, file: str, builders: dict,
             path = (section, name)
             if (not _NAME_RE.fullmatch(name) or name in RESERVED_NAMES) and name not in (variants or {}):
                 fail(path, f"bad name {excerpt(name)}: use letters, digits, '_' and '-', starting with a letter or '_'")
+                continue
+            if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+                what = "variant name" if name in (variants or {}) else "name"
+                fail(path, f"a {what} of {len(name.encode('utf-8', 'surrogateescape'))} bytes: an "
+                           f"artifact's name is its folder's name, at most {MAX_NAME_BYTES} bytes "
+                           "(a file name holds 255, and recbuild adds a suffix to it while building); "
+                           "use a shorter name" + (" or shorter matrix values" if what != "name" else ""))
                 continue
             if name in nodes:
                 other = nodes[name]

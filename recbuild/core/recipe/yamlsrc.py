@@ -7,6 +7,7 @@ to source locations, so later stages can point errors at ``file:line:col``.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,8 +61,10 @@ def format_path(path: KeyPath) -> str:
             text += f"[{part}]"
         else:
             part = str(part)
-            if not part.isprintable() or len(part) > EXCERPT:  # one short line, whatever a key holds
+            if not part.isprintable():  # one short line, whatever a key holds
                 part = excerpt(part)
+            elif len(part) > EXCERPT:
+                part = clip(part)
             text += ("." if text else "") + part
     return text or "(top level)"
 
@@ -167,20 +170,28 @@ def load_yaml_text(text: str, file: str) -> tuple[Any, dict[KeyPath, Loc]]:
     if "\0" in text:
         line = text[:text.index("\0")].count("\n") + 1
         raise RecipeError(f"{file}:{line}:1: invalid YAML: a NUL character")
+    from recbuild.core.recipe.yaml_errors import explain
+
     yaml = YAML(typ="rt")
     yaml.allow_duplicate_keys = False
     try:
-        data = yaml.load(text)
+        with warnings.catch_warnings():  # e.g. a reused anchor: ruamel's multi-line warning, not ours
+            warnings.simplefilter("ignore")
+            data = yaml.load(text)
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         loc = Loc(file, mark.line + 1, mark.column + 1) if mark else Loc(file, 1, 1)
-        what = (exc.problem or exc.context or "invalid YAML").strip()
+        what = clip((exc.problem or exc.context or "invalid YAML").strip(), 2 * EXCERPT)
         if "duplicate key" in what or "found duplicate key" in str(exc):
             key = what.split('"')[1] if '"' in what else ""
             what = f"duplicate key {excerpt(key)}" if key else "duplicate key"
+        else:
+            plain = explain(exc, text)
+            if plain is not None:
+                loc, what = Loc(file, plain[0], plain[1]), plain[2]
         raise RecipeError(f"{loc}: invalid YAML: {what}") from None
     except YAMLError as exc:
-        raise RecipeError(f"{file}:1:1: invalid YAML: {exc}") from None
+        raise RecipeError(f"{file}:1:1: invalid YAML: {clip(' '.join(str(exc).split()), 2 * EXCERPT)}") from None
     except RecursionError:
         raise RecipeError(f"{file}:1:1: invalid YAML: nested too deeply to read") from None
     locations: dict[KeyPath, Loc] = {(): Loc(file, 1, 1)}

@@ -58,6 +58,21 @@ class HashStats:
     cache_hits: int = 0
 
 
+def _db_key(path: str) -> str:
+    """A path as the stat cache's TEXT column holds it. A file name that is not UTF-8 (Python
+    keeps its bytes as surrogates) is stored as the hex of its bytes behind "x:", which no
+    absolute path starts with, so every name has its own key."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return "x:" + os.fsencode(path).hex()
+
+
+def _path_of(key: str) -> str:
+    return os.fsdecode(bytes.fromhex(key[2:])) if key.startswith("x:") else key
+
+
 class StatCache:
     """path -> digest, valid while (inode, size, mtime_ns, ctime_ns) match. Thread-safe."""
 
@@ -100,7 +115,10 @@ class StatCache:
             # rows of the wrong types (a hand-edited or foreign table) are ignored, never trusted
             if (isinstance(row[0], str) and all(type(v) is int for v in row[1:5])
                     and isinstance(row[5], str)):
-                self._entries[row[0]] = tuple(row[1:])  # type: ignore[assignment]
+                try:
+                    self._entries[_path_of(row[0])] = tuple(row[1:])  # type: ignore[assignment]
+                except ValueError:
+                    ignored += 1
             else:
                 ignored += 1
         if ignored:
@@ -136,7 +154,7 @@ class StatCache:
                 if self._db is not None:
                     try:
                         self._db.execute("INSERT OR REPLACE INTO stat_cache VALUES (?,?,?,?,?,?)",
-                                         (path, *signature, digest))
+                                         (_db_key(path), *signature, digest))
                     except sqlite3.OperationalError:
                         pass  # a busy cache only costs a re-hash next time
         return digest
@@ -151,7 +169,7 @@ class StatCache:
             self._entries[path] = entry
             if self._db is not None:
                 try:
-                    self._db.execute("INSERT OR REPLACE INTO stat_cache VALUES (?,?,?,?,?,?)", (path, *entry))
+                    self._db.execute("INSERT OR REPLACE INTO stat_cache VALUES (?,?,?,?,?,?)", (_db_key(path), *entry))
                 except sqlite3.OperationalError:
                     pass
 
@@ -186,7 +204,7 @@ class StatCache:
             if self._db is not None:
                 try:
                     self._db.execute("INSERT OR REPLACE INTO stat_cache VALUES (?,?,?,?,?,?)",
-                                     (folder + os.sep, *entry))
+                                     (_db_key(folder + os.sep), *entry))
                 except sqlite3.OperationalError:
                     pass
 
@@ -377,9 +395,10 @@ def entries_digest(entries: dict[str, dict], empty_dirs: list[str] | tuple[str, 
     hasher = xxhash.xxh3_128()
     for rel in sorted(entries):
         entry = entries[rel]
-        hasher.update(f"{rel}\0{entry['size']}\0{entry['digest']}\n".encode())
+        # a name that is not UTF-8 is hashed by its bytes (surrogateescape gives them back)
+        hasher.update(f"{rel}\0{entry['size']}\0{entry['digest']}\n".encode("utf-8", "surrogateescape"))
         if entry.get("exec"):
-            hasher.update(f"{rel}\0exec\n".encode())
+            hasher.update(f"{rel}\0exec\n".encode("utf-8", "surrogateescape"))
     for rel in sorted(empty_dirs):
-        hasher.update(f"{rel}/\0empty folder\n".encode())
+        hasher.update(f"{rel}/\0empty folder\n".encode("utf-8", "surrogateescape"))
     return hasher.hexdigest()

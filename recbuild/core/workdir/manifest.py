@@ -65,9 +65,19 @@ def make_manifest(folder: Path, *, kind: str, key: str, inputs: dict[str, str], 
     return manifest
 
 
+def manifest_text(manifest: dict) -> str:
+    """A manifest as its file (and the cache's entry) holds it: UTF-8 JSON."""
+    text = json.dumps(manifest, sort_keys=True, indent=1, ensure_ascii=False) + "\n"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a file name that is not UTF-8: JSON's \udcXX escapes keep its bytes
+        text = json.dumps(manifest, sort_keys=True, indent=1) + "\n"
+    return text
+
+
 def write_manifest(folder: Path, manifest: dict) -> Path:
     path = folder / MANIFEST_NAME
-    text = json.dumps(manifest, sort_keys=True, indent=1, ensure_ascii=False) + "\n"
+    text = manifest_text(manifest)
     tmp = folder / f".{MANIFEST_NAME}.tmp"
     with open(tmp, "w", encoding="utf-8") as handle:
         handle.write(text)
