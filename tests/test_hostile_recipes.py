@@ -184,3 +184,149 @@ def test_recbuilds_own_workdirs_still_work(project, workdir):
 
     shutil.rmtree(state)  # state is a cache: losing it keeps the workdir recbuild's (its artifact proves it)
     assert project.run("make").code == 0
+
+
+# ------------------------------------------------------------------ file names that are not UTF-8
+
+NAME = b"caf\xe9.txt"  # Latin-1 bytes: not UTF-8
+
+
+def _run_bytes(project, *args: str):
+    """`recbuild ARGS` as a subprocess whose output may hold a file name's raw bytes."""
+    from conftest import Result
+
+    proc = subprocess.run([sys.executable, "-m", "recbuild.cli", *args], cwd=project.path, capture_output=True,
+                          timeout=120, env=os.environ.copy())
+    out, err = (stream.decode("utf-8", "surrogateescape") for stream in (proc.stdout, proc.stderr))
+    return Result(proc.returncode, out, err)
+
+
+@pytest.mark.parametrize("stream_errors", ["strict", "surrogateescape"])
+def test_a_file_name_that_is_not_utf8_is_hashed_by_its_bytes(project, monkeypatch, stream_errors):
+    # a UTF-8 locale's terminal is strict; the C locale's is not
+    monkeypatch.setenv("PYTHONIOENCODING", "utf-8:" + stream_errors)
+    data = project.path / "data"
+    data.mkdir()
+    (data / "ok.txt").write_text("ok\n")
+    with open(os.path.join(os.fsencode(data), NAME), "wb") as handle:
+        handle.write(b"first\n")
+    project.recipe("""
+        version: 1
+        sources:
+          raw: {path: data}
+        artifacts:
+          a: {kind: command, deps: [raw], cmd: "cat ${deps.raw}/* > ${out}/all"}
+        """)
+    first = _run_bytes(project, "make")
+    assert first.code == 0 and "Traceback" not in first.err and "error" not in first.err, first.err
+    assert _run_bytes(project, "make").built == []
+    status = _run_bytes(project, "status")
+    assert status.code == 0 and "up to date" in status.out, status.err
+    with open(os.path.join(os.fsencode(data), NAME), "wb") as handle:
+        handle.write(b"second, longer\n")
+    status = _run_bytes(project, "status")
+    assert status.code == 0 and "files modified caf" in status.out, status.out + status.err
+    rebuilt = _run_bytes(project, "make")
+    assert rebuilt.code == 0 and rebuilt.built == ["a"], rebuilt.out + rebuilt.err
+    assert b"second, longer" in (project.path / "build" / "a" / "all").read_bytes()
+    import sqlite3
+
+    db = sqlite3.connect(project.path / "build" / ".recbuild" / "hashes.sqlite")
+    keys = [row[0] for row in db.execute("SELECT path FROM stat_cache WHERE path LIKE 'x:%'")]
+    db.close()
+    assert [bytes.fromhex(k[2:]) for k in keys] == [os.path.join(os.fsencode(data), NAME)]
+
+
+def test_an_artifact_holding_such_a_name_goes_through_the_cache(project, tmp_path):
+    cache = tmp_path.parent / (tmp_path.name + "-cache")
+    project.recipe("""
+        version: 1
+        artifacts:
+          a: {kind: command, cmd: "printf x > ${out}/$(printf 'caf\\\\351').txt"}
+        """)
+    assert project.subprocess_run("make", "--cache", f"file://{cache}").code == 0
+    import shutil
+
+    shutil.rmtree(project.path / "build")
+    restored = project.subprocess_run("make", "--cache", f"file://{cache}")
+    assert restored.code == 0 and "warning" not in restored.err, restored.err
+    assert restored.restored == ["a"]
+    assert os.listdir(os.fsencode(project.path / "build" / "a")) and \
+        b"caf\xe9.txt" in os.listdir(os.fsencode(project.path / "build" / "a"))
+
+
+# ------------------------------------------------------------------ names that cannot be a folder name
+
+@pytest.mark.parametrize("length", [243, 250, 300])
+def test_names_too_long_for_a_folder_are_refused_at_load(project, length):
+    name = "a" * length
+    project.recipe(f"version: 1\nartifacts:\n  {name}: {{kind: command, cmd: \"echo > ${{out}}/f\"}}\n")
+    for command in ("validate", "make"):
+        line = _one_clear_error(project.run(command), 2)
+        assert line.startswith("error: recbuild.yaml:3:3: artifacts.aaaa") and f"a name of {length} bytes" in line
+        assert "at most 242 bytes" in line and len(line) < 400
+
+
+def test_the_longest_name_builds(project):
+    name = "a" * 242
+    project.recipe(f"version: 1\nartifacts:\n  {name}: {{kind: command, cmd: \"echo > ${{out}}/f\"}}\n")
+    assert project.run("make").built == [name]
+    assert project.run("make", "-B").built == [name]  # the old copy set aside has the longest suffix
+
+
+def test_a_matrix_variant_too_long_for_a_folder_is_refused(project):
+    name = "a" * 230
+    project.recipe(f"version: 1\nartifacts:\n  {name}: {{kind: command, cmd: \"echo > ${{out}}/f\", "
+                   "matrix: {cmd: [one, two-and-more-than-enough]}}\n")
+    result = project.run("validate")
+    assert result.code == 2 and "a variant name of " in result.err and "shorter matrix values" in result.err
+
+
+# ------------------------------------------------------------------ YAML mistakes, in plain words
+
+def _numbered(lines: list[str]) -> str:
+    return "\n".join(lines) + "\n"
+
+
+MODEL = [
+    "version: 1",                          # 1
+    "model:",                              # 2
+    "  family: dssm",                      # 3
+    "  emb_dim: 16",                       # 4
+    "  hidden: [128, 64]",                 # 5
+    "artifacts:",                          # 6
+    "  a: {kind: command, cmd: echo}",     # 7
+    "  b: {kind: command, cmd: echo}",     # 8
+    "  c: {kind: command, cmd: echo}",     # 9
+]
+
+
+@pytest.mark.parametrize("line,text,expected", [
+    # the first line of a block set its indentation: the parser trips on the next line; fix the first
+    (3, "    family: dssm", "recbuild.yaml:3:5: invalid YAML: this line is indented by 4 spaces, but the rest "
+                           "of its block (from line 4) by 2 spaces"),
+    (7, "   a:\n      kind: command\n      cmd: echo",
+     "recbuild.yaml:7:4: invalid YAML: this line is indented by 3 spaces, but the rest of its block (from line 10)"),
+    # a later line out of step with the block above it
+    (8, " b: {kind: command, cmd: echo}", "recbuild.yaml:8:2: invalid YAML: this line is indented by 1 space, "
+                                           "but the lines above it in the same block (from line 7) by 2 spaces"),
+    (8, "   b: {kind: command, cmd: echo}", "recbuild.yaml:8:4: invalid YAML: this line is indented under line 7, "
+                                             "which already has its value on that line"),
+    (4, "\temb_dim: 16", "recbuild.yaml:4:1: invalid YAML: a tab character: YAML indents with spaces only"),
+    (7, "  a: {kind: command, cmd: echo", "recbuild.yaml:7:6: invalid YAML: the '{' here is not closed"),
+    (7, "  a: {kind: command, cmd: \"echo}", "recbuild.yaml:7:27: invalid YAML: the quote here is never closed"),
+])
+def test_yaml_mistakes_point_at_the_line_to_fix(project, line, text, expected):
+    lines = list(MODEL)
+    lines[line - 1] = text
+    project.recipe(_numbered(lines))
+    error = _one_clear_error(project.run("validate"), 2)
+    assert error.startswith("error: " + expected), error
+    assert "<block" not in error and "expected" not in error
+
+
+def test_a_key_indented_into_the_value_above_it(project):
+    project.recipe("version: 1\nartifacts:\n  a:\n    kind: command\n      cmd: echo\n")
+    error = _one_clear_error(project.run("validate"), 2)
+    assert error == ("error: recbuild.yaml:5:7: invalid YAML: this line is indented further than line 4, so "
+                     "YAML reads it as the rest of that line's value; indent it like line 4")

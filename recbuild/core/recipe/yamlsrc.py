@@ -74,6 +74,8 @@ def problem(loc: Loc, path: KeyPath, message: str) -> str:
     command line is located by its own path (``--set a.b: message``), which is not repeated."""
     where = format_path(path)
     message = _escaped(message)  # one line on the terminal, whatever a value in it held
+    if len(message) > 1000:  # a net under the excerpts: no message carries a whole value
+        message = message[:997] + "..."
     if loc.line <= 0 and str(loc).endswith(f" {where}"):
         return f"{loc}: {message}"
     return f"{loc}: {where}: {message}"
