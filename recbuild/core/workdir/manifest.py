@@ -18,6 +18,7 @@ from recbuild import __version__
 from recbuild.errors import ForeignFolder, UnsupportedFile
 from recbuild.core.workdir.hashing import (ALGORITHM, StatCache, entries_digest, is_executable, list_tree,
                                           tree_entries, walk_relpaths)
+from recbuild.core.recipe.yamlsrc import clip
 
 MANIFEST_NAME = "MANIFEST.json"
 
@@ -261,25 +262,22 @@ def foreign_workdir(workdir: Path, recipe_dir: Path, artifact_names=()) -> str |
     filled with artifact folders and state."""
     if workdir == recipe_dir or workdir in recipe_dir.parents:
         return None
+    if os.path.isdir(workdir / ".recbuild") and not os.path.islink(workdir / ".recbuild"):
+        return None  # (the common case: no listing)
     try:
         with os.scandir(workdir) as entries:
             names = [entry.name for entry in entries]
-    except (FileNotFoundError, NotADirectoryError) as exc:
-        if isinstance(exc, NotADirectoryError) or os.path.lexists(workdir):
-            return f"{workdir} is not a folder"
-        return None
-    except OSError as exc:
-        return f"{workdir} cannot be listed ({exc.strerror})"
-    if os.path.isdir(workdir / ".recbuild") and not os.path.islink(workdir / ".recbuild"):
+    except OSError:  # missing (made by the first make), or not a folder (an error when it is made)
         return None
     names = [name for name in names if name not in RECBUILD_FILES and name not in artifact_names]
     if not names:
         return None
     if any(made_by_recbuild(workdir / name) for name in names[:1000]):
         return None
-    shown = ", ".join(sorted(names)[:3]) + (", ..." if len(names) > 3 else "")
-    return (f"{workdir} holds files recbuild did not make ({len(names)} {'entry' if len(names) == 1 else 'entries'}: {shown}) and no recbuild "
-            "state; use a new or empty folder as the workdir, e.g. build")
+    shown = ", ".join(clip(name, 40) for name in sorted(names)[:3]) + (", ..." if len(names) > 3 else "")
+    count = f"{len(names)} {'entry' if len(names) == 1 else 'entries'}"
+    return (f"{workdir} holds files recbuild did not make ({count}: {shown}) and no recbuild state; "
+            "use a new or empty folder as the workdir, e.g. build")
 
 
 def publish(staged: Path, target: Path, trash_dir: Path) -> None:
