@@ -36,8 +36,9 @@ DEFAULT_RECIPE = "recbuild.yaml"
 _NAME_RE = re.compile(NAME_PATTERN)
 RESERVED_NAMES = {"MANIFEST.json"}
 # A name is a folder name (<workdir>/<name>/) and, while building, part of longer ones: the staging
-# folder <name>-<10 hex> and the old copy set aside <name>-old-<8 hex>. Most file systems hold 255 bytes.
-MAX_NAME_BYTES = 255 - len("-old-12345678")
+# folders <name>-<10 hex>, <name>-pull-<10 hex> and <name>-cache-<10 hex> (the longest), the old copy
+# set aside <name>-old-<8 hex>. Most file systems hold 255 bytes in a name.
+MAX_NAME_BYTES = 255 - len("-cache-0123456789")
 RECIPE_WIDE_DEFAULTS = ("executor", "ray", "tzrec")
 
 
