@@ -333,3 +333,21 @@ def test_a_key_indented_into_the_value_above_it(project):
     error = _one_clear_error(project.run("validate"), 2)
     assert error == ("error: recbuild.yaml:5:7: invalid YAML: this line is indented further than line 4, so "
                      "YAML reads it as the rest of that line's value; indent it like line 4")
+
+
+def test_values_are_not_terminal_markup(project):
+    """On a terminal the output is drawn with rich: a value holding `[/]` or `[red]` is shown as
+    it is, not read as markup (a stray closing tag would fail the print itself)."""
+    import pty
+
+    project.recipe("version: 1\nartifacts:\n  a: {kind: \"[/]\"}\n")
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "recbuild.cli", "validate"], cwd=project.path,
+                              stdout=follower, stderr=subprocess.PIPE, timeout=60, env=os.environ.copy())
+    finally:
+        os.close(follower)
+        os.close(leader)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and "Traceback" not in err and "internal error" not in err, err
+    assert "unknown kind '[/]'" in err, err

@@ -32,6 +32,14 @@ def fmt_bytes(size: float) -> str:
     return f"{size:.1f} TiB"
 
 
+def _literal(text: str) -> str:
+    """Text from a recipe or a file name, shown as it is: `[red]` or `[/]` in a value is not rich
+    markup (a stray closing tag would fail the print itself)."""
+    from rich.markup import escape
+
+    return escape(text)
+
+
 def _keep_name_bytes(stream) -> None:
     """A file name that is not UTF-8 reaches Python as surrogates; a strict stream (a UTF-8
     locale's terminal) would fail on it mid-table. Write its original bytes instead, as ls and
@@ -85,14 +93,14 @@ class Terminal:
         with self._above_live():
             for line in text.splitlines() or [""]:
                 if self._err_console is not None:
-                    self._err_console.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
+                    self._err_console.print(f"[bold red]error:[/] {_literal(line)}", highlight=False, soft_wrap=True)
                 else:
                     print(f"error: {line}", file=self.stderr, flush=True)
 
     def warn(self, text: str) -> None:
         with self._above_live():
             if self._err_console is not None:
-                self._err_console.print(f"[yellow]warning:[/] {text}", highlight=False, soft_wrap=True)
+                self._err_console.print(f"[yellow]warning:[/] {_literal(text)}", highlight=False, soft_wrap=True)
             else:
                 print(f"warning: {text}", file=self.stderr, flush=True)
 
@@ -126,7 +134,7 @@ class Terminal:
             for header in headers:
                 table.add_column(header)
             for row in rows:
-                table.add_row(*[str(c) for c in row])
+                table.add_row(*[_literal(str(c)) for c in row])
             self._console.print(table)
             return
         if title:
@@ -255,9 +263,9 @@ class BuildEvents:
         time_text = _fmt_seconds(seconds) if seconds else ""
         if self.term.rich:
             style = _OUTCOME_STYLE.get(status, "")
-            text = f"  [{style}]{status:<22}[/] {name:<24} [dim]{kind:<16}[/] {time_text:>7}"
+            text = f"  [{style}]{status:<22}[/] {_literal(f'{name:<24}')} [dim]{kind:<16}[/] {time_text:>7}"
             if detail:
-                text += f"  [dim]{detail}[/]"
+                text += f"  [dim]{_literal(detail)}[/]"
             self.term._console.print(text, highlight=False)
         else:
             text = f"  {status:<22} {name:<24} {kind:<16} {time_text:>7}"
