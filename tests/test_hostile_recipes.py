@@ -92,16 +92,37 @@ artifacts:
 """
 
 
-@pytest.mark.parametrize("target", ["../build", "../build/a", ".."])
+@pytest.mark.parametrize("target", ["../build", "../build/a", "../build/.recbuild", ".."])
 def test_a_source_folder_linking_into_the_workdir_is_refused(project, target):
     project.write("data/x.txt", "x\n")
-    (project.path / "data" / "out").symlink_to(target)
     project.recipe(LINKED)
-    for command in (("make",), ("make",)):  # also once the workdir and its artifact exist
-        line = _one_clear_error(project.run(*command), 1)
-        assert "data/out is a symlink to " + target in line and "the workdir" in line, line
-    assert not (project.path / "build" / "a").exists()
+    assert project.run("make").code == 0  # the artifact and the state exist: the link leads somewhere
+    (project.path / "data" / "out").symlink_to(target)
+    for command in ("make", "make"):  # the same error every time, never a rebuild of itself
+        line = _one_clear_error(project.run(command), 1)
+        assert "data/out is a symlink to " + target in line and "inputs of themselves" in line, line
     assert "error" in project.run("status").out.split("raw", 1)[1].splitlines()[0]
+
+
+def test_a_glob_matching_a_link_into_an_artifact_is_refused(project):
+    project.write("data/x.txt", "x\n")
+    project.recipe(LINKED.replace("{path: data}", "{path: \"data/*\"}"))
+    assert project.run("make").code == 0
+    (project.path / "data" / "f").symlink_to("../build/a/f")
+    line = _one_clear_error(project.run("make"), 1)
+    assert "data/f is a symlink to ../build/a/f" in line and "made by recbuild" in line, line
+
+
+def test_with_workdir_dot_the_users_folders_stay_sources(project):
+    """`workdir: .`: the source folder is inside the workdir, and so is the folder its link leads
+    to; neither is recbuild's, so both are read."""
+    project.write("data/x.txt", "x\n")
+    project.write("shared/y.txt", "y\n")
+    (project.path / "data" / "shared").symlink_to("../shared")
+    project.recipe(LINKED.replace("version: 1\n", "version: 1\nworkdir: .\n"))
+    assert project.run("make").built == ["a"]
+    assert project.run("make").built == []
+    assert (project.path / "a" / "f").read_text().split() == ["shared", "x.txt"]
 
 
 def test_a_link_outside_the_workdir_is_still_read_through(project, tmp_path):
@@ -127,6 +148,18 @@ def test_the_kernels_trees_are_refused_without_walking_them(project, where, tree
     result = project.subprocess_run("make", timeout=20)  # walking /proc takes minutes: a timeout fails
     line = _one_clear_error(result, 1)
     assert "a pseudo-filesystem of the kernel" in line, line
+
+
+@pytest.mark.parametrize("where", ["file", "link", "glob"])
+def test_a_file_of_the_kernels_trees_is_refused_not_read(project, where):
+    # /proc/kmsg is a "regular file" whose read blocks until the kernel logs something
+    project.write("data/x.txt", "x\n")
+    spec = "/proc/kmsg" if where == "file" else ("data/k.txt" if where == "link" else "data/*.txt")
+    if where != "file":
+        (project.path / "data" / "k.txt").symlink_to("/proc/kmsg")
+    project.recipe(LINKED.replace("{path: data}", "{path: \"" + spec + "\"}"))
+    line = _one_clear_error(project.subprocess_run("make", timeout=30), 1)
+    assert "/proc/kmsg" in line and "a pseudo-filesystem of the kernel" in line, line
 
 
 def test_a_ram_disk_folder_is_data(project):

@@ -351,13 +351,28 @@ def expand_local(path: Path, guard=None) -> tuple[Path, list[Path]]:
         matches = sorted(Path(p) for p in globlib.glob(text, recursive=True))
         files: list[Path] = []
         for match in matches:
-            files.extend(_source_files(match, guard) if match.is_dir() else [match])
+            files.extend(_source_files(match, guard) if match.is_dir() else _source_file(match, guard))
         root = Path(text.split("*")[0].split("?")[0].split("[")[0])
         root = root if text.split("*")[0].endswith(os.sep) or root.is_dir() else root.parent
         return root, sorted(set(files))
     if path.is_dir():
         return path, _source_files(path, guard)
-    return path.parent, [path] if path.exists() else []
+    return path.parent, _source_file(path, guard) if path.exists() else []
+
+
+def _source_file(path: Path, guard=None) -> list[Path]:
+    """A source that is one file, refused where a folder would be (/proc/kmsg blocks its reader).
+    (A device or FIFO is refused by what it is, when it is hashed.)"""
+    try:
+        regular = stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        regular = False
+    link = os.path.islink(path)  # (a real file in the workdir matched by a glob has its own error)
+    why = _refused(os.path.realpath(path), guard if link else None) if regular else None
+    if why is not None:
+        what = f"a symlink to {os.readlink(path)}, " if link else "a file, "
+        raise UnsupportedFile(f"{path} is {what}{why}")
+    return [path]
 
 
 def _source_files(folder: Path, guard=None) -> list[Path]:
