@@ -384,3 +384,13 @@ def test_values_are_not_terminal_markup(project):
     err = proc.stderr.decode()
     assert proc.returncode == 2 and "Traceback" not in err and "internal error" not in err, err
     assert "unknown kind '[/]'" in err, err
+
+
+def test_a_source_path_with_terminal_escapes_is_shown_escaped(project):
+    # not a recipe error (those are escaped where they are made): a build error quoting the path
+    project.recipe("version: 1\nsources:\n  raw: {path: \"data/\\e]0;pwned\\a\\e[2Jx.txt\"}\n"
+                   "artifacts:\n  a: {kind: command, deps: [raw], cmd: \"echo > ${out}/f\"}\n")
+    result = project.run("make")
+    assert result.code == 1
+    assert "\x1b" not in result.err and "\x07" not in result.err, repr(result.err)
+    assert "\\x1b]0;pwned\\x07" in result.err, result.err

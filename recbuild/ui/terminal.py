@@ -40,6 +40,18 @@ def _literal(text: str) -> str:
     return escape(text)
 
 
+def _visible(text: str) -> str:
+    """An error or warning line with control and invisible characters escaped (an ESC sequence in
+    a recipe value or a file name must not move the cursor, retitle or recolour the terminal; a
+    bidi override must not reorder the line). A file name's undecodable bytes are kept."""
+    import unicodedata
+
+    if text.isprintable():
+        return text
+    return "".join(c.encode("unicode_escape").decode("ascii")
+                   if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") else c for c in text)
+
+
 def _keep_name_bytes(stream) -> None:
     """A file name that is not UTF-8 reaches Python as surrogates; a strict stream (a UTF-8
     locale's terminal) would fail on it mid-table. Write its original bytes instead, as ls and
@@ -92,12 +104,14 @@ class Terminal:
     def error(self, text: str) -> None:
         with self._above_live():
             for line in text.splitlines() or [""]:
+                line = _visible(line)
                 if self._err_console is not None:
                     self._err_console.print(f"[bold red]error:[/] {_literal(line)}", highlight=False, soft_wrap=True)
                 else:
                     print(f"error: {line}", file=self.stderr, flush=True)
 
     def warn(self, text: str) -> None:
+        text = "\n".join(_visible(line) for line in text.split("\n"))
         with self._above_live():
             if self._err_console is not None:
                 self._err_console.print(f"[yellow]warning:[/] {_literal(text)}", highlight=False, soft_wrap=True)
