@@ -9,61 +9,101 @@ says which line breaks the indentation (or which bracket or quote is not closed)
 
 from __future__ import annotations
 
-from collections import Counter
-
-
 def _indent(line: str) -> int:
     return len(line) - len(line.lstrip(" "))
-
-
-def _is_content(line: str) -> bool:
-    stripped = line.strip()
-    return bool(stripped) and not stripped.startswith("#")
 
 
 def _spaces(n: int) -> str:
     return f"{n} space{'s' if n != 1 else ''}"
 
 
-def _usual_step(lines: list[str]) -> int:
-    """The indentation step the file uses most (2 in most recipes)."""
-    steps: Counter = Counter()
-    previous = 0
+def _block_lines(lines: list[str]) -> list[bool]:
+    """Which lines take part in the block structure: not blank, not a comment, and not the
+    continuation of a ``{...}`` or ``[...]`` opened on an earlier line (those may be indented at
+    will). A rough scan: quotes only count where a value starts, as in YAML."""
+    depth = 0
+    quote = ""
+    result = []
     for line in lines:
-        if _is_content(line):
-            delta = _indent(line) - previous
-            if delta > 0:
-                steps[delta] += 1
-            previous = _indent(line)
-    return steps.most_common(1)[0][0] if steps else 2
+        stripped = line.strip()
+        result.append(depth == 0 and not quote and bool(stripped) and not stripped.startswith("#"))
+        previous = " "
+        for char in line:
+            if quote:
+                if char == quote:
+                    quote = ""
+            elif char == "#" and previous in " \t":
+                break
+            elif char in "'\"" and previous in " \t[{,:":
+                quote = char
+            elif char in "[{":
+                depth += 1
+            elif char in "]}":
+                depth = max(0, depth - 1)
+            previous = char
+        if quote == "'":  # a single-quoted scalar rarely spans lines in a recipe: an apostrophe
+            quote = ""
+    return result
 
 
-def _block_indentation(lines: list[str], at: int) -> tuple[int, str] | None:
+class _Layout:
+    def __init__(self, lines: list[str]):
+        self.lines = lines
+        self.block = _block_lines(lines)
+
+    def indent(self, i: int) -> int:
+        return _indent(self.lines[i])
+
+    def before(self, i: int):
+        return next((k for k in range(i - 1, -1, -1) if self.block[k]), None)
+
+    def count_after(self, i: int, floor: int, width: int) -> int:
+        """Block lines after ``i`` indented by ``width``, up to the first one at ``floor`` or less."""
+        count = 0
+        for k in range(i + 1, len(self.lines)):
+            if self.block[k]:
+                if self.indent(k) <= floor:
+                    break
+                count += self.indent(k) == width
+        return count
+
+    def odd_one(self, upper: int, lower: int) -> bool:
+        """Whether ``upper`` (a line less indented than the ``lower`` one after it) is the line
+        out of step: the block line before it, or most lines after ``lower``, are indented like
+        ``lower``."""
+        wanted = self.indent(lower)
+        above = self.before(upper)
+        if above is not None and self.indent(above) == wanted:
+            return True
+        floor = self.indent(above) if above is not None else -1
+        return self.count_after(lower, floor, wanted) > self.count_after(lower, floor, self.indent(upper))
+
+
+def _block_indentation(lay: _Layout, at: int) -> tuple[int, str] | None:
     """For line ``at`` (0-based) that is indented unlike its block: (line to fix, message)."""
-    mine = _indent(lines[at])
-    parent = next((i for i in range(at - 1, -1, -1) if _is_content(lines[i]) and _indent(lines[i]) < mine), None)
-    parent_indent = _indent(lines[parent]) if parent is not None else -1
-    first = next((i for i in range((parent + 1) if parent is not None else 0, at + 1) if _is_content(lines[i])), at)
+    if not lay.block[at]:
+        return None
+    mine = lay.indent(at)
+    parent = next((i for i in range(at - 1, -1, -1) if lay.block[i] and lay.indent(i) < mine), None)
+    parent_indent = lay.indent(parent) if parent is not None else -1
+    first = next((i for i in range((parent + 1) if parent is not None else 0, at + 1) if lay.block[i]), at)
     if first == at:
         if parent is None:
             return None
+        if lay.odd_one(parent, at):
+            return parent, (f"this line is indented by {_spaces(parent_indent)}, but the lines of its block "
+                            f"around it (line {at + 1}) by {_spaces(mine)}; indent it like them")
         return at, (f"this line is indented under line {parent + 1}, which already has its value on that "
                     f"line; indent it like line {parent + 1}, or move it into that value")
-    theirs = _indent(lines[first])
+    theirs = lay.indent(first)
     if theirs == mine:  # same indentation: a list item among keys, or a key among list items
-        item = lines[at].lstrip().startswith("-")
+        item = lay.lines[at].lstrip().startswith("-")
         return at, (f"this line is {'a list item (- ...)' if item else 'a key'} among "
                     f"{'keys' if item else 'list items (- ...)'} (from line {first + 1}); a block holds "
                     "one or the other: indent it further, or write it like the lines above it")
-    above = sum(1 for i in range(first, at) if _is_content(lines[i]) and _indent(lines[i]) == theirs)
-    below = 0
-    for line in lines[at:]:
-        if _is_content(line):
-            if _indent(line) <= parent_indent:
-                break
-            below += _indent(line) == mine
-    step = _usual_step(lines)
-    if above < below or (above == below and mine - parent_indent == step and theirs - parent_indent != step):
+    above = sum(1 for i in range(first, at) if lay.block[i] and lay.indent(i) == theirs)
+    below = 1 + lay.count_after(at, parent_indent, mine)
+    if above < below:
         return first, (f"this line is indented by {_spaces(theirs)}, but the rest of its block (from line "
                        f"{at + 1}) by {_spaces(mine)}; indent the lines of one block alike")
     return at, (f"this line is indented by {_spaces(mine)}, but the lines above it in the same block "
@@ -77,20 +117,25 @@ def explain(exc, text: str) -> tuple[int, int, str] | None:
     if mark is None:
         return None
     lines = text.splitlines() or [""]
+    lay = _Layout(lines)
     at = min(mark.line, len(lines) - 1)
     problem = (exc.problem or "").strip()
     context = (exc.context or "").strip()
     here = exc.context_mark
     if problem.startswith(("expected <block end>", "expected '<document start>'")):
-        found = _block_indentation(lines, at)
+        found = _block_indentation(lay, at)
         if found is not None:
             line, message = found
             return line + 1, _indent(lines[line]) + 1, message
     if problem == "mapping values are not allowed here":
-        previous = next((i for i in range(at - 1, -1, -1) if _is_content(lines[i])), None)
-        if previous is not None and _indent(lines[at]) > _indent(lines[previous]) \
+        previous = lay.before(at) if lay.block[at] else None
+        if previous is not None and lay.indent(at) > lay.indent(previous) \
                 and ": " in lines[previous] and not lines[previous].rstrip().endswith(":"):
-            return at + 1, _indent(lines[at]) + 1, (
+            if lay.odd_one(previous, at):
+                return previous + 1, lay.indent(previous) + 1, (
+                    f"this line is indented by {_spaces(lay.indent(previous))}, but the lines of its block "
+                    f"around it (line {at + 1}) by {_spaces(lay.indent(at))}; indent it like them")
+            return at + 1, lay.indent(at) + 1, (
                 f"this line is indented further than line {previous + 1}, so YAML reads it as the rest of "
                 f"that line's value; indent it like line {previous + 1}")
         return mark.line + 1, mark.column + 1, ("a ': ' inside a value; put the value in quotes "
