@@ -12,7 +12,7 @@ sources:
 CASES = [
     # (id, recipe text, expected error line)
     ("yaml-syntax", "version: 1\nartifacts:\n  a: {kind: command, cmd: x\n",
-     "recbuild.yaml:4:1: invalid YAML:"),
+     "recbuild.yaml:3:6: invalid YAML: the '{' here is not closed"),
     ("yaml-duplicate-key", "version: 1\nartifacts:\n  a: {kind: command, cmd: x}\n  a: {kind: command, cmd: y}\n",
      "recbuild.yaml:4:3: invalid YAML: duplicate key 'a'"),
     ("not-a-mapping", "- just\n- a list\n",

@@ -32,6 +32,40 @@ def fmt_bytes(size: float) -> str:
     return f"{size:.1f} TiB"
 
 
+def _literal(text: str) -> str:
+    """Text from a recipe or a file name, shown as it is: `[red]` or `[/]` in a value is not rich
+    markup (a stray closing tag would fail the print itself)."""
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def _visible(text: str) -> str:
+    """An error or warning line with control and invisible characters escaped (an ESC sequence in
+    a recipe value or a file name must not move the cursor, retitle or recolour the terminal; a
+    bidi override must not reorder the line). A file name's undecodable bytes are kept."""
+    import unicodedata
+
+    if text.isprintable():
+        return text
+    return "".join(c.encode("unicode_escape").decode("ascii")
+                   if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") else c for c in text)
+
+
+def _keep_name_bytes(stream) -> None:
+    """A file name that is not UTF-8 reaches Python as surrogates; a strict stream (a UTF-8
+    locale's terminal) would fail on it mid-table. Write its original bytes instead, as ls and
+    find do (or an escape, on a stream that is not UTF-8)."""
+    encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
+    reconfigure = getattr(stream, "reconfigure", None)
+    if reconfigure is None or getattr(stream, "errors", None) in ("surrogateescape", "backslashreplace"):
+        return
+    try:
+        reconfigure(errors="surrogateescape" if encoding == "utf8" else "backslashreplace")
+    except (ValueError, OSError, AttributeError):
+        pass
+
+
 class Terminal:
     def __init__(self, verbosity: int = 1, force_plain: bool | None = None):
         self.verbosity = verbosity  # 0 quiet, 1 normal, 2 verbose
@@ -39,6 +73,8 @@ class Terminal:
         # and lines printed from another thread at that moment would vanish into that capture.
         self.stdout = sys.stdout
         self.stderr = sys.stderr
+        for stream in (self.stdout, self.stderr):
+            _keep_name_bytes(stream)
         plain = force_plain if force_plain is not None else not self.stdout.isatty()
         self.rich = not plain
         self._console = None
@@ -68,15 +104,17 @@ class Terminal:
     def error(self, text: str) -> None:
         with self._above_live():
             for line in text.splitlines() or [""]:
+                line = _visible(line)
                 if self._err_console is not None:
-                    self._err_console.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
+                    self._err_console.print(f"[bold red]error:[/] {_literal(line)}", highlight=False, soft_wrap=True)
                 else:
                     print(f"error: {line}", file=self.stderr, flush=True)
 
     def warn(self, text: str) -> None:
+        text = "\n".join(_visible(line) for line in text.split("\n"))
         with self._above_live():
             if self._err_console is not None:
-                self._err_console.print(f"[yellow]warning:[/] {text}", highlight=False, soft_wrap=True)
+                self._err_console.print(f"[yellow]warning:[/] {_literal(text)}", highlight=False, soft_wrap=True)
             else:
                 print(f"warning: {text}", file=self.stderr, flush=True)
 
@@ -110,7 +148,7 @@ class Terminal:
             for header in headers:
                 table.add_column(header)
             for row in rows:
-                table.add_row(*[str(c) for c in row])
+                table.add_row(*[_literal(str(c)) for c in row])
             self._console.print(table)
             return
         if title:
@@ -239,9 +277,9 @@ class BuildEvents:
         time_text = _fmt_seconds(seconds) if seconds else ""
         if self.term.rich:
             style = _OUTCOME_STYLE.get(status, "")
-            text = f"  [{style}]{status:<22}[/] {name:<24} [dim]{kind:<16}[/] {time_text:>7}"
+            text = f"  [{style}]{status:<22}[/] {_literal(f'{name:<24}')} [dim]{kind:<16}[/] {time_text:>7}"
             if detail:
-                text += f"  [dim]{detail}[/]"
+                text += f"  [dim]{_literal(detail)}[/]"
             self.term._console.print(text, highlight=False)
         else:
             text = f"  {status:<22} {name:<24} {kind:<16} {time_text:>7}"

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from recbuild.errors import RecbuildError
 from recbuild.core.workdir.hashing import StatCache, entries_digest
-from recbuild.core.workdir.manifest import EXEC_MODE, FILE_MODE, FOLDER_MODE, manifest_problem, write_manifest
+from recbuild.core.workdir.manifest import EXEC_MODE, FILE_MODE, FOLDER_MODE, manifest_problem, manifest_text, write_manifest
 
 LAYOUT = "v1"
 
@@ -183,7 +183,7 @@ class ArtifactCache:
         self._clean_dead_uploads()
         archive = _deterministic_tar(folder, manifest)
         self._put_atomically(archive, self._base(key) + ".tar")
-        text = json.dumps(manifest, sort_keys=True, indent=1, ensure_ascii=False) + "\n"
+        text = manifest_text(manifest)
         self._put_atomically(text.encode("utf-8"), self._base(key) + ".json")
         self.record_use(key)
         return True

@@ -9,7 +9,7 @@ from recbuild.errors import RecipeError
 from recbuild.core.recipe.load import NodeSpec, Recipe
 from recbuild.core.recipe.paths import is_glob, is_url
 from recbuild.core.recipe.schema import did_you_mean
-from recbuild.core.recipe.yamlsrc import problem
+from recbuild.core.recipe.yamlsrc import excerpt, problem
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def build_graph(recipe: Recipe, builders: dict) -> Graph:
                 path = (node.section, name, field_name) + (() if single else (index,))
                 if target == name:
                     loc = recipe.locate(path)
-                    problems.append((loc.line, problem(loc, path, f"{name!r} cannot depend on itself")))
+                    problems.append((loc.line, problem(loc, path, f"{excerpt(name)} cannot depend on itself")))
                     continue
                 if target not in nodes:
                     if field_name in builder.path_fields and _looks_like_path(target, recipe):
@@ -90,7 +90,7 @@ def build_graph(recipe: Recipe, builders: dict) -> Graph:
                         extra = "" if hint or field_name not in builder.path_fields else \
                             " (no such artifact or source, and no such file)"
                         problems.append((loc.line, problem(loc, path,
-                                                           f"unknown artifact or source {target!r}{hint}{extra}")))
+                                                           f"unknown artifact or source {excerpt(target)}{hint}{extra}")))
                         continue
                 role = field_name if single else f"{field_name}.{target}"
                 edges[name].append(Edge(role, field_name, None if single else index, target))
@@ -131,7 +131,11 @@ def _sources_holding_the_workdir(nodes: dict, recipe: Recipe) -> list[tuple[int,
 def _looks_like_path(target: str, recipe: Recipe) -> bool:
     if "://" in target:
         return True
-    return (recipe.dir / target).exists() or "/" in target or "." in target
+    try:
+        exists = (recipe.dir / target).exists()
+    except OSError:  # e.g. a name longer than a file name can be
+        exists = False
+    return exists or "/" in target or "." in target
 
 
 def _topological(nodes, edges, recipe: Recipe, ref_locs) -> list[str]:

@@ -16,7 +16,7 @@ from typing import Any
 from recbuild.errors import RecipeError
 from recbuild.core.recipe.merge import read_trace
 from recbuild.core.recipe.schema import did_you_mean
-from recbuild.core.recipe.yamlsrc import KeyPath, locate, problem
+from recbuild.core.recipe.yamlsrc import KeyPath, clip, excerpt, locate, problem
 
 _REF = re.compile(r"\$\{([^}]*)\}")
 RAW_PREFIX = "raw:"
@@ -44,7 +44,7 @@ class _Interpolator:
                     walked += "." + part
                 else:
                     options = list(value) if isinstance(value, dict) else []
-                    self._fail(path, f"unknown variable ${{{expr}}}: {walked} has no {part!r}"
+                    self._fail(path, f"unknown variable ${{{clip(expr)}}}: {walked} has no {excerpt(part)}"
                                      f"{did_you_mean(part, options)}")
                     return False, None
             return True, value
@@ -55,12 +55,12 @@ class _Interpolator:
                 return True, os.environ[name]
             if sep:
                 return True, default
-            self._fail(path, f"environment variable {name} is not set; set it or write "
-                             f"${{env.{name}:-default}}")
+            self._fail(path, f"environment variable {clip(name)} is not set; set it or write "
+                             f"${{env.{clip(name)}:-default}}")
             return False, None
         if expr == "out" or expr.startswith(("deps.", "params.")):
             return False, None  # left for the command kind
-        self._fail(path, f"unknown reference ${{{expr}}}; use ${{vars.NAME}} or ${{env.NAME}} "
+        self._fail(path, f"unknown reference ${{{clip(expr)}}}; use ${{vars.NAME}} or ${{env.NAME}} "
                          "(write $${ for a literal ${)")
         return False, None
 
@@ -84,7 +84,7 @@ class _Interpolator:
             if not ok:
                 return match.group(0)
             if isinstance(value, (dict, list)):
-                self._fail(path, f"${{{match.group(1)}}} is a {type(value).__name__}; "
+                self._fail(path, f"${{{clip(match.group(1))}}} is a {type(value).__name__}; "
                                  "it can only stand alone, not inside a string")
                 return match.group(0)
             text_value = str(value).lower() if isinstance(value, bool) else str(value)

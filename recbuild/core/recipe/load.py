@@ -8,7 +8,8 @@ templates.py (the built-in templates); parse_cache.py reuses an identical earlie
 
 Decisions (documented in docs/recipes.md):
 - ``extends`` is resolved first (a built-in template name or a path relative to the recipe);
-  mappings deep-merge, everything else is replaced; a ``null`` value deletes the inherited key.
+  mappings deep-merge, everything else is replaced; a ``null`` value deletes the inherited key; a
+  source or artifact of another kind replaces the inherited one (merge.py).
 - Relative paths in the final recipe (``workdir``, source paths, ``cmd`` folders) are relative to
   the folder of the recipe file named on the command line, also for keys inherited from a template.
 - ``--set a.b=value`` parses value as YAML and applies before interpolation.
@@ -29,11 +30,15 @@ from recbuild.core.recipe.interpolation import interpolate, shell_field_test
 from recbuild.core.recipe.merge import apply_overrides, load_with_extends, read_trace
 from recbuild.core.recipe.spec import NodeSpec, Recipe  # noqa: F401  (the loader's result types)
 from recbuild.core.recipe.schema import NAME_PATTERN, SchemaChecker, did_you_mean, kind_schema, top_level_schema
-from recbuild.core.recipe.yamlsrc import KeyPath, Loc, locate, problem
+from recbuild.core.recipe.yamlsrc import KeyPath, Loc, clip, excerpt, locate, problem
 
 DEFAULT_RECIPE = "recbuild.yaml"
 _NAME_RE = re.compile(NAME_PATTERN)
 RESERVED_NAMES = {"MANIFEST.json"}
+# A name is a folder name (<workdir>/<name>/) and, while building, part of longer ones: the staging
+# folders <name>-<10 hex>, <name>-pull-<10 hex> and <name>-cache-<10 hex> (the longest), the old copy
+# set aside <name>-old-<8 hex>. Most file systems hold 255 bytes in a name.
+MAX_NAME_BYTES = 255 - len("-cache-0123456789")
 RECIPE_WIDE_DEFAULTS = ("executor", "ray", "tzrec")
 
 
@@ -68,11 +73,18 @@ def build_nodes(data: dict, locations: dict, file: str, builders: dict,
         for name, spec in entries.items():
             path = (section, name)
             if (not _NAME_RE.fullmatch(name) or name in RESERVED_NAMES) and name not in (variants or {}):
-                fail(path, f"bad name {name!r}: use letters, digits, '_' and '-', starting with a letter or '_'")
+                fail(path, f"bad name {excerpt(name)}: use letters, digits, '_' and '-', starting with a letter or '_'")
+                continue
+            if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+                what = "variant name" if name in (variants or {}) else "name"
+                fail(path, f"a {what} of {len(name.encode('utf-8', 'surrogateescape'))} bytes: an "
+                           f"artifact's name is its folder's name, at most {MAX_NAME_BYTES} bytes "
+                           "(a file name holds 255, and recbuild adds a suffix to it while building); "
+                           "use a shorter name" + (" or shorter matrix values" if what != "name" else ""))
                 continue
             if name in nodes:
                 other = nodes[name]
-                fail(path, f"{name!r} is already declared in {other.section} at {other.loc}; rename one")
+                fail(path, f"{excerpt(name)} is already declared in {other.section} at {other.loc}; rename one")
                 continue
             if not isinstance(spec, dict):
                 fail(path, "must be a mapping (e.g. {kind: ..., ...} or {path: ...})")
@@ -81,6 +93,9 @@ def build_nodes(data: dict, locations: dict, file: str, builders: dict,
                 if section == "sources" and "path" in spec:
                     problems.extend(file_source_checker.problems(spec, path, where))
                     nodes[name] = NodeSpec(name, section, "source", dict(spec), where(path))
+                elif "path" in spec:  # a file recbuild does not build is a source, not an artifact
+                    fail(path, f"missing required key 'kind': a {{path: ...}} entry is a source; declare it "
+                               f"under sources instead (`{name}: null` under artifacts drops an inherited one)")
                 else:
                     hint = " or 'path'" if section == "sources" else ""
                     fail(path, f"missing required key 'kind'{hint}")
@@ -88,7 +103,7 @@ def build_nodes(data: dict, locations: dict, file: str, builders: dict,
             kind = spec["kind"]
             if not isinstance(kind, str) or kind not in builders:
                 kinds = sorted(builders)
-                fail(path + ("kind",), f"unknown kind {kind!r}{did_you_mean(kind, kinds)}; "
+                fail(path + ("kind",), f"unknown kind {excerpt(kind)}{did_you_mean(kind, kinds)}; "
                                        f"kinds: {', '.join(kinds)}")
                 continue
             builder_cls = builders[kind]
@@ -131,6 +146,28 @@ def load_recipe(path: str | os.PathLike | None = None, overrides: list[str] | No
     return recipe
 
 
+# The system's own trees: no workdir inside them; and folders that hold everyone's folders: no
+# workdir there itself (a folder of its own below them is fine: /tmp/x, /var/lib/ci/build).
+_SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/sbin",
+                 "/sys", "/usr", "/System", "/Library", "/private/etc")
+_SYSTEM_FOLDERS = ("/home", "/root", "/var", "/opt", "/srv", "/mnt", "/media", "/tmp", "/run", "/snap",
+                   "/usr/local", "/Users", "/Applications", "/private", "/private/var", "/private/tmp",
+                   "/dev/shm")
+
+
+def _system_folder(workdir: Path) -> str | None:
+    """Why ``workdir`` is the system's (or the home folder), or None."""
+    text = workdir.as_posix()
+    if workdir == Path.home().resolve():
+        return "your home folder"
+    if workdir == Path(workdir.anchor) or text in _SYSTEM_FOLDERS:
+        return "a system folder"
+    if text.startswith(("/usr/local/", "/dev/shm/")):  # a folder of its own on a RAM disk, or /usr/local/src/x
+        return None
+    tree = next((t for t in _SYSTEM_TREES if text == t or text.startswith(t + "/")), None)
+    return None if tree is None else (f"inside {tree}, a system folder" if tree != text else "a system folder")
+
+
 def _load_recipe(path, overrides, builders) -> Recipe:
     from recbuild.builders import all_builders
 
@@ -166,7 +203,7 @@ def _load_recipe(path, overrides, builders) -> Recipe:
         if target not in nodes:
             loc = where(("default", index))
             problems.append((loc.line, problem(loc, ("default", index),
-                                               f"unknown artifact {target!r}{did_you_mean(target, nodes)}")))
+                                               f"unknown artifact {excerpt(target)}{did_you_mean(target, nodes)}")))
     if not nodes and not problems:
         problems.append((1, problem(Loc(shown, 1, 1), ("artifacts",), "the recipe declares no sources or artifacts")))
     if problems:
@@ -181,10 +218,12 @@ def _load_recipe(path, overrides, builders) -> Recipe:
         cluster = _apply_defaults(CLUSTER_SCHEMA, cluster)
     recipe_dir = recipe_path.resolve().parent
     workdir = (recipe_dir / data.get("workdir", "build")).resolve()
-    if workdir == Path(workdir.anchor) or workdir == Path.home().resolve():
+    system = _system_folder(workdir)
+    if system:
         raise RecipeError(problem(where(("workdir",)), ("workdir",),
-                                  f"{workdir} cannot be a workdir: artifacts would be published beside "
-                                  "the system's (or your home's) folders; use a folder of its own, e.g. build"))
+                                  f"{clip(str(workdir), 200)} cannot be a workdir: it is {system}, where "
+                                  "artifacts would be published beside folders that are not recbuild's; "
+                                  "use a folder of its own, e.g. build"))
     return Recipe(
         path=recipe_path, dir=recipe_dir, name=data.get("name") or recipe_dir.name,
         workdir=workdir,

@@ -32,7 +32,7 @@ from typing import Any
 
 from recbuild.errors import RecipeError
 from recbuild.core.recipe.schema import did_you_mean
-from recbuild.core.recipe.yamlsrc import KeyPath, Loc, problem
+from recbuild.core.recipe.yamlsrc import KeyPath, Loc, excerpt, problem
 
 MATRIX_KEY = "matrix"
 MODEL_PREFIX = "model."
@@ -112,7 +112,7 @@ def expand(data: dict, locations: dict[KeyPath, Loc], file: str, builders: dict)
             variant_name = f"{name}@{combo_label}"
             if variant_name in specs or variant_name in expansion.variants:
                 where = locations.get((section, name), Loc(file, 1, 1))
-                problems.append((where.line, problem(where, (section, name), f"variant {variant_name!r} "
+                problems.append((where.line, problem(where, (section, name), f"variant {excerpt(variant_name)} "
                                                      "collides with another name; rename one")))
                 continue
             new_spec = {k: v for k, v in spec.items() if k != MATRIX_KEY}
@@ -182,7 +182,7 @@ def _own_variants(name, section, spec, builder_cls, locations, file, problems):
                                     "go on the artifact that trains or exports the model")
                 continue
         elif key not in params:
-            fail(path + (key,), f"{key!r} is not a param of {builder_cls.kind}{did_you_mean(key, params)}")
+            fail(path + (key,), f"{excerpt(key)} is not a param of {builder_cls.kind}{did_you_mean(key, params)}")
             continue
         if not isinstance(values, list) or not values:
             fail(path + (key,), "must be a non-empty list of values")

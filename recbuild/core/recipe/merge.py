@@ -1,18 +1,20 @@
 """The layers of a recipe, merged with their locations: the recipe file and the templates or files
-it ``extends`` (mappings deep-merge, a ``null`` deletes an inherited key), then the ``--set``
-overrides. Records the files it read in ``read_trace``, the recipe cache's validity conditions.
+it ``extends`` (mappings deep-merge, a ``null`` deletes an inherited key, a source or artifact of
+another kind replaces the inherited one), then the ``--set`` overrides. Records the files it read
+in ``read_trace``, the recipe cache's validity conditions.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from recbuild.errors import RecipeError
 from recbuild.core.recipe.templates import find_template, template_names
 from recbuild.core.recipe.schema import did_you_mean
-from recbuild.core.recipe.yamlsrc import KeyPath, Loc, format_path, load_yaml, parse_scalar, problem
+from recbuild.core.recipe.yamlsrc import KeyPath, Loc, clip, excerpt, format_path, load_yaml, parse_scalar, problem
 
 SET_FILE = "--set"
 
@@ -25,8 +27,31 @@ def _drop_subtree(locations: dict[KeyPath, Loc], path: KeyPath) -> None:
         del locations[key]
 
 
+_ENTRY_SECTIONS = ("sources", "artifacts")
+_FILE_SOURCE = object()  # the "kind" of a plain {path: ...} source
+
+
+def _entry_kind(entry: dict) -> Any:
+    """What a source or artifact entry declares itself to be: its ``kind``, a file source when it
+    has only a ``path``, or None (it names no kind: it adjusts the inherited entry's params)."""
+    if entry.get("kind") is not None:
+        return entry["kind"]
+    return _FILE_SOURCE if "path" in entry else None
+
+
+def _replaces(base: Any, over: Any, path: KeyPath) -> bool:
+    """An entry of another kind replaces the inherited one: `items: {path: data/items}` over a
+    template's `sample_data` source means "my file instead", not "add a path to the generator"."""
+    if len(path) != 2 or path[0] not in _ENTRY_SECTIONS:
+        return False
+    if not isinstance(base, dict) or not isinstance(over, dict):
+        return False
+    kind = _entry_kind(over)
+    return kind is not None and kind != _entry_kind(base)
+
+
 def deep_merge(base: Any, base_locs: dict, over: Any, over_locs: dict, path: KeyPath = ()) -> Any:
-    if isinstance(base, dict) and isinstance(over, dict):
+    if isinstance(base, dict) and isinstance(over, dict) and not _replaces(base, over, path):
         merged = dict(base)
         for key, value in over.items():
             child = path + (key,)
@@ -55,9 +80,57 @@ def _copy_locs(src: dict, dst: dict, path: KeyPath) -> None:
 
 
 
-def load_with_extends(path: Path, shown: str, chain: tuple[str, ...]) -> tuple[dict, dict]:
+MAX_EXTENDED_BYTES = 1 << 20  # a recipe is a few KB; anything far larger is not one
+_VERSION_LINE = re.compile(rb"^version\s*:\s*[\"']?1[\"']?\s*(#.*)?$", re.M)
+
+
+def _load_extended(path: Path, shown: str, at: Loc) -> tuple[Any, dict]:
+    """A file named by ``extends:``, loaded only if it is a recipe. ``extends:`` can name any file
+    (``../../etc/shadow``), and the errors about a file quote its keys and values: a file that is
+    not a recipe gets one line naming it, and nothing of its content. A recipe is a mapping whose
+    keys are recipe keys, or one with ``version: 1`` (then a misspelt key is reported as usual);
+    a file that is not YAML at all is a recipe only if it has a ``version: 1`` line (then its YAML
+    error is reported, with its line)."""
+    def refuse(why: str) -> RecipeError:
+        return RecipeError(problem(at, ("extends",), f"{clip(shown, 200)} is not a recipe ({why}); "
+                                                     "extends names a template or a recipe file"))
+
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_EXTENDED_BYTES + 1)
+    except OSError as exc:
+        raise RecipeError(problem(at, ("extends",), f"{clip(shown, 200)}: cannot read it: "
+                                                    f"{exc.strerror or type(exc).__name__}")) from None
+    if len(raw) > MAX_EXTENDED_BYTES:
+        raise refuse(f"larger than {MAX_EXTENDED_BYTES >> 20} MB")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise refuse("not UTF-8 text") from None
+    looks_like_one = _VERSION_LINE.search(raw) is not None
+    try:
+        data, locations = load_yaml(path, shown)
+    except RecipeError:
+        if looks_like_one:
+            raise
+        raise refuse("not YAML") from None
+    if not isinstance(data, dict):
+        raise refuse("not a mapping of recipe keys")
+    if data.get("version") != 1:
+        from recbuild.core.recipe.schema import top_level_schema
+
+        if set(data) - set(top_level_schema()["properties"]):
+            raise refuse("its keys are not recipe keys such as version, sources, artifacts")
+    return data, locations
+
+
+def load_with_extends(path: Path, shown: str, chain: tuple[str, ...],
+                      extended_at: Loc | None = None) -> tuple[dict, dict]:
     read_trace["files"][str(path)] = None
-    data, locations = load_yaml(path, shown)
+    if extended_at is not None:
+        data, locations = _load_extended(path, shown, extended_at)
+    else:
+        data, locations = load_yaml(path, shown)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -70,20 +143,23 @@ def load_with_extends(path: Path, shown: str, chain: tuple[str, ...]) -> tuple[d
     if not isinstance(parent_ref, str) or not parent_ref:
         raise RecipeError(problem(loc, ("extends",), "must be a template name or a path"))
     candidate = (path.parent / parent_ref)
+    template_ref = False
     if candidate.is_file():
         parent_path, parent_shown = candidate.resolve(), os.path.relpath(candidate)
     else:
+        template_ref = True
         template = find_template(parent_ref)
         if template is None:
             names = template_names()
             raise RecipeError(problem(loc, ("extends",),
-                                      f"no built-in template or file {parent_ref!r}"
+                                      f"no built-in template or file {excerpt(parent_ref)}"
                                       f"{did_you_mean(parent_ref, names)}; templates: {', '.join(names)}"))
         parent_path, parent_shown = template, f"<template {parent_ref}>"
     key = str(parent_path)
     if key in chain:
         raise RecipeError(problem(loc, ("extends",), "extends cycle: " + " -> ".join([*chain, key])))
-    base, base_locs = load_with_extends(parent_path, parent_shown, chain + (key,))
+    base, base_locs = load_with_extends(parent_path, parent_shown, chain + (key,),
+                                        None if template_ref else loc)
     base.pop("extends", None)
     _drop_subtree(base_locs, ("extends",))
     child = dict(data)
@@ -101,7 +177,7 @@ def apply_overrides(data: dict, locations: dict, overrides: list[str]) -> None:
         dotted, _, raw = item.partition("=")
         parts: list[Any] = [p for p in dotted.strip().split(".")]
         if not dotted.strip() or any(not p for p in parts):
-            raise RecipeError(f"{SET_FILE} {item}: bad path {dotted!r}")
+            raise RecipeError(f"{SET_FILE} {item}: bad path {excerpt(dotted)}")
         target: Any = data
         path: KeyPath = ()
         for part in parts[:-1]:

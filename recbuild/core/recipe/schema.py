@@ -13,7 +13,7 @@ import difflib
 import json
 from typing import Any, Iterable
 
-from recbuild.core.recipe.yamlsrc import KeyPath, Loc, problem
+from recbuild.core.recipe.yamlsrc import EXCERPT, KeyPath, Loc, excerpt, problem
 
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*$"
 
@@ -190,8 +190,8 @@ def schema_text(builders: dict[str, type]) -> str:
 
 
 def did_you_mean(word: str, candidates: Iterable[str]) -> str:
-    close = difflib.get_close_matches(str(word), [str(c) for c in candidates], n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    close = difflib.get_close_matches(str(word)[:200], [str(c) for c in candidates], n=1, cutoff=0.6)
+    return f" (did you mean {excerpt(close[0])}?)" if close else ""
 
 
 _TYPE_NAMES = {"integer": "an integer", "number": "a number", "string": "a string",
@@ -225,8 +225,17 @@ def _describe_type(schema: dict) -> str:
 
 
 def _shown(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False, default=str)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return excerpt(value, as_json=True)
+
+
+def _message(error) -> str:
+    """jsonschema's own message, with the value it quotes (its repr) cut to an excerpt."""
+    message = error.message
+    whole = repr(error.instance)
+    if len(whole) > EXCERPT:
+        message = message.replace(whole, _shown(error.instance))
+    message = " ".join(message.split())
+    return message if len(message) <= 4 * EXCERPT else message[:4 * EXCERPT - 3] + "..."
 
 
 class SchemaChecker:
@@ -253,7 +262,7 @@ def _explain(error, base: KeyPath, locate) -> list[tuple[int, str]]:
     if validator == "additionalProperties" and isinstance(error.instance, dict):
         allowed = list(schema.get("properties", {}))
         for key in sorted(set(error.instance) - set(allowed)):
-            results.append((path + (key,), f"unknown key {key!r}{did_you_mean(key, allowed)}"))
+            results.append((path + (key,), f"unknown key {excerpt(key)}{did_you_mean(key, allowed)}"))
     elif validator == "required":
         missing = [k for k in error.validator_value if k not in (error.instance or {})]
         for key in missing:
@@ -273,7 +282,7 @@ def _explain(error, base: KeyPath, locate) -> list[tuple[int, str]]:
     elif validator == "const":
         results.append((path, f"must be {_shown(error.validator_value)}, got {_shown(error.instance)}"))
     elif validator in ("minItems", "maxItems", "minLength", "uniqueItems", "pattern"):
-        results.append((path, error.message))
+        results.append((path, _message(error)))
     elif validator in ("oneOf", "anyOf") and error.context:
         # Report the branch that got furthest (deepest path), which is what the user meant. A null
         # branch only says "unset = default": its "must be null" would hide the real message.
@@ -283,7 +292,7 @@ def _explain(error, base: KeyPath, locate) -> list[tuple[int, str]]:
         best = max(candidates, key=lambda e: (len(e.absolute_path), -len(e.message)))
         return _explain(best, base, locate)
     else:
-        results.append((path, error.message))
+        results.append((path, _message(error)))
     out = []
     for where, message in results:
         loc: Loc = locate(where)

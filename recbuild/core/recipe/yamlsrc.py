@@ -6,6 +6,8 @@ to source locations, so later stages can point errors at ``file:line:col``.
 
 from __future__ import annotations
 
+import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,31 @@ class Loc:
         return f"{self.file}:{self.line}:{self.col}"
 
 
+EXCERPT = 60  # the most of a recipe value an error quotes: a recipe can be someone else's file
+
+
+def _escaped(text: str) -> str:
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def clip(text: str, limit: int = EXCERPT) -> str:
+    """Unquoted text from a recipe (an expression, a path) as an error shows it: escaped and cut."""
+    text = _escaped(str(text)[:limit + 1])
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def excerpt(value: Any, limit: int = EXCERPT, as_json: bool = False) -> str:
+    """A value as an error quotes it: a string in quotes (``'abc'``, or ``"abc"`` as_json), anything
+    else as JSON; what the terminal would not show literally escaped; cut to ``limit`` characters
+    with ``...``, so an error stays one short line whatever the value holds."""
+    if isinstance(value, str) and not as_json:
+        text = repr(value[:limit + 1])
+    else:
+        text = json.dumps(value[:limit + 1] if isinstance(value, str) else value, ensure_ascii=False, default=str)
+    text = _escaped(text)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def format_path(path: KeyPath) -> str:
     text = ""
     for part in path:
@@ -34,8 +61,10 @@ def format_path(path: KeyPath) -> str:
             text += f"[{part}]"
         else:
             part = str(part)
-            if not part.isprintable():  # an error stays one line, whatever a key holds
-                part = repr(part)
+            if not part.isprintable():  # one short line, whatever a key holds
+                part = excerpt(part)
+            elif len(part) > EXCERPT:
+                part = clip(part)
             text += ("." if text else "") + part
     return text or "(top level)"
 
@@ -44,6 +73,9 @@ def problem(loc: Loc, path: KeyPath, message: str) -> str:
     """The one-line error format: ``file:line:col: dotted.path: message``. A value given on the
     command line is located by its own path (``--set a.b: message``), which is not repeated."""
     where = format_path(path)
+    message = _escaped(message)  # one line on the terminal, whatever a value in it held
+    if len(message) > 1000:  # a net under the excerpts: no message carries a whole value
+        message = message[:997] + "..."
     if loc.line <= 0 and str(loc).endswith(f" {where}"):
         return f"{loc}: {message}"
     return f"{loc}: {where}: {message}"
@@ -102,7 +134,7 @@ def _convert(node: Any, path: KeyPath, file: str, locations: dict[KeyPath, Loc],
             if not isinstance(key, str):
                 line, col = node.lc.key(key)
                 raise RecipeError(problem(Loc(file, line + 1, col + 1), path,
-                                          f"keys must be strings, got {key!r}"))
+                                          f"keys must be strings, got {excerpt(key)}"))
             try:
                 line, col = node.lc.key(key)
                 loc = Loc(file, line + 1, col + 1)
@@ -140,20 +172,28 @@ def load_yaml_text(text: str, file: str) -> tuple[Any, dict[KeyPath, Loc]]:
     if "\0" in text:
         line = text[:text.index("\0")].count("\n") + 1
         raise RecipeError(f"{file}:{line}:1: invalid YAML: a NUL character")
+    from recbuild.core.recipe.yaml_errors import explain
+
     yaml = YAML(typ="rt")
     yaml.allow_duplicate_keys = False
     try:
-        data = yaml.load(text)
+        with warnings.catch_warnings():  # e.g. a reused anchor: ruamel's multi-line warning, not ours
+            warnings.simplefilter("ignore")
+            data = yaml.load(text)
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         loc = Loc(file, mark.line + 1, mark.column + 1) if mark else Loc(file, 1, 1)
-        what = (exc.problem or exc.context or "invalid YAML").strip()
+        what = clip((exc.problem or exc.context or "invalid YAML").strip(), 2 * EXCERPT)
         if "duplicate key" in what or "found duplicate key" in str(exc):
             key = what.split('"')[1] if '"' in what else ""
-            what = f"duplicate key {key!r}" if key else "duplicate key"
+            what = f"duplicate key {excerpt(key)}" if key else "duplicate key"
+        else:
+            plain = explain(exc, text)
+            if plain is not None:
+                loc, what = Loc(file, plain[0], plain[1]), plain[2]
         raise RecipeError(f"{loc}: invalid YAML: {what}") from None
     except YAMLError as exc:
-        raise RecipeError(f"{file}:1:1: invalid YAML: {exc}") from None
+        raise RecipeError(f"{file}:1:1: invalid YAML: {clip(' '.join(str(exc).split()), 2 * EXCERPT)}") from None
     except RecursionError:
         raise RecipeError(f"{file}:1:1: invalid YAML: nested too deeply to read") from None
     locations: dict[KeyPath, Loc] = {(): Loc(file, 1, 1)}

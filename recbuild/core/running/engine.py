@@ -94,6 +94,8 @@ class Engine:
             return self._fail(name, exc.message)
         except OSError as exc:
             return self._fail(name, _os_error_text(exc))
+        except Exception as exc:  # a bug: one line with its cause, never doit's bare "PythonAction Error"
+            return self._fail(name, f"{type(exc).__name__}: {exc}".strip())
         self.ws.set_manifest(name, manifest)
         self.outcomes[name] = (HASHED, f"{len(scan.entries)} files")
         return None

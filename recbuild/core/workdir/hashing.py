@@ -12,6 +12,7 @@ look unchanged).
 
 from __future__ import annotations
 
+import functools
 import glob as globlib
 import mmap
 import os
@@ -57,6 +58,21 @@ class HashStats:
     cache_hits: int = 0
 
 
+def _db_key(path: str) -> str:
+    """A path as the stat cache's TEXT column holds it. A file name that is not UTF-8 (Python
+    keeps its bytes as surrogates) is stored as the hex of its bytes behind "x:", which no
+    absolute path starts with, so every name has its own key."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return "x:" + os.fsencode(path).hex()
+
+
+def _path_of(key: str) -> str:
+    return os.fsdecode(bytes.fromhex(key[2:])) if key.startswith("x:") else key
+
+
 class StatCache:
     """path -> digest, valid while (inode, size, mtime_ns, ctime_ns) match. Thread-safe."""
 
@@ -99,7 +115,10 @@ class StatCache:
             # rows of the wrong types (a hand-edited or foreign table) are ignored, never trusted
             if (isinstance(row[0], str) and all(type(v) is int for v in row[1:5])
                     and isinstance(row[5], str)):
-                self._entries[row[0]] = tuple(row[1:])  # type: ignore[assignment]
+                try:
+                    self._entries[_path_of(row[0])] = tuple(row[1:])  # type: ignore[assignment]
+                except ValueError:
+                    ignored += 1
             else:
                 ignored += 1
         if ignored:
@@ -135,7 +154,7 @@ class StatCache:
                 if self._db is not None:
                     try:
                         self._db.execute("INSERT OR REPLACE INTO stat_cache VALUES (?,?,?,?,?,?)",
-                                         (path, *signature, digest))
+                                         (_db_key(path), *signature, digest))
                     except sqlite3.OperationalError:
                         pass  # a busy cache only costs a re-hash next time
         return digest
@@ -150,7 +169,7 @@ class StatCache:
             self._entries[path] = entry
             if self._db is not None:
                 try:
-                    self._db.execute("INSERT OR REPLACE INTO stat_cache VALUES (?,?,?,?,?,?)", (path, *entry))
+                    self._db.execute("INSERT OR REPLACE INTO stat_cache VALUES (?,?,?,?,?,?)", (_db_key(path), *entry))
                 except sqlite3.OperationalError:
                     pass
 
@@ -185,7 +204,7 @@ class StatCache:
             if self._db is not None:
                 try:
                     self._db.execute("INSERT OR REPLACE INTO stat_cache VALUES (?,?,?,?,?,?)",
-                                     (folder + os.sep, *entry))
+                                     (_db_key(folder + os.sep), *entry))
                 except sqlite3.OperationalError:
                     pass
 
@@ -205,11 +224,48 @@ def _kind_of(path: str, follow_links: bool) -> str:
     return "not a regular file"
 
 
-def walk_relpaths(root: str | os.PathLike, *, follow_links: bool,
-                  empty_dirs: list[str] | None = None) -> tuple[list[str], list[tuple[str, str]]]:
+_PSEUDO_FS = {"proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs",
+              "securityfs", "pstore", "bpf", "configfs", "fusectl", "mqueue", "binfmt_misc", "efivarfs",
+              "autofs", "nsfs", "rpc_pipefs", "selinuxfs"}
+
+
+@functools.lru_cache(maxsize=1)
+def _pseudo_mounts() -> tuple[str, ...]:
+    """Where the kernel's own trees are: /proc, /sys, /dev (but /dev/shm, a RAM disk people keep
+    data on) and every mount of a pseudo-filesystem type. Walking one reads no data and can take
+    minutes (/proc/<pid>/root is the whole filesystem again, once per process)."""
+    mounts = {"/proc", "/sys", "/dev"}
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                fields = line.split(" - ", 1)
+                if len(fields) == 2 and fields[1].split(" ", 1)[0] in _PSEUDO_FS:
+                    mounts.add(fields[0].split(" ")[4].replace("\\040", " "))
+    except OSError:
+        pass
+    return tuple(sorted(mounts - {"/"}))
+
+
+def _pseudo_root(real: str) -> str | None:
+    if real == "/dev/shm" or real.startswith("/dev/shm/"):
+        return None
+    return next((m for m in _pseudo_mounts() if real == m or real.startswith(m + "/")), None)
+
+
+def _refused(real: str, guard) -> str | None:
+    """Why a source walk must not enter (or read through a link to) ``real``, or None."""
+    mount = _pseudo_root(real)
+    if mount is not None:
+        return f"which is in {mount}, a pseudo-filesystem of the kernel: a source reads data files only"
+    return guard(real) if guard is not None else None
+
+
+def walk_relpaths(root: str | os.PathLike, *, follow_links: bool, empty_dirs: list[str] | None = None,
+                  guard=None) -> tuple[list[str], list[tuple[str, str]]]:
     """(regular files, other entries with what they are) under a directory, as sorted relative
     POSIX paths, hidden recbuild state excluded. With ``follow_links`` symlinked files and folders
-    are read through (a loop is reported, not followed); without, a symlink is an "other" entry.
+    are read through (a loop is reported, not followed), but never into a pseudo-filesystem or
+    where ``guard(realpath)`` gives a reason not to; without, a symlink is an "other" entry.
     ``empty_dirs``, when given, receives the folders that hold nothing at all (sorted).
     Strings, not Paths: a no-op make walks every artifact folder, and pathlib costs 10x here."""
     files: list[str] = []
@@ -224,6 +280,10 @@ def walk_relpaths(root: str | os.PathLike, *, follow_links: bool,
                 others.append((prefix.rstrip("/") or ".", "a symlink loop"))
                 continue
             seen.add(real)
+            why = _refused(real, guard)
+            if why is not None:
+                others.append((prefix.rstrip("/") or ".", f"a folder, {why}"))
+                continue
         with os.scandir(directory) as entries:
             held = 0
             for entry in entries:
@@ -232,6 +292,8 @@ def walk_relpaths(root: str | os.PathLike, *, follow_links: bool,
                 try:
                     if not follow_links and entry.is_symlink():
                         others.append((rel, _kind_of(entry.path, False)))
+                    elif entry.is_symlink() and (why := _refused(os.path.realpath(entry.path), guard)):
+                        others.append((rel, f"a symlink to {os.readlink(entry.path)}, {why}"))
                     elif entry.is_dir(follow_symlinks=follow_links):
                         if entry.name != ".recbuild":
                             stack.append((entry.path, rel + "/"))
@@ -249,10 +311,10 @@ def walk_relpaths(root: str | os.PathLike, *, follow_links: bool,
     return files, others
 
 
-def walk_files(root: Path, *, follow_links: bool) -> tuple[list[Path], list[tuple[Path, str]]]:
+def walk_files(root: Path, *, follow_links: bool, guard=None) -> tuple[list[Path], list[tuple[Path, str]]]:
     """walk_relpaths with absolute Paths."""
     root = Path(root)
-    files, others = walk_relpaths(root, follow_links=follow_links)
+    files, others = walk_relpaths(root, follow_links=follow_links, guard=guard)
     return [root / rel for rel in files], [(root / rel, what) for rel, what in others]
 
 
@@ -281,29 +343,46 @@ def list_tree(root: Path) -> tuple[list[Path], list[str]]:
     return [Path(root) / rel for rel in rels], empty
 
 
-def expand_local(path: Path) -> tuple[Path, list[Path]]:
-    """(root, files) for a local file, directory or glob. root anchors relative names."""
+def expand_local(path: Path, guard=None) -> tuple[Path, list[Path]]:
+    """(root, files) for a local file, directory or glob. root anchors relative names; ``guard``
+    as in walk_relpaths, for the folders read."""
     text = str(path)
     if is_glob(text):
         matches = sorted(Path(p) for p in globlib.glob(text, recursive=True))
         files: list[Path] = []
         for match in matches:
-            files.extend(_source_files(match) if match.is_dir() else [match])
+            files.extend(_source_files(match, guard) if match.is_dir() else _source_file(match, guard))
         root = Path(text.split("*")[0].split("?")[0].split("[")[0])
         root = root if text.split("*")[0].endswith(os.sep) or root.is_dir() else root.parent
         return root, sorted(set(files))
     if path.is_dir():
-        return path, _source_files(path)
-    return path.parent, [path] if path.exists() else []
+        return path, _source_files(path, guard)
+    return path.parent, _source_file(path, guard) if path.exists() else []
 
 
-def _source_files(folder: Path) -> list[Path]:
+def _source_file(path: Path, guard=None) -> list[Path]:
+    """A source that is one file, refused where a folder would be (/proc/kmsg blocks its reader).
+    (A device or FIFO is refused by what it is, when it is hashed.)"""
+    try:
+        regular = stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        regular = False
+    link = os.path.islink(path)  # (a real file in the workdir matched by a glob has its own error)
+    why = _refused(os.path.realpath(path), guard if link else None) if regular else None
+    if why is not None:
+        what = f"a symlink to {os.readlink(path)}, " if link else "a file, "
+        raise UnsupportedFile(f"{path} is {what}{why}")
+    return [path]
+
+
+def _source_files(folder: Path, guard=None) -> list[Path]:
     """Files of a source folder: symlinks are read through (inputs are only read); anything that
     is not a regular file in the end is refused (a FIFO would hang every make)."""
-    files, others = walk_files(folder, follow_links=True)
+    files, others = walk_files(folder, follow_links=True, guard=guard)
     if others:
         path, what = others[0]
-        raise UnsupportedFile(f"{path} is {what}; a source reads regular files only")
+        tail = "" if ", which is" in what else "; a source reads regular files only"
+        raise UnsupportedFile(f"{path} is {what}{tail}")
     return files
 
 
@@ -331,9 +410,10 @@ def entries_digest(entries: dict[str, dict], empty_dirs: list[str] | tuple[str, 
     hasher = xxhash.xxh3_128()
     for rel in sorted(entries):
         entry = entries[rel]
-        hasher.update(f"{rel}\0{entry['size']}\0{entry['digest']}\n".encode())
+        # a name that is not UTF-8 is hashed by its bytes (surrogateescape gives them back)
+        hasher.update(f"{rel}\0{entry['size']}\0{entry['digest']}\n".encode("utf-8", "surrogateescape"))
         if entry.get("exec"):
-            hasher.update(f"{rel}\0exec\n".encode())
+            hasher.update(f"{rel}\0exec\n".encode("utf-8", "surrogateescape"))
     for rel in sorted(empty_dirs):
-        hasher.update(f"{rel}/\0empty folder\n".encode())
+        hasher.update(f"{rel}/\0empty folder\n".encode("utf-8", "surrogateescape"))
     return hasher.hexdigest()

@@ -18,6 +18,7 @@ from recbuild import __version__
 from recbuild.errors import ForeignFolder, UnsupportedFile
 from recbuild.core.workdir.hashing import (ALGORITHM, StatCache, entries_digest, is_executable, list_tree,
                                           tree_entries, walk_relpaths)
+from recbuild.core.recipe.yamlsrc import clip
 
 MANIFEST_NAME = "MANIFEST.json"
 
@@ -65,9 +66,19 @@ def make_manifest(folder: Path, *, kind: str, key: str, inputs: dict[str, str], 
     return manifest
 
 
+def manifest_text(manifest: dict) -> str:
+    """A manifest as its file (and the cache's entry) holds it: UTF-8 JSON."""
+    text = json.dumps(manifest, sort_keys=True, indent=1, ensure_ascii=False) + "\n"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a file name that is not UTF-8: JSON's \udcXX escapes keep its bytes
+        text = json.dumps(manifest, sort_keys=True, indent=1) + "\n"
+    return text
+
+
 def write_manifest(folder: Path, manifest: dict) -> Path:
     path = folder / MANIFEST_NAME
-    text = json.dumps(manifest, sort_keys=True, indent=1, ensure_ascii=False) + "\n"
+    text = manifest_text(manifest)
     tmp = folder / f".{MANIFEST_NAME}.tmp"
     with open(tmp, "w", encoding="utf-8") as handle:
         handle.write(text)
@@ -236,6 +247,37 @@ def check_replaceable(target: Path) -> None:
         raise ForeignFolder(f"{target} is {what} that recbuild did not make (no recbuild MANIFEST.json "
                             "in it), so recbuild will not replace or delete it; move it away, or give "
                             "the artifact another name or the recipe another workdir")
+
+
+RECBUILD_FILES = {".recbuild", "metrics-history.jsonl", "report.html"}  # what recbuild writes beside artifacts
+
+
+def foreign_workdir(workdir: Path, recipe_dir: Path, artifact_names=()) -> str | None:
+    """Why recbuild must not take ``workdir`` as its own, or None. A workdir is recbuild's to
+    fill when it is missing, holds nothing but recbuild's files and entries named like the
+    recipe's artifacts (each of those is checked on its own: check_replaceable), holds
+    recbuild's state (``.recbuild/``) or an artifact recbuild made (the state may have been
+    deleted), or is the recipe's own folder or one above it (``workdir: .``: the artifacts live
+    beside the recipe). Anything else holds someone's files: `workdir: ~/Documents` must not be
+    filled with artifact folders and state."""
+    if workdir == recipe_dir or workdir in recipe_dir.parents:
+        return None
+    if os.path.isdir(workdir / ".recbuild") and not os.path.islink(workdir / ".recbuild"):
+        return None  # (the common case: no listing)
+    try:
+        with os.scandir(workdir) as entries:
+            names = [entry.name for entry in entries]
+    except OSError:  # missing (made by the first make), or not a folder (an error when it is made)
+        return None
+    names = [name for name in names if name not in RECBUILD_FILES and name not in artifact_names]
+    if not names:
+        return None
+    if any(made_by_recbuild(workdir / name) for name in names[:1000]):
+        return None
+    shown = ", ".join(clip(name, 40) for name in sorted(names)[:3]) + (", ..." if len(names) > 3 else "")
+    count = f"{len(names)} {'entry' if len(names) == 1 else 'entries'}"
+    return (f"{workdir} holds files recbuild did not make ({count}: {shown}) and no recbuild state; "
+            "use a new or empty folder as the workdir, e.g. build")
 
 
 def publish(staged: Path, target: Path, trash_dir: Path) -> None:

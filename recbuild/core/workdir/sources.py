@@ -10,6 +10,7 @@ from pathlib import Path
 from recbuild.errors import BuildError, UnsupportedFile
 from recbuild.core.recipe.paths import is_glob, is_url
 from recbuild.core.workdir.hashing import StatCache, entries_digest, expand_local, tree_entries
+from recbuild.core.workdir.manifest import made_by_recbuild
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ def scan_source(spec: str, recipe_dir: Path, cache: StatCache, name: str,
         spec = spec[len("file://"):]
     path = Path(spec) if Path(spec).is_absolute() else recipe_dir / spec
     try:
-        root, files = expand_local(path)
+        root, files = expand_local(path, _outside(workdir))
     except UnsupportedFile as exc:
         raise BuildError(f"source {name!r}: {exc}") from None
     except OSError as exc:
@@ -52,6 +53,29 @@ def scan_source(spec: str, recipe_dir: Path, cache: StatCache, name: str,
         raise BuildError(f"source {name!r}: cannot read {exc.filename}: {exc.strerror}") from None
     shown = path if not is_glob(str(spec)) else root
     return SourceScan(shown, tuple(files), entries, entries_digest(entries))
+
+
+def _outside(workdir: Path | None):
+    """A source folder's link to the workdir (`data/out -> ../build`), into an artifact or
+    recbuild's state, or to a folder holding the workdir makes the artifacts inputs of themselves,
+    as a source folder holding the workdir does (refused at load): refused too. (With
+    `workdir: .` the user's own folders are inside the workdir too: only recbuild's are refused.)"""
+    if workdir is None:
+        return None
+    inside = str(workdir) + os.sep
+
+    def guard(real: str) -> str | None:
+        holds = real == str(workdir) or inside.startswith(real.rstrip(os.sep) + os.sep)
+        if not holds and real.startswith(inside):
+            top = workdir / real[len(inside):].split(os.sep, 1)[0]
+            if top.name == ".recbuild" or made_by_recbuild(top):
+                return (f"which is inside {top}, made by recbuild: the artifacts would be inputs of "
+                        "themselves; point the link elsewhere, or depend on that artifact by name")
+        if holds:
+            return (f"which is (or holds) the workdir {workdir}: the artifacts would be inputs of "
+                    "themselves; point the link elsewhere, or set workdir outside the source")
+        return None
+    return guard
 
 
 def missing_source(spec: str, recipe_dir: Path) -> str | None:

@@ -16,10 +16,12 @@ from typing import Any
 import xxhash
 
 from recbuild.builders.base import InputArtifact
-from recbuild.errors import BuildError
+from recbuild.errors import BuildError, RecipeError
 from recbuild.core.recipe.graph import Graph
+from recbuild.core.recipe.yamlsrc import problem
 from recbuild.core.workdir.hashing import StatCache
-from recbuild.core.workdir.manifest import MANIFEST_NAME, canonical_json, made_by_recbuild, read_manifest, verify_files
+from recbuild.core.workdir.manifest import (MANIFEST_NAME, canonical_json, foreign_workdir, made_by_recbuild,
+                                           read_manifest, verify_files)
 from recbuild.core.workdir.sources import SourceScan, scan_source
 from recbuild.core.workdir.toolchain import facts as toolchain_facts
 
@@ -214,6 +216,10 @@ class Workspace:
         self.builders = builders
         self.workdir = self.recipe.workdir
         self.state_dir = self.workdir / ".recbuild"
+        foreign = foreign_workdir(self.workdir, self.recipe.dir, graph.nodes)
+        if foreign is not None:  # before anything is written into it
+            loc = self.recipe.locate(("workdir",))
+            raise RecipeError(problem(loc, ("workdir",), foreign))
         self.cache = cache or StatCache(self.state_dir / "hashes.sqlite")
         self._scans: dict[str, SourceScan] = {}
         # artifacts whose files may stay in the shared cache, their MANIFEST.json alone here
