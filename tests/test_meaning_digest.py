@@ -14,7 +14,7 @@ import pytest
 
 import recbuild.builders as registry
 from recbuild.builders.base import Builder
-from recbuild.build.hashing import digest_bytes
+from recbuild.core.workdir.hashing import digest_bytes
 
 CALLS: list[str] = []
 
