@@ -33,8 +33,9 @@ def test_tzrec_lines_are_parsed():
     plain = parse("[2026-12-06 23:50:00,000][INFO] Eval Result: auc:0.710000 grouped_auc:nan")
     assert (plain.what, plain.step, plain.figures["auc"]) == ("eval", None, 0.71)
     assert plain.figures["grouped_auc"] != plain.figures["grouped_auc"]  # nan stays nan
+    assert parse("[2026-12-06 23:44:22,115][INFO] Train and Evaluate Finished.") == LogEvent("finished")
     for other in ("", "W1206 23:42:37.117000 8000 torch/fx/_symbolic_trace.py:56] is_fx_tracing",
-                  "[2026-12-06 23:44:22,115][INFO] Train and Evaluate Finished.", "Training Epoch x"):
+                  "[2026-12-06 23:44:22,115][INFO] model: DSSM", "Training Epoch x"):
         assert parse(other) is None
 
 
@@ -43,13 +44,15 @@ def test_the_progress_line_shows_step_epoch_loss_and_eval_figures():
     shown = LogProgress(progress, steps=471, epochs=3)
     for line in (TRAIN, SAVE, EVALUATING, RESULT):
         shown.line(line)
-    assert (progress.unit, progress.total, progress.done) == ("steps", 471, 150)
+    assert (progress.unit, progress.total, progress.done) == ("steps", 471, 151)  # step 150 is the 151st
     text = describe(progress, 12.0)
-    assert text.startswith("training, epoch 2/3, 150/471 steps"), text
+    assert text.startswith("training, epoch 2/3, 151/471 steps"), text
     for part in ("loss 5.0743", "eval recall@1 0.0040", "eval recall@5 0.0220", "12.0s"):
         assert part in text, text
     shown.line(TRAIN.replace("150it", "300it"))  # the count goes on after an evaluation
-    assert progress.done == 300 and progress.phase_name == "training, epoch 2/3"
+    assert progress.done == 301 and progress.phase_name == "training, epoch 2/3"
+    shown.line("[2026-12-06 23:44:22,115][INFO] Train and Evaluate Finished.")
+    assert progress.phase_name == "finishing" and progress.done == 301
 
     predicting = Progress(None, "")
     LogProgress(predicting).line(PREDICT)

@@ -120,7 +120,7 @@ class LogProgress:
             epoch = f"epoch {event.epoch + 1}" + (f"/{self.epochs}" if self.epochs else "")
             self.training = f"training, {epoch}"
             p.label(self.training)
-            p.done = float(event.step)
+            p.done = float(event.step + 1)  # tzrec logs the index of the step it just ran
             loss = event.figures.get("total_loss")
             if loss is not None:
                 p.note(loss=loss)
@@ -131,6 +131,8 @@ class LogProgress:
         elif event.what == "eval":
             p.label(self.training or "evaluated")
             p.note(**{f"eval {name}": value for name, value in event.figures.items()})
+        elif event.what == "finished":
+            p.label("finishing")  # the tool's last words; it exits (and recbuild checks its files)
         elif event.what == "predict":
             if p.unit != "batches":
                 p.phase("predicting", None, "batches")

@@ -7,6 +7,7 @@ tzrec logs its progress through ``tzrec.utils.logging_util`` (tzrec-sekai 0.9.6,
     [...][INFO] Evaluating Epoch-0 model-10: 3it [12.10it/s]
     [...][INFO] Eval Result Epoch-0 model-10: recall@1:0.004000 recall@5:0.022000 softmax_cross_entropy:5.540809
     [...][INFO] Predicting: 20it [31.02it/s]
+    [...][INFO] Train and Evaluate Finished.
 
 (a progress line at most once a second and every ``log_step_count_steps``). :func:`parse` turns one
 line into a :class:`LogEvent`; :class:`LogFollower` reads a growing log in a thread and hands each
@@ -29,13 +30,14 @@ _EVALUATING = re.compile(r"^Evaluating(?: Epoch-(\d+))?(?: model-(\d+))?: (\d+)i
 _EVAL_RESULT = re.compile(r"^Eval Result(?: Epoch-(\d+))?(?: model-(\d+))?: (.*)$")
 _PREDICT = re.compile(r"^Predicting: (\d+)it\b")
 _SAVE = re.compile(r"^Saving checkpoint to .*model\.ckpt-(\d+)")
+_FINISHED = re.compile(r"^(?:Train and Evaluate|Evaluate|Predict) Finished\.")
 _FIGURE = re.compile(r"([A-Za-z_][\w@.]*):\s*(-?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf)")
 
 
 @dataclass(frozen=True)
 class LogEvent:
-    what: str  # "train" | "evaluating" | "eval" | "predict" | "checkpoint"
-    step: int | None = None  # training step (train, checkpoint, eval: the evaluated model's step)
+    what: str  # "train" | "evaluating" | "eval" | "predict" | "checkpoint" | "finished"
+    step: int | None = None  # training step index, from 0 (train; checkpoint, eval: the model's step)
     epoch: int | None = None
     batches: int | None = None  # evaluating, predict: batches so far
     figures: dict[str, float] = field(default_factory=dict)
@@ -64,6 +66,8 @@ def parse(line: str) -> LogEvent | None:
         return LogEvent("predict", batches=int(m.group(1)))
     if m := _SAVE.match(text):
         return LogEvent("checkpoint", step=int(m.group(1)))
+    if _FINISHED.match(text):
+        return LogEvent("finished")
     return None
 
 
