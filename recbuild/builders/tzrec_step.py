@@ -133,6 +133,8 @@ class LogProgress:
             p.note(**{f"eval {name}": value for name, value in event.figures.items()})
         elif event.what == "finished":
             p.label("finishing")  # the tool's last words; it exits (and recbuild checks its files)
+            if p.unit == "steps" and p.total:
+                p.done = float(p.total)  # (tzrec logs a step at most once a second: the last may be unsaid)
         elif event.what == "predict":
             if p.unit != "batches":
                 p.phase("predicting", None, "batches")
