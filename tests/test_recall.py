@@ -300,3 +300,27 @@ def test_best_per_query_is_the_two_key_sort_cut_per_query():
         start = np.searchsorted(queries[order], np.arange(40))
         rank = np.arange(len(order)) - start[queries[order]]
         np.testing.assert_array_equal(recall.best_per_query(queries, scores, 40, keep), order[rank < keep])
+
+
+def test_random_and_popularity_baselines(hand_example):
+    tmp, index, _, users = hand_example
+    # clicks: item 3 three times, 2 twice, 1 once; item 4's five rows are label 0 (not clicks)
+    clicks = write(tmp / "clicks", {"item_id": [3, 3, 3, 2, 2, 1, 4, 4, 4, 4, 4],
+                                    "label": [1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0]})
+    out = run_builder(RecallEvalBuilder(), tmp, {"k": [1, 2, 4]},
+                      {"index": index, "user_embeddings": users, "baseline_data": clicks})
+    m = json.loads((out / "metrics.json").read_text())
+    # random: k of the 4 items -> k / 4
+    assert m["baseline"]["random"] == {"recall@1": 0.25, "hitrate@1": 0.25, "recall@2": 0.5, "hitrate@2": 0.5,
+                                       "recall@4": 1.0, "hitrate@4": 1.0}
+    # popularity lists [3], [3, 2], [3, 2, 1] for everyone: u1 (gt 3, 4) and u2 (gt 2)
+    popular = m["baseline"]["popularity"]
+    assert (popular["recall@1"], popular["hitrate@1"]) == (0.25, round(1 / 3, 6))
+    assert (popular["recall@2"], popular["hitrate@2"]) == (0.75, round(2 / 3, 6))
+    assert (popular["recall@4"], popular["hitrate@4"]) == (0.75, round(2 / 3, 6))
+    assert popular["items"] == 3
+    assert m["recall@2"] == 0.75  # the model's own figures are unchanged by the baselines
+    plain = run_builder(RecallEvalBuilder(), tmp, {"k": [1, 2, 4]}, {"index": index, "user_embeddings": users})
+    assert "baseline" not in json.loads((plain / "metrics.json").read_text())
+    assert ("baseline_data", "is for the two-tower mode, not TDM (tree + model)") in RecallEvalBuilder().check(
+        {"tree": "t", "model": "m", "queries": "q", "baseline_data": "b"})

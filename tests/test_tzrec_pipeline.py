@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -51,9 +52,9 @@ class Workdir:
         return {**os.environ, "TZREC_PYTHON": self.python, "RECBUILD_TZREC_SHIM_LOG": str(self.shim_log),
                 "PYTHONUNBUFFERED": "1"}
 
-    def cli(self, *args: str, cwd: Path | None = None, timeout: float = 900) -> Result:
+    def cli(self, *args: str, cwd: Path | None = None, timeout: float = 900, **env: str) -> Result:
         done = subprocess.run([sys.executable, "-m", "recbuild.cli", *args], cwd=cwd or self.path,
-                              capture_output=True, text=True, env=self.env(), timeout=timeout)
+                              capture_output=True, text=True, env={**self.env(), **env}, timeout=timeout)
         return Result(done.returncode, done.stdout, done.stderr)
 
     def shim_calls(self) -> list[str]:
@@ -69,7 +70,8 @@ def work(tzrec_python, tmp_path_factory) -> Workdir:
     init = work.cli("init", "tzrec_dssm", str(work.path), cwd=base)
     assert init.code == 0, init.err
     started = time.perf_counter()
-    work.first = work.cli("make", "--cache", str(work.cache))
+    # not a terminal: the CI heartbeat, every second, shows what each running step is doing
+    work.first = work.cli("make", "--cache", str(work.cache), RECBUILD_HEARTBEAT="1")
     work.first_seconds = time.perf_counter() - started
     return work
 
@@ -107,11 +109,79 @@ def test_template_builds_end_to_end(work):
     print(f"\ntzrec_dssm first build: {work.first_seconds:.0f} s\n{first.out}")
 
 
+def test_the_heartbeat_shows_tzrecs_steps_loss_and_evaluations(work):
+    beats = [line for line in work.first.out.splitlines() if line.startswith("  ... checkpoints (tzrec_train_eval): ")]
+    training = [line for line in beats if ": training, epoch " in line]
+    assert training, work.first.out
+    # e.g. "training, epoch 2/2, 180/250 steps, 2.3 steps/s, ETA 30.1s, loss 4.5392, eval recall@5 0.0645, 1m18s"
+    assert any(re.search(r"training, epoch \d/2, \d+/250 steps, .*loss \d+\.\d{4}", line) for line in training), beats
+    assert any("eval recall@5 " in line for line in training), beats
+    steps = [int(re.search(r"(\d+)/250 steps", line).group(1)) for line in training]
+    assert steps == sorted(steps) and len(set(steps)) > 1, beats  # read while training ran
+    assert any(line.startswith("  ... item_embeddings (tzrec_predict): ") for line in work.first.out.splitlines())
+
+
+def test_the_template_learns_and_shows_its_baselines(work):
+    figures = json.loads((work.path / "build" / "recall" / "metrics.json").read_text())
+    random, popular = figures["baseline"]["random"], figures["baseline"]["popularity"]
+    assert random["recall@10"] == round(10 / 300, 6) and random["recall@50"] == round(50 / 300, 6)
+    assert figures["recall@10"] >= 2 * random["recall@10"], figures
+    assert figures["recall@50"] >= 2 * random["recall@50"], figures
+    assert 0 < popular["recall@10"] < 1 and popular["items"] == 300
+    shown = work.cli("metrics", "recall").out
+    for name in ("baseline.random.recall@10", "baseline.popularity.recall@10", "recall@10"):
+        assert re.search(rf"recall\s+{re.escape(name)}( \[index search\])?\s+0\.\d{{4}}", shown), shown
+    # beside the figures right after the build, too
+    assert re.search(r"recall\s+.*baseline\.popularity\.recall@10 0\.\d{4}.*baseline\.random\.recall@10 "
+                     r"0\.0333.*recall@10 0\.\d{4}", work.first.out), work.first.out
+    print(f"\ntzrec_dssm recall@10 {figures['recall@10']} (random {random['recall@10']}, popularity "
+          f"{popular['recall@10']}); recall@50 {figures['recall@50']} (random {random['recall@50']}, "
+          f"popularity {popular['recall@50']})")
+
+
 def test_second_make_is_a_noop(work):
     started = time.perf_counter()
     again = work.cli("make")
     assert again.code == 0 and again.built == [], again.out
     assert time.perf_counter() - started < 10
+
+
+def test_a_config_edit_that_keeps_its_meaning_rebuilds_nothing(work):
+    """pipeline.config enters the key as tzrec reads it: comments, blank lines, spacing and the order
+    of fields do not count (tzrec's own protobuf classes parse it)."""
+    config = work.path / "pipeline.config"
+    original = config.read_text()
+    lines = original.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("eval_config"))
+    moved = lines[start]  # a one-line block: moved to the end of the file
+    edited = "\n".join(lines[:start] + lines[start + 1:] + ["# evaluation: tzrec's defaults", moved]) + "\n"
+    edited = edited.replace("  num_epochs: ", "  # passes over the data\n  num_epochs:   ")
+    assert edited != original
+    config.write_text(edited)
+    try:
+        status = work.cli("status")
+        rows = {line.split()[0]: line for line in status.out.splitlines() if line.strip()}
+        assert status.code == 0 and all("up to date" in rows[name] for name in ARTIFACTS), status.out
+        assert "files modified pipeline.config" in rows["pipeline.config"]  # its bytes did change
+        again = work.cli("make")
+        assert again.code == 0 and again.built == [], again.out
+        assert "nothing to do" in again.out or "up to date" in again.out, again.out
+        memo = json.loads((work.path / "build" / ".recbuild" / "meanings.json").read_text())
+        assert any(value.startswith("meaning:tzrec-pipeline-sha256:") for value in memo.values())
+    finally:
+        config.write_text(original)
+
+
+def test_retraining_rewrites_the_same_bytes(work):
+    """tzrec_train_eval is seeded (param seed) with torch's deterministic algorithms on CPU: trained
+    again, it rewrites the same checkpoints, so what reads them stays (early cut-off)."""
+    before = {name: _digest(work, name) for name in ("checkpoints", "export")}
+    again = work.cli("make", "-B", "checkpoints")
+    assert again.code == 0 and "checkpoints" in again.built, again.out + again.err
+    assert _digest(work, "checkpoints") == before["checkpoints"]
+    after = work.cli("make")
+    assert after.code == 0 and after.built == [], after.out
+    assert _digest(work, "export") == before["export"]
 
 
 def test_builtin_kinds_read_tzrec_outputs_and_tzrec_reads_recbuilds(work):
@@ -214,7 +284,7 @@ def test_index_param_rebuilds_only_the_index_and_its_readers(work):
 
 def test_training_param_edit_rebuilds_train_and_everything_downstream(work):
     config = work.path / "pipeline.config"
-    config.write_text(config.read_text().replace("adam_optimizer { lr: 0.001 }", "adam_optimizer { lr: 0.002 }"))
+    config.write_text(config.read_text().replace("adam_optimizer { lr: 0.01 }", "adam_optimizer { lr: 0.02 }"))
     explain = work.cli("explain", "checkpoints")
     assert "input pipeline_config (pipeline.config) changed" in explain.out
     before = {name: _digest(work, name) for name in ("tree_init", "items")}

@@ -172,6 +172,9 @@ class Builder:
       resources         what a step of this kind asks of a cluster node by default
                         ({cpus, gpus, memory, custom}); a recipe's `resources:` overrides each key.
                         Never part of the key (see core/running/cluster.py)
+      meaning_fields    reference fields whose input enters the key by what it means, not by its
+                        bytes: :meth:`meaning_digest` gives that digest (e.g. a config file parsed
+                        and re-serialised canonically, so a comment-only edit rebuilds nothing)
 
       toolchain         what decides its bytes besides params and inputs: distribution names
                         (``"torch"``, ``"pyarrow"``; ``"faiss"`` = whichever faiss build is installed),
@@ -197,6 +200,7 @@ class Builder:
     headline: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""
     resources: ClassVar[dict[str, Any]] = {"cpus": 1}
+    meaning_fields: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def metric_title(cls, metric: str) -> str:
@@ -221,6 +225,15 @@ class Builder:
         """Facts (JSON values) that go into the artifact key beside params and inputs; {} = none.
         Called whenever a key is computed (status, make, no-op make): must be cheap or cached."""
         return {}
+
+    @classmethod
+    def meaning_digest(cls, field: str, params: dict[str, Any], files: tuple[Path, ...]) -> str | None:
+        """The digest of what the input in ``field`` (one of ``meaning_fields``; ``files`` are its
+        files) means, used in the key instead of its content digest; None = use the content digest
+        (e.g. the input cannot be parsed: the build then reports why). Files with equal content
+        get equal answers: the workdir remembers each answer by the input's content digest, so a
+        no-op make does not call this."""
+        return None
 
     def check(self, params: dict[str, Any]) -> list[tuple[str, str]]:
         """Checks the schema cannot express. Returns (dotted param path, message) pairs.

@@ -25,8 +25,9 @@ class RecallEvalBuilder(Builder):
     version = "1"
     toolchain = ("faiss", "torch", "numpy", "machine")
     description = "recall@k / hitrate@k of a FAISS index (vs exact search) or of a TDM tree + model"
-    reference_fields = ("user_embeddings", "towers", "queries", "index", "item_embeddings", "tree", "model")
-    headline = ("recall@k", "index_recall@k")
+    reference_fields = ("user_embeddings", "towers", "queries", "index", "item_embeddings", "tree", "model",
+                        "baseline_data")
+    headline = ("recall@k", "index_recall@k", "baseline.random.recall@k", "baseline.popularity.recall@k")
     metric_labels = {"recall@k": "index search", "hitrate@k": "index search"}
     metric_docs = {
         "recall@k": "retrieval recall@k through the built index: per request, the share of its ground-truth "
@@ -43,6 +44,12 @@ class RecallEvalBuilder(Builder):
         "search.scored_per_query": "TDM: tree nodes the model scored per query",
         "search.fewer_than_k": "per k, the queries the index returned fewer than k results for (recorded only "
                                "when some did): their recall@k counts misses the search could not find",
+        "baseline.random.recall@k": "recall@k of k items drawn at random from the index (expected value: k / items)",
+        "baseline.random.hitrate@k": "hitrate@k of k random items (k / items)",
+        "baseline.popularity.recall@k": "recall@k of the k items most clicked in baseline_data, "
+                                        "the same list for every request: a model that learns tastes beats it",
+        "baseline.popularity.hitrate@k": "hitrate@k of the k most clicked items of baseline_data",
+        "baseline.popularity.items": "items of the index clicked at least once in baseline_data",
     }
     schema = {
         "type": "object",
@@ -73,6 +80,11 @@ class RecallEvalBuilder(Builder):
             "ef_search": {"type": ["integer", "null"], "minimum": 1, "default": None,
                           "description": "HNSW search breadth (default: the index's own)"},
             "batch_size": {"type": "integer", "minimum": 1, "default": 4096},
+            "baseline_data": {"type": "string",
+                              "description": "two-tower mode: a table of clicks (gt_column; rows with "
+                                             "label <= 0 left out), usually the training data: records "
+                                             "the random and popularity baselines beside the figures "
+                                             "(baseline.random.recall@k, baseline.popularity.recall@k)"},
             "tree": {"type": "string", "description": "TDM mode: tdm_tree artifact"},
             "model": {"type": "string", "description": "TDM mode: exported TDM model (outputs probs)"},
             "tdm_retrieval_num": {"type": "integer", "minimum": 1, "default": 200,
@@ -87,7 +99,8 @@ class RecallEvalBuilder(Builder):
             problems = [(f, "TDM mode (tree + model + queries) needs it")
                         for f in ("tree", "model", "queries") if not params.get(f)]
             problems += [(f, "is for the two-tower mode, not TDM (tree + model)")
-                         for f in ("index", "user_embeddings", "towers", "item_embeddings") if params.get(f)]
+                         for f in ("index", "user_embeddings", "towers", "item_embeddings", "baseline_data")
+                         if params.get(f)]
             return problems
         if not params.get("index"):
             return [("index", "recall_eval needs index (two-tower) or tree + model (TDM)")]
@@ -158,6 +171,9 @@ class RecallEvalBuilder(Builder):
         doc = {**metrics, "exact": exact_metrics, "exact_baseline": baseline, "k": ks,
                "requests": len(gt), "requests_without_gt": skipped,
                "gt_items": int(sum(len(g) for g in gt)), "search": search}
+        if p.get("baseline_data"):
+            progress.phase("baselines (random, popularity)")
+            doc["baseline"] = _baselines(ctx, p, truth, id_mapping, ks)
         (ctx.out / "metrics.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n",
                                               encoding="utf-8")
         ctx.meta.update({k: v for k, v in metrics.items()})
@@ -175,6 +191,40 @@ def _short_warnings(short: dict, n_queries: int, index, meta) -> list[str]:
     return [f"recall@{k}: {facts['queries']} of {n_queries} queries got fewer than {k} results from the "
             f"index (fewest {facts['fewest']}), so recall@{k} counts misses it could not have found; "
             f"{fix}, or lower k" for k, facts in short.items()]
+
+
+def _baselines(ctx: BuildContext, p, truth, id_mapping, ks) -> dict:
+    """What a model has to beat: k items at random (expected recall k / items), and the k items
+    clicked most often in baseline_data (ties by id), the same list for every request."""
+    import collections
+
+    import numpy as np
+
+    from recbuild.retrieval import recall
+    from recbuild.retrieval.embeddings_io import iter_batches, parquet_files, require_columns, table_info
+
+    n_items = len(id_mapping)
+    random = {}
+    for k in ks:
+        random[f"recall@{k}"] = random[f"hitrate@{k}"] = round(min(k, n_items) / n_items, recall.ROUND)
+    source = ctx.input("baseline_data")
+    where = f"baseline_data {source.name!r}"
+    info = table_info(parquet_files(source), where)
+    label_column = p["label_column"] if p["label_column"] in info.schema.names else None
+    columns = [p["gt_column"]] + ([label_column] if label_column else [])
+    require_columns(info, columns, where)
+    in_index = set(id_mapping.tolist())
+    counts: collections.Counter = collections.Counter()
+    for _, batch in iter_batches(info, columns, p["batch_size"]):
+        rows = recall.gt_lists(batch.column(p["gt_column"]), p["gt_delimiter"])
+        keep = batch.column(label_column).fill_null(0).to_numpy(zero_copy_only=False) > 0 \
+            if label_column else np.ones(len(rows), dtype=bool)
+        counts.update(item for row, kept in zip(rows, keep) if kept for item in row if item in in_index)
+    ranking = sorted(counts, key=lambda item: (-counts[item], item))[:max(ks)]
+    codes = np.full(max(ks), -1, dtype=np.int64)
+    codes[:len(ranking)] = truth.codes(ranking)
+    popular = truth.metrics(np.broadcast_to(codes, (len(truth.sizes), max(ks))), ks)
+    return {"random": random, "popularity": {**popular, "items": len(counts)}}
 
 
 def _faiss_codes(faiss_ids, id_codes):

@@ -26,7 +26,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from recbuild.builders.base import BuildContext, InputArtifact
+from recbuild.builders.base import BuildContext, InputArtifact, Progress
 from recbuild.errors import BuildError, InputError
 from recbuild.tzrec import runner
 
@@ -96,6 +96,49 @@ def folder_path(artifact: InputArtifact, recipe_dir: Path) -> str:
 def is_folder_field(field: str) -> bool:
     name = field.rsplit(".", 1)[-1]
     return name.endswith("_dir") or name == "fine_tune_checkpoint"
+
+
+class LogProgress:
+    """Shows what tzrec logs (recbuild.tzrec.progress) on the step's progress line: the training
+    step (of ``steps``) and epoch, the loss, and the last evaluation's figures (``eval recall@5``:
+    tzrec's own evaluation, told apart from recbuild's recall_eval); batches while predicting."""
+
+    def __init__(self, progress: Progress, steps: int | None = None, epochs: int | None = None):
+        self.progress, self.steps, self.epochs = progress, steps, epochs
+        self.training = ""  # the label to go back to after an evaluation
+
+    def line(self, text: str) -> None:
+        from recbuild.tzrec.progress import parse
+
+        event = parse(text)
+        if event is None:
+            return
+        p = self.progress
+        if event.what == "train":
+            if p.unit != "steps":
+                p.phase("training", self.steps, "steps")
+            epoch = f"epoch {event.epoch + 1}" + (f"/{self.epochs}" if self.epochs else "")
+            self.training = f"training, {epoch}"
+            p.label(self.training)
+            p.done = float(event.step + 1)  # tzrec logs the index of the step it just ran
+            loss = event.figures.get("total_loss")
+            if loss is not None:
+                p.note(loss=loss)
+        elif event.what == "checkpoint":
+            p.label(f"saving model.ckpt-{event.step}")
+        elif event.what == "evaluating":
+            p.label(f"evaluating model.ckpt-{event.step}" if event.step is not None else "evaluating")
+        elif event.what == "eval":
+            p.label(self.training or "evaluated")
+            p.note(**{f"eval {name}": value for name, value in event.figures.items()})
+        elif event.what == "finished":
+            p.label("finishing")  # the tool's last words; it exits (and recbuild checks its files)
+            if p.unit == "steps" and p.total:
+                p.done = float(p.total)  # (tzrec logs a step at most once a second: the last may be unsaid)
+        elif event.what == "predict":
+            if p.unit != "batches":
+                p.phase("predicting", None, "batches")
+            p.done = float(event.batches)
 
 
 class StepRun:
@@ -168,14 +211,22 @@ class StepRun:
         return target, answer.get("facts", {})
 
     # -- running
-    def run(self, module: str, args: Sequence[str], *, distributed: bool) -> None:
+    def run(self, module: str, args: Sequence[str], *, distributed: bool, seed: int | None = None,
+            steps: int | None = None, epochs: int | None = None) -> None:
+        """Run the tool; its log's steps, losses and eval figures go to the step's progress line
+        (``steps``/``epochs``: the training's expected totals, when known)."""
         args = [str(a) for a in args]
-        self.ctx.progress(None, "", f"running {module}")  # the line says which tzrec tool runs
+        progress = self.ctx.progress(None, "", f"running {module}")  # the line says which tzrec tool runs
+        shown = LogProgress(progress, steps, epochs)
         argv = runner.run_module(self.tz, module, args, distributed=distributed, cwd=self.cwd,
-                                 log_path=self.log_path, what=f"tzrec {self.step}")
+                                 log_path=self.log_path, what=f"tzrec {self.step}", seed=seed,
+                                 boot_dir=self.scratch / "boot", on_line=shown.line)
         self.ctx.log.info("ran: %s", " ".join(argv))
-        self.commands.append({"module": module, "args": [self._final_text(a) for a in args],
-                              "launcher": "distributed" if distributed else "tool"})
+        command = {"module": module, "args": [self._final_text(a) for a in args],
+                   "launcher": "distributed" if distributed else "tool"}
+        if seed is not None:
+            command["seed"] = seed
+        self.commands.append(command)
 
     def _replacements(self) -> list[tuple[str, str]]:
         final_rel = self.rel(self.final)

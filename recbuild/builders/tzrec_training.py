@@ -52,6 +52,7 @@ _EVAL_DOCS = {
 
 class TzrecTrainEval(TzrecKind):
     kind = "tzrec_train_eval"
+    version = "2"  # seeded (param seed) and the checkpoints' random save_id cleared: reproducible
     step = "train_eval"
     headline = ("auc", "recall@k")
     metric_docs = _EVAL_DOCS
@@ -60,6 +61,7 @@ class TzrecTrainEval(TzrecKind):
     reference_fields = ("pipeline_config", "data", "eval_data")
     path_fields = ("pipeline_config", "data", "eval_data", "inputs")
     mapping_fields = ("inputs",)
+    meaning_fields = ("pipeline_config",)
     schema = tzrec_schema({
         "pipeline_config": {**NONEMPTY_STRING, "description": "the pipeline.config file (a path or a source)"},
         "data": {**NONEMPTY_STRING, "description": "training data (train_input_path): a source, artifact or path"},
@@ -67,7 +69,27 @@ class TzrecTrainEval(TzrecKind):
                       "description": "evaluation data (eval_input_path); without it tzrec does not evaluate"},
         "inputs": _INPUTS,
         "edit_config": _EDITS,
+        "seed": {"type": ["integer", "null"], "minimum": 0, "maximum": 2**63 - 1, "default": 0,
+                 "description": "seeds torch, numpy and random in tzrec's processes and turns on "
+                                "torch's deterministic algorithms on CPU, so training rewrites the same "
+                                "bytes (tzrec has no seed setting); null: tzrec's own unseeded run"},
     }, ["pipeline_config", "data"])
+
+    @classmethod
+    def meaning_digest(cls, field, params, files):
+        """The pipeline.config as tzrec reads it (its own protobuf classes), serialised
+        deterministically: comments, whitespace and field order change nothing."""
+        from recbuild.errors import BuildError
+        from recbuild.tzrec import runner
+
+        if len(files) != 1:
+            return None
+        try:
+            tz = runner.environment(params.get("tzrec"))
+            answer = runner.call_helper(tz.python, "canonical", {"in": str(files[0])}, tz.process_env())
+        except BuildError:  # no interpreter: the key's tzrec fact says so, and make fails with why
+            return None
+        return f"tzrec-pipeline-sha256:{answer['sha256']}" if answer.get("sha256") else None
 
     def run_step(self, ctx, run, p):
         from recbuild.tzrec import outputs
@@ -83,13 +105,31 @@ class TzrecTrainEval(TzrecKind):
         paths.update(self.declared_inputs(ctx, run, p))
         prepared, facts = run.prepare_config(config.files[0], p.get("edit_config") or {}, paths,
                                              f"pipeline_config {config.name!r}")
-        run.run("tzrec.train_eval", ["--pipeline_config_path", run.rel(prepared)], distributed=True)
+        steps, epochs = _expected_steps(run, facts, ctx.input("data"))
+        run.run("tzrec.train_eval", ["--pipeline_config_path", run.rel(prepared)], distributed=True,
+                seed=p["seed"], steps=steps, epochs=epochs)
         info = outputs.checkpoints(ctx.out, expect_eval=bool(p.get("eval_data")))
         if p.get("eval_data"):
             write_metrics(ctx.out, outputs.eval_metrics(ctx.out / "train_eval_result_v2.txt"))
         run.finish({"model": facts.get("model")})
         ctx.meta.update(info)
         ctx.meta["model"] = facts.get("model")
+
+
+def _expected_steps(run, facts: dict, data) -> tuple[int | None, int | None]:
+    """(training steps, epochs) the progress line counts towards: num_steps, else the table's rows
+    per batch times num_epochs with one process (other launchers split the rows: no total)."""
+    import math
+
+    from recbuild.tzrec import runner
+
+    epochs = facts.get("num_epochs") or None
+    if facts.get("num_steps"):
+        return int(facts["num_steps"]), None
+    rows, batch = parquet_rows(data), facts.get("batch_size")
+    if not (rows and batch and epochs) or run.tz.launcher != runner.DEFAULT_LAUNCHER:
+        return None, epochs
+    return math.ceil(rows / batch) * epochs, epochs
 
 
 class _FromCheckpoints(TzrecKind):

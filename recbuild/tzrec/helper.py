@@ -9,9 +9,12 @@ Commands:
   config     load a pipeline.config with tzrec's own parser, apply edits with tzrec's own
              ``edit_config`` (the --edit_config_json semantics), write the result, and report every
              path-valued field that is set and the facts recbuild needs (model type, export_config)
+  canonical  the sha256 of a pipeline.config as tzrec reads it (tzrec's own loader), serialised
+             deterministically: comments, whitespace and the order of fields do not change it
   scrub_dcp  rewrite the ``storage_meta.checkpoint_id`` that torch's distributed checkpoint writes
              into each ``.metadata`` (an absolute path of the temporary build folder) to a path
-             relative to the artifact; tzrec's own output, unpickled in tzrec's own environment
+             relative to the artifact, and clear its random ``save_id``; tzrec's own output,
+             unpickled in tzrec's own environment
 
 Only the standard library at module level; tzrec's protobuf modules are loaded *without* running
 ``tzrec/__init__.py`` (which imports torch, torchrec and every model: 5-8 s), so a request costs
@@ -147,8 +150,30 @@ def config(request):
         "train_input_path": pipeline.train_input_path,
         "eval_input_path": pipeline.eval_input_path,
         "model_dir": pipeline.model_dir,
+        "batch_size": data.batch_size,
+        "num_epochs": pipeline.train_config.num_epochs,
+        "num_steps": pipeline.train_config.num_steps,
     }
     return {"paths": _path_fields(pipeline), "facts": facts}
+
+
+def canonical(request):
+    """What a pipeline.config means, as a digest: tzrec's loader, then deterministic bytes."""
+    import hashlib
+
+    _bare_tzrec_package()
+    from google.protobuf import json_format, text_format
+
+    from tzrec.utils import config_util
+
+    path = request["in"]
+    try:
+        pipeline = config_util.load_pipeline_config(path)
+    except (text_format.ParseError, json_format.ParseError) as exc:
+        return {"error": "%s:%s" % (path, exc)}
+    # partial: recbuild sets the required paths (train_input_path, model_dir ...) itself
+    data = pipeline.SerializePartialToString(deterministic=True)
+    return {"sha256": hashlib.sha256(data).hexdigest(), "message": pipeline.DESCRIPTOR.full_name}
 
 
 def scrub_dcp(request):
@@ -168,16 +193,20 @@ def scrub_dcp(request):
         if storage is None or old is None:
             continue
         relative = os.path.relpath(folder, root)
-        if str(old) == relative:
+        # save_id is a random uuid torch writes and never reads: cleared, a seeded training
+        # rewrites identical bytes
+        if str(old) == relative and getattr(storage, "save_id", None) is None:
             continue
         storage.checkpoint_id = type(old)(relative) if not isinstance(old, str) else relative
+        if hasattr(storage, "save_id"):
+            storage.save_id = None
         with open(path, "wb") as fh:
             pickle.dump(metadata, fh)
         changed.append(os.path.relpath(path, root))
     return {"changed": sorted(changed)}
 
 
-COMMANDS = {"probe": probe, "config": config, "scrub_dcp": scrub_dcp}
+COMMANDS = {"probe": probe, "config": config, "canonical": canonical, "scrub_dcp": scrub_dcp}
 
 
 def main(argv):

@@ -27,11 +27,13 @@ import shlex
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from recbuild.errors import BuildError
 
 HELPER = Path(__file__).with_name("helper.py")
+BOOT = Path(__file__).with_name("boot")  # run in the tzrec interpreter (see boot/*.py)
+SEEDED = "recbuild_tzrec_seeded"
 PYTHON_ENV = "TZREC_PYTHON"
 DEFAULT_LAUNCHER = ("{python}", "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=1",
                     "--node_rank=0", "--master_addr=127.0.0.1", "--master_port={port}")
@@ -275,15 +277,36 @@ def log_tail(path: Path, lines: int = TAIL_LINES) -> list[str]:
 
 
 def run_module(tz: TzrecEnv, module: str, args: Sequence[str], *, distributed: bool, cwd: Path,
-               log_path: Path, what: str) -> list[str]:
+               log_path: Path, what: str, seed: int | None = None, boot_dir: Path | None = None,
+               on_line: Callable[[str], None] | None = None) -> list[str]:
     """Run ``-m module args`` through the launcher; raise a BuildError with the log's tail on failure.
 
-    Returns the argv that ran (for the log).
+    ``seed``: run it through ``-m recbuild_tzrec_seeded SEED module args`` (boot/, copied into
+    ``boot_dir``, a folder the launched processes can read), which seeds torch, numpy and random
+    and turns on torch's deterministic algorithms on CPU. ``on_line`` gets each line the tool
+    logs, as it is written (recbuild.tzrec.progress). Returns the argv that ran (for the log).
     """
-    argv = [*tz.prefix(distributed), "-m", module, *args]
+    from recbuild.tzrec.progress import LogFollower
+
+    env = tz.process_env()
+    head = ["-m", module]
+    if seed is not None:
+        if boot_dir is None:
+            raise ValueError("a seeded run needs boot_dir")
+        boot_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(BOOT / f"{SEEDED}.py", boot_dir / f"{SEEDED}.py")
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(boot_dir.resolve()), env.get("PYTHONPATH")) if p)
+        env["PYTHONHASHSEED"] = str(seed)
+        head = ["-m", SEEDED, str(seed), module]
+    argv = [*tz.prefix(distributed), *head, *args]
     with open(log_path, "ab") as log:
         log.write(("$ " + shlex.join(argv) + "\n").encode())
-    status = launch(argv, cwd=cwd, env=tz.process_env(), log_path=log_path)
+        offset = log.tell()
+    if on_line is None:
+        status = launch(argv, cwd=cwd, env=env, log_path=log_path)
+    else:
+        with LogFollower(log_path, on_line, offset):
+            status = launch(argv, cwd=cwd, env=env, log_path=log_path)
     if status != 0:
         tail = log_tail(log_path)
         hint = ""

@@ -22,6 +22,7 @@ from recbuild.core.recipe.yamlsrc import problem
 from recbuild.core.workdir.hashing import StatCache
 from recbuild.core.workdir.manifest import (MANIFEST_NAME, canonical_json, foreign_workdir, made_by_recbuild,
                                            read_manifest, verify_files)
+from recbuild.core.workdir.meaning import MeaningDigests
 from recbuild.core.workdir.sources import SourceScan, scan_source
 from recbuild.core.workdir.toolchain import facts as toolchain_facts
 
@@ -226,6 +227,7 @@ class Workspace:
         # (a make on a cluster with `leave_in_store`); any other run restores their files
         self.files_in_store_ok: set[str] = set()
         self._manifests: dict[str, dict | None] = {}
+        self.meanings = MeaningDigests(self.state_dir)
 
     # -- places
     def is_file_source(self, name: str) -> bool:
@@ -298,7 +300,7 @@ class Workspace:
                 scan = self.scan(name)
             except BuildError as exc:
                 return f"source {name!r} ({exc.message})"
-            if scan.digest == expected:
+            if scan.digest == expected or scan.digest in self.meanings.contents_of(expected):
                 return None
             old = before.entries if before is not None and before.digest == expected else {}
             for rel in sorted(set(old) | set(scan.entries)):
@@ -308,7 +310,8 @@ class Workspace:
         self.forget_manifest(name)
         manifest = self.manifest(name)
         folder = self.folder(name)
-        if manifest is None or manifest.get("digest") != expected:
+        if manifest is None or (manifest.get("digest") != expected
+                                and manifest.get("digest") not in self.meanings.contents_of(expected)):
             return f"artifact {name!r} ({folder} was replaced)"
         problems = verify_files(folder, manifest, self.cache)
         return f"artifact {name!r} ({problems[0]} in {folder})" if problems else None
@@ -331,6 +334,9 @@ class Workspace:
             digest = digest_of(edge.upstream)
             if digest is None:
                 return None
+            if edge.field in builder_cls.meaning_fields and digest == self.current_digest(edge.upstream):
+                digest = self.meanings.digest(builder_cls, edge.field, node.params, digest,
+                                              self.input_artifact(edge.upstream).files)
             inputs[edge.role] = digest
         if builder_cls.uses_model:
             inputs[MODEL_ROLE] = _digest(self.recipe.model_for(name))
