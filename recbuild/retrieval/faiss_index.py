@@ -402,6 +402,10 @@ class IdMapping:
             return self.strings[int(key)].as_py()
         return self.take(np.asarray(key))
 
+    def tolist(self) -> list[str]:
+        """Every id as a Python str (a whole catalogue's worth: for small indexes only)."""
+        return self.strings.to_pylist()
+
     def take(self, faiss_ids: np.ndarray) -> np.ndarray:
         """Item id strings of ``faiss_ids`` (any shape; None where the id is -1)."""
         import pyarrow as pa
