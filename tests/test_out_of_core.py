@@ -76,12 +76,13 @@ def tree_recipe(k: int, budget: str) -> str:
 @pytest.mark.parametrize("k", [2, 3])
 def test_out_of_core_tree_is_valid_balanced_and_close_to_in_memory(catalogue, k):
     project, x = catalogue
-    project.recipe(tree_recipe(k, "1MB"))  # the in-memory build would need about 5 MB
+    project.recipe(tree_recipe(k, "400KB"))  # the in-memory build would need about 4 MB
     result = project.run("make", "tree")
     assert result.code == 0, result.out + result.err
     out = project.path / "build" / "tree"
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["out_of_core"]["subtrees"] >= k and metrics["out_of_core"]["max_subtree_items"] < N
+    ooc = metrics["out_of_core"]
+    assert ooc["subtrees"] >= k and ooc["max_subtree_items"] < N and ooc["sample_items"] < N
     tree = tree_io.read_serving_tree(out / tree_io.SERVING_TREE)
     tt.check_tree_invariants(tree, N)  # every item one leaf, all leaves on the last level
     depth = tt.tree_depth(N, k)

@@ -163,6 +163,12 @@ class TdmTreeBuilder(Builder):
                              "of %s: out of core, %d subtrees of <= %d items", ctx.name, n_rows, dim,
                              format_bytes(ooc.in_memory_bytes(n_rows, dim)), format_bytes(budget),
                              plan.n_subtrees, plan.max_subtree)
+                if n_rows * ooc.PER_ITEM_STATE >= budget // 2:
+                    ctx.log.warning("tdm_tree %s: %d items need about %s of bookkeeping (%d bytes each), "
+                                    "half or more of memory_budget %s: the k-means sample shrinks to %d "
+                                    "items; raise memory_budget for a better tree", ctx.name, n_rows,
+                                    format_bytes(n_rows * ooc.PER_ITEM_STATE), ooc.PER_ITEM_STATE,
+                                    format_bytes(budget), plan.sample_size)
                 bar = ctx.progress(plan.cut_level + plan.n_subtrees, "steps", "out of core")
                 try:
                     leaf_codes = ooc.out_of_core_leaf_codes(

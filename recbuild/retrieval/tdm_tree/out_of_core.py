@@ -41,6 +41,9 @@ PER_ITEM_STATE = 32
 # (docs/recipes.md, Memory). Not part of the budget's arithmetic: nothing else is in memory then.
 WRITE_BYTES_PER_ITEM = 100
 MIN_SUBTREE = 256
+# Spill files open at once (one per level-L node); a budget smaller than the per-item state would
+# otherwise cut the tree into millions of tiny subtrees.
+MAX_SUBTREES = 4096
 
 
 def in_memory_bytes(n_items: int, dim: int) -> int:
@@ -75,7 +78,7 @@ def plan(n_items: int, dim: int, k: int, budget: int) -> Plan:
     room = budget - n_items * PER_ITEM_STATE
     fit = max(MIN_SUBTREE, room // per_subtree_item)
     cut = 1
-    while cut < depth - 1 and math.ceil(n_items / k ** cut) > fit:
+    while cut < depth - 1 and math.ceil(n_items / k ** cut) > fit and k ** (cut + 1) <= MAX_SUBTREES:
         cut += 1
     # The sample trains the top levels: as large as the budget allows, but at most every item and
     # no more than the subtree size (the sample and a subtree are never in memory together).
