@@ -116,8 +116,10 @@ artifacts:
 
 
 # -- measuring -------------------------------------------------------------------------------------
-def make(project: Path, target: str) -> tuple[float, float]:
-    """(seconds, peak RSS in GB) of `recbuild make TARGET`, a process of its own."""
+def make(project: Path, target: str) -> tuple[float, float, float]:
+    """(seconds, peak RSS in GB, CPU seconds) of `recbuild make TARGET`, a process of its own. CPU
+    seconds (user + system, the process and its children) hardly move with other jobs on the
+    machine; wall seconds do."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     log = open(project / f"make-{target}.log", "wb")
@@ -131,7 +133,7 @@ def make(project: Path, target: str) -> tuple[float, float]:
     if proc.returncode != 0:
         raise SystemExit(f"recbuild make {target} failed (exit {proc.returncode}):\n"
                          + (project / f"make-{target}.log").read_text(errors="replace")[-3000:])
-    return seconds, usage.ru_maxrss / 1024 ** 2
+    return seconds, usage.ru_maxrss / 1024 ** 2, usage.ru_utime + usage.ru_stime
 
 
 def leaf_codes_of(tree_dir: Path, n: int) -> tuple[np.ndarray, int, int]:
@@ -213,18 +215,19 @@ def main() -> None:
     if build.exists():  # measure the make from nothing, every time
         subprocess.run([sys.executable, "-m", "recbuild.cli", "clean"], cwd=project, check=True,
                        env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True)
-    rows, total, peak = [], 0.0, 0.0
+    rows, total, total_cpu, peak = [], 0.0, 0.0, 0.0
     for step in STEPS:
-        seconds, rss = make(project, step)
+        seconds, rss, cpu = make(project, step)
         total += seconds
+        total_cpu += cpu
         peak = max(peak, rss)
-        rows.append((step, seconds, rss))
-        print(f"  {step:<8} {seconds:8.1f} s  peak RSS {rss:5.2f} GB", flush=True)
+        rows.append((step, seconds, rss, cpu))
+        print(f"  {step:<8} {seconds:8.1f} s  peak RSS {rss:5.2f} GB  CPU {cpu:8.1f} s", flush=True)
     in_memory = None
     if compare:
         in_memory = make(project, "tree_in_memory")
-        print(f"  tree_in_memory {in_memory[0]:8.1f} s  peak RSS {in_memory[1]:5.2f} GB (not in the make)",
-              flush=True)
+        print(f"  tree_in_memory {in_memory[0]:8.1f} s  peak RSS {in_memory[1]:5.2f} GB  CPU {in_memory[2]:8.1f} s "
+              "(not in the make)", flush=True)
 
     recall = json.loads((build / "recall" / "metrics.json").read_text())
     tree_metrics = json.loads((build / "tree" / "metrics.json").read_text())
@@ -243,13 +246,14 @@ def main() -> None:
 
     print(f"\n### catalog_scale: {n:,} x {dim} items, memory_budget {args.memory_budget}, IVFPQ nlist "
           f"{args.nlist}, 2 cores\n")
-    print("| step | seconds | peak RSS GB |")
-    print("|---|---|---|")
-    for step, seconds, rss in rows:
-        print(f"| {step} | {seconds:.1f} | {rss:.2f} |")
-    print(f"| whole make | {total:.1f} | {peak:.2f} |")
+    print(f"(load average {os.getloadavg()[0]:.1f}: wall seconds stretch when other jobs share the cores)\n")
+    print("| step | seconds | CPU seconds | peak RSS GB |")
+    print("|---|---|---|---|")
+    for step, seconds, rss, cpu in rows:
+        print(f"| {step} | {seconds:.1f} | {cpu:.1f} | {rss:.2f} |")
+    print(f"| whole make | {total:.1f} | {total_cpu:.1f} | {peak:.2f} |")
     if in_memory:
-        print(f"| (tree, in-memory path) | {in_memory[0]:.1f} | {in_memory[1]:.2f} |")
+        print(f"| (tree, in-memory path) | {in_memory[0]:.1f} | {in_memory[2]:.1f} | {in_memory[1]:.2f} |")
     print(f"\ntree: {tree_metrics.get('out_of_core') or 'built in memory'}")
     for level in levels:
         built, random = quality["built"][level], quality["random"][level]
