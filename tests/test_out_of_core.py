@@ -76,7 +76,7 @@ def tree_recipe(k: int, budget: str) -> str:
 @pytest.mark.parametrize("k", [2, 3])
 def test_out_of_core_tree_is_valid_balanced_and_close_to_in_memory(catalogue, k):
     project, x = catalogue
-    project.recipe(tree_recipe(k, "400KB"))  # the in-memory build would need about 4 MB
+    project.recipe(tree_recipe(k, "1MB"))  # the in-memory build would need about 4 MB
     result = project.run("make", "tree")
     assert result.code == 0, result.out + result.err
     out = project.path / "build" / "tree"

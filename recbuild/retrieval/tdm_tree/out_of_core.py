@@ -12,8 +12,8 @@ items (the most the in-memory builder may hold within the budget):
 3. every level-L node is loaded alone and built by the in-memory ``learnt_leaf_codes`` with the
    depth left below L, so all leaves end on the big tree's last level.
 
-In memory at once: the sample, one record batch, one level-L node, and per item its row's node
-(int64) and split score (float32 per child): about 8 + 4k bytes per item.
+In memory at once: the sample, one record batch, one level-L node, and per item its row's node,
+split score, sort order and final code (``PER_ITEM_STATE`` bytes).
 """
 
 from __future__ import annotations
@@ -31,12 +31,13 @@ from recbuild.retrieval.tdm_tree.codes import check_code_range, first_code, tree
 # Bytes per item of the in-memory builder (learnt mode, parquet in, tree files out), besides two
 # copies of its vector: measured 6.5 GB at 4M x 64 (1625 bytes an item, 512 of them the vectors).
 IN_MEMORY_OVERHEAD = 1100
-# Bytes per item of ``learnt_leaf_codes`` on a subtree, besides two copies of its vector (codes,
-# permutation, segment ids, scores and the sorts' scratch).
-SUBTREE_OVERHEAD = 160
-# Per item, kept for the whole catalogue while the k-means run: its node (int64), its split score
-# and the sort order of a level (int64), its final code (int64).
-PER_ITEM_STATE = 32
+# Bytes per item of ``learnt_leaf_codes`` on a subtree, besides one copy of its vector (the work
+# copy, codes, permutation, segment ids, scores and the sorts' scratch): measured 1574 at 312k x 64.
+SUBTREE_OVERHEAD = 1600
+# Per item, kept for the whole catalogue while the top levels are cut: its node, split score, the
+# level's sort order, child digits and final code, and numpy's sort scratch (measured about 65 bytes
+# at 20M items).
+PER_ITEM_STATE = 64
 # Per item, after the k-means: the assembled tree (every node's code and id) and the writers' work
 # (docs/recipes.md, Memory). Not part of the budget's arithmetic: nothing else is in memory then.
 WRITE_BYTES_PER_ITEM = 100
@@ -74,8 +75,11 @@ def plan(n_items: int, dim: int, k: int, budget: int) -> Plan:
     """Where to cut the tree so a level-L node's in-memory build fits what the budget leaves after
     the per-item state."""
     depth = tree_depth(n_items, k)
-    per_subtree_item = 2 * 4 * dim + SUBTREE_OVERHEAD
-    room = budget - n_items * PER_ITEM_STATE
+    per_subtree_item = 4 * dim + SUBTREE_OVERHEAD
+    # When the items' bookkeeping takes most of the budget, half the budget still goes to the sample
+    # and the subtrees (the step then overshoots by the bookkeeping; the builder warns): a tree of
+    # thousands of tiny subtrees trained on a few hundred items is not worth the memory it saves.
+    room = max(budget - n_items * PER_ITEM_STATE, budget // 2)
     fit = max(MIN_SUBTREE, room // per_subtree_item)
     cut = 1
     while cut < depth - 1 and math.ceil(n_items / k ** cut) > fit and k ** (cut + 1) <= MAX_SUBTREES:

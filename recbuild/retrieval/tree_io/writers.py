@@ -122,9 +122,10 @@ def write_node_table(tree: TdmTree, features, attr_columns: Sequence[str], raw_c
     _write_lines(path, f"id:{id_type}\tweight:float\tfeature:string", chunks())
 
 
-def write_edge_table(tree: TdmTree, path: Path, leaves_per_chunk: int = 1 << 18) -> None:
+def write_edge_table(tree: TdmTree, path: Path, leaves_per_chunk: int = 1 << 16) -> None:
     """Leaf -> ancestors, parent first, root excluded; leaves in level order. Written in chunks of
-    leaves: the table has (levels - 2) rows per leaf, 19M rows for 1M items."""
+    leaves: the table has (levels - 2) rows per leaf, 19M rows for 1M items (a chunk of 64k leaves
+    is about 1.5M rows, 0.2 GB of text and indexes)."""
     import pyarrow as pa
 
     leaves = np.flatnonzero(tree.leaf_mask)
