@@ -264,3 +264,13 @@ def test_budget_syntax():
     for bad in ("2 gigs", "0MB", "150%", "-1GB"):
         with pytest.raises(InputError):
             parse_budget(bad)
+
+
+def test_budget_below_the_items_bookkeeping_warns_and_still_builds(catalogue):
+    project, _ = catalogue
+    project.recipe(tree_recipe(2, "300KB"))  # 3000 items x 64 bytes of bookkeeping: over half of it
+    result = project.run("make", "tree")
+    assert result.code == 0, result.out + result.err
+    assert "of bookkeeping (64 bytes each), half or more of memory_budget 300.0 KB" in result.out + result.err
+    tree = tree_io.read_serving_tree(project.path / "build" / "tree" / tree_io.SERVING_TREE)
+    tt.check_tree_invariants(tree, N)

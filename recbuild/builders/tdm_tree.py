@@ -164,11 +164,10 @@ class TdmTreeBuilder(Builder):
                              format_bytes(ooc.in_memory_bytes(n_rows, dim)), format_bytes(budget),
                              plan.n_subtrees, plan.max_subtree)
                 if n_rows * ooc.PER_ITEM_STATE >= budget // 2:
-                    ctx.log.warning("tdm_tree %s: %d items need about %s of bookkeeping (%d bytes each), "
-                                    "half or more of memory_budget %s: the k-means sample shrinks to %d "
-                                    "items; raise memory_budget for a better tree", ctx.name, n_rows,
-                                    format_bytes(n_rows * ooc.PER_ITEM_STATE), ooc.PER_ITEM_STATE,
-                                    format_bytes(budget), plan.sample_size)
+                    ctx.warn(f"{n_rows:,} items need about {format_bytes(n_rows * ooc.PER_ITEM_STATE)} of "
+                             f"bookkeeping ({ooc.PER_ITEM_STATE} bytes each), half or more of memory_budget "
+                             f"{format_bytes(budget)}: the step will use more, and its k-means sample is "
+                             f"{plan.sample_size:,} items; raise memory_budget")
                 bar = ctx.progress(plan.cut_level + plan.n_subtrees, "steps", "out of core")
                 try:
                     leaf_codes = ooc.out_of_core_leaf_codes(
