@@ -423,18 +423,39 @@ class IdMapping:
         return len(part) == len(strings) and part.equals(strings.cast(part.type))
 
 
-def read_id_mapping(path: Path) -> IdMapping:
-    """id_mapping's lines, as written (a last line without its newline counts too)."""
+def read_id_mapping(path: Path, chunk_bytes: int = 1 << 26) -> IdMapping:
+    """id_mapping's lines, as written (a last line without its newline counts too). Two passes over
+    the file in chunks (count the lines, then fill one text buffer and one offset per line): besides
+    the result, one chunk is in memory."""
     import pyarrow as pa
 
-    data = np.fromfile(path, dtype=np.uint8)
-    breaks = np.flatnonzero(data == 10)
-    if len(data) and data[-1] != 10:  # the last line lacks its newline
-        breaks = np.append(breaks, len(data))
-    ends = breaks - np.arange(len(breaks))  # line ends once the newlines are taken out
-    offsets = np.concatenate([[0], ends]).astype(np.int64)
-    text = data[data != 10]
-    strings = pa.LargeStringArray.from_buffers(len(breaks), pa.py_buffer(offsets), pa.py_buffer(text))
+    size = Path(path).stat().st_size
+    lines = 0
+    last = 10
+    with open(path, "rb") as fh:
+        while chunk := fh.read(chunk_bytes):
+            lines += chunk.count(b"\n")
+            last = chunk[-1]
+    if size and last != 10:  # the last line lacks its newline
+        lines += 1
+    offsets = np.empty(lines + 1, dtype=np.int64)
+    offsets[0] = 0
+    text = np.empty(size - (lines if last == 10 else lines - 1), dtype=np.uint8)
+    filled = line = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(chunk_bytes):
+            data = np.frombuffer(chunk, dtype=np.uint8)
+            breaks = np.flatnonzero(data == 10)
+            kept = data[data != 10]
+            # line i's end in the text without newlines: its newline's place in the chunk minus the
+            # newlines before it, after what earlier chunks filled
+            offsets[line + 1:line + 1 + len(breaks)] = filled + breaks - np.arange(len(breaks))
+            text[filled:filled + len(kept)] = kept
+            filled += len(kept)
+            line += len(breaks)
+    if line < lines:  # the unterminated last line
+        offsets[lines] = filled
+    strings = pa.LargeStringArray.from_buffers(lines, pa.py_buffer(offsets), pa.py_buffer(text))
     try:
         strings.validate(full=True)
     except pa.ArrowInvalid:
