@@ -40,7 +40,7 @@ SUBTREE_OVERHEAD = 1600
 PER_ITEM_STATE = 64
 # Per item, after the k-means: the assembled tree (every node's code and id) and the writers' work
 # (docs/recipes.md, Memory). Not part of the budget's arithmetic: nothing else is in memory then.
-WRITE_BYTES_PER_ITEM = 100
+WRITE_BYTES_PER_ITEM = 150
 MIN_SUBTREE = 256
 # Spill files open at once (one per level-L node); a budget smaller than the per-item state would
 # otherwise cut the tree into millions of tiny subtrees.
