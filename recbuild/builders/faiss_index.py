@@ -14,6 +14,7 @@ import math
 
 from recbuild.builders.base import BuildContext, Builder
 from recbuild.errors import BuildError
+from recbuild.retrieval.memory import budget_schema
 
 _POSITIVE = {"type": "integer", "minimum": 1}
 
@@ -62,6 +63,9 @@ class FaissIndexBuilder(Builder):
             "batch_size": {"type": "integer", "minimum": 1, "default": 65536,
                            "description": "rows read and added per step (bounds memory)"},
             "allow_duplicate_ids": {"type": "boolean", "default": False},
+            "memory_budget": budget_schema(
+                "memory of the build: an IVF training sample shrinks to fit, an index that cannot fit is "
+                "refused before any work"),
         },
         "required": ["embeddings"],
     }
@@ -81,6 +85,7 @@ class FaissIndexBuilder(Builder):
         from recbuild.retrieval.embeddings_io import EmbeddingTable
         from recbuild.retrieval.faiss_checks import check_training
         from recbuild.retrieval.faiss_index import IndexSpec, build_index
+        from recbuild.retrieval.memory import parse_budget
 
         p = ctx.params
         for path, message in self.check(p):
@@ -103,7 +108,8 @@ class FaissIndexBuilder(Builder):
             ctx.warn(advice)
         result = build_index(table, spec, ctx.out, batch_rows=p["batch_size"],
                              threads=ctx.threads, allow_duplicate_ids=p["allow_duplicate_ids"],
-                             progress=ctx.progress(table.num_rows, "rows", "checking ids"))
+                             progress=ctx.progress(table.num_rows, "rows", "checking ids"),
+                             budget=parse_budget(p["memory_budget"], f"faiss_index {ctx.name}: memory_budget"))
         ctx.meta.update({"type": index_type, "metric": spec.metric, "dim": result.dim,
                          "count": result.count})
         ctx.log.info("faiss_index %s: %d x %d (%s, %s)", ctx.name, result.count, result.dim, index_type,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from recbuild.builders.base import BuildContext, Builder
 from recbuild.errors import BuildError, InputError
+from recbuild.retrieval.memory import budget_schema
 
 
 class RecallEvalBuilder(Builder):
@@ -50,6 +51,7 @@ class RecallEvalBuilder(Builder):
                                         "the same list for every request: a model that learns tastes beats it",
         "baseline.popularity.hitrate@k": "hitrate@k of the k most clicked items of baseline_data",
         "baseline.popularity.items": "items of the index clicked at least once in baseline_data",
+        "queries_sampled.of": "with max_queries: requests there were before the seeded sample",
     }
     schema = {
         "type": "object",
@@ -85,6 +87,11 @@ class RecallEvalBuilder(Builder):
                                              "label <= 0 left out), usually the training data: records "
                                              "the random and popularity baselines beside the figures "
                                              "(baseline.random.recall@k, baseline.popularity.recall@k)"},
+            "max_queries": {"type": ["integer", "null"], "minimum": 1, "default": None,
+                            "description": "evaluate a seeded sample of at most this many requests "
+                                           "(recorded in metrics.json as queries_sampled); null: all"},
+            "seed": {"type": "integer", "minimum": 0, "default": 42, "description": "of the max_queries sample"},
+            "memory_budget": budget_schema("item vectors the exact baseline holds at once"),
             "tree": {"type": "string", "description": "TDM mode: tdm_tree artifact"},
             "model": {"type": "string", "description": "TDM mode: exported TDM model (outputs probs)"},
             "tdm_retrieval_num": {"type": "integer", "minimum": 1, "default": 200,
@@ -119,6 +126,7 @@ class RecallEvalBuilder(Builder):
 
         from recbuild.retrieval import faiss_index as fi
         from recbuild.retrieval import recall
+        from recbuild.retrieval.memory import parse_budget
 
         p = ctx.params
         for path, message in self.check(p):
@@ -127,11 +135,16 @@ class RecallEvalBuilder(Builder):
             return _tdm_recall(ctx, p)
         ks = sorted(set(p["k"]))
         index_input = ctx.input("index")
-        index, id_mapping = fi.load_index(index_input.path)
+        index, id_mapping = fi.load_index(index_input.path, mmap=True)
         meta = fi.read_meta(index_input.path)
         progress = ctx.progress(None, "", "reading queries")
         requests = _collect_requests(ctx, p)
         queries, gt, skipped, _ = requests.finished()
+        sampled = None
+        picked = recall.sample_requests(len(gt), p["max_queries"], p["seed"])
+        if picked is not None:
+            sampled = {"max_queries": p["max_queries"], "seed": p["seed"], "of": len(gt)}
+            queries, gt = queries[picked], [gt[i] for i in picked]
         if queries.shape[1] != index.d:
             raise InputError(f"user vectors have dimension {queries.shape[1]} but the index "
                              f"{index_input.name!r} has {index.d}; they come from different models")
@@ -145,18 +158,16 @@ class RecallEvalBuilder(Builder):
         approx, elapsed, cost = recall.counted_search(index, queries, top)
         short = recall.short_results(approx, ks)
         truth = recall.GroundTruth(gt)
-        # Every faiss id's string is looked up once; the lists then compare as integer codes.
-        id_codes = truth.codes(id_mapping)
-        metrics = truth.metrics(_faiss_codes(approx, id_codes), ks)
+        metrics = truth.metrics(_faiss_codes(approx, id_mapping, truth), ks)
 
-        exact_vectors, baseline = _exact_vectors(ctx, p, index, id_mapping)
+        budget = parse_budget(p["memory_budget"], f"recall_eval {ctx.name}: memory_budget")
+        chunk_rows = max(1 << 12, budget // (4 * 4 * index.d))  # a chunk, its flat index, a batch
+        chunks, baseline = _exact_chunks(ctx, p, index, id_mapping, chunk_rows)
         exact_metrics = None
-        if exact_vectors is not None:
+        if chunks is not None:
             progress.phase("exact search (the baseline)")
-            flat = fi.new_index(fi.IndexSpec(index_type="Flat", metric=meta["metric"]), index.d)
-            flat.add(exact_vectors)
-            _, exact = flat.search(queries, top)
-            exact_metrics = truth.metrics(_faiss_codes(exact, id_codes), ks)
+            exact = recall.exact_top_k(chunks, queries, top, meta["metric"])
+            exact_metrics = truth.metrics(_faiss_codes(exact, id_mapping, truth), ks)
             metrics.update(recall.overlap_at_k(approx, exact, ks))
         search = {"index_type": meta["type"], "metric": meta["metric"], "top_k": int(top),
                   "distances_per_query": cost}
@@ -174,6 +185,8 @@ class RecallEvalBuilder(Builder):
         if p.get("baseline_data"):
             progress.phase("baselines (random, popularity)")
             doc["baseline"] = _baselines(ctx, p, truth, id_mapping, ks)
+        if sampled:  # (only then: metrics of full evaluations keep their bytes)
+            doc["queries_sampled"] = sampled
         (ctx.out / "metrics.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n",
                                               encoding="utf-8")
         ctx.meta.update({k: v for k, v in metrics.items()})
@@ -227,11 +240,15 @@ def _baselines(ctx: BuildContext, p, truth, id_mapping, ks) -> dict:
     return {"random": random, "popularity": {**popular, "items": len(counts)}}
 
 
-def _faiss_codes(faiss_ids, id_codes):
-    """Ground-truth codes of faiss search results (-1 where faiss returned no id)."""
+def _faiss_codes(faiss_ids, id_mapping, truth):
+    """Ground-truth codes of faiss search results (-1 where faiss returned no id): only the ids the
+    search returned are turned into strings, once each (not the whole id_mapping)."""
     import numpy as np
 
-    return np.where(faiss_ids >= 0, id_codes[np.maximum(faiss_ids, 0)], -1)
+    distinct, inverse = np.unique(faiss_ids, return_inverse=True)
+    strings = id_mapping.take(distinct)
+    codes = truth.codes([None if v is None else str(v) for v in strings.tolist()])
+    return codes[inverse.reshape(faiss_ids.shape)]
 
 
 def _collect_requests(ctx: BuildContext, p):
@@ -296,29 +313,43 @@ def _run_tower(tower, batch, where: str, offset: int):
     return vectors
 
 
-def _exact_vectors(ctx: BuildContext, p, index, id_mapping):
-    """Item vectors for the exact baseline, in faiss-id order, and where they came from."""
+def _exact_chunks(ctx: BuildContext, p, index, id_mapping, chunk_rows: int):
+    """(chunks of (item vectors, faiss ids) for the exact baseline, where they come from), read
+    ``chunk_rows`` at a time; (None, None) when there are none."""
     import numpy as np
 
     from recbuild.retrieval import faiss_index as fi
-    from recbuild.retrieval.embeddings_io import EmbeddingTable, ids_as_strings
+    from recbuild.retrieval.embeddings_io import EmbeddingTable, id_strings
 
     if p.get("item_embeddings"):
         source = ctx.input("item_embeddings")
         table = EmbeddingTable(source, p["item_id_column"], p["item_embedding_column"],
                                where=f"item_embeddings {source.name!r}")
-        ids, matrix, _ = table.read_all()
-        id_strings = np.array(ids_as_strings(ids), dtype=object)
-        if len(id_strings) != len(id_mapping) or not np.array_equal(id_strings, id_mapping):
-            raise InputError(f"item_embeddings {source.name!r} does not hold the same ids in the same "
-                             "order as the index's id_mapping; build the index from these embeddings")
-        return matrix, "item_embeddings"
-    vectors = fi.vectors_of(index)
-    if vectors is None:
+        if table.num_rows != len(id_mapping):
+            raise InputError(f"item_embeddings {source.name!r} holds {table.num_rows} rows but the index "
+                             f"{len(id_mapping)}; build the index from these embeddings")
+
+        def table_chunks():
+            held, vectors, start = 0, [], 0
+            for part in table.batches(min(chunk_rows, 1 << 16), dim=index.d):
+                if not id_mapping.equals_slice(part.row_offset, id_strings(part.ids)):
+                    raise InputError(f"item_embeddings {source.name!r} does not hold the same ids in the same "
+                                     "order as the index's id_mapping; build the index from these embeddings")
+                vectors.append(part.vectors)
+                held += len(part.vectors)
+                if held >= chunk_rows:
+                    yield np.concatenate(vectors), np.arange(start, start + held, dtype=np.int64)
+                    start, held, vectors = start + held, 0, []
+            if held:
+                yield np.concatenate(vectors), np.arange(start, start + held, dtype=np.int64)
+
+        return table_chunks(), "item_embeddings"
+    chunks = fi.iter_vectors(index, chunk_rows)
+    if chunks is None:
         ctx.log.info("recall_eval %s: %s index stores compressed vectors; give item_embeddings for "
                      "the exact baseline", ctx.name, fi.index_kind(index))
         return None, None
-    return vectors, "index_vectors"
+    return chunks, "index_vectors"
 
 
 def _single_query_ms(index, queries, k: int) -> float:

@@ -14,6 +14,7 @@ import json
 
 from recbuild.builders.base import METRICS_FILE, BuildContext, Builder
 from recbuild.errors import BuildError
+from recbuild.retrieval.memory import budget_schema
 
 _NAMES = {"type": "array", "items": {"type": "string"}, "default": []}
 
@@ -21,7 +22,7 @@ _NAMES = {"type": "array", "items": {"type": "string"}, "default": []}
 class TdmTreeBuilder(Builder):
     kind = "tdm_tree"
     uses_torch = True
-    version = "2"  # 2: metrics.json
+    version = "3"  # 2: metrics.json; 3: learnt trees above memory_budget are built out of core
     toolchain = ("numpy", "pyarrow", "machine")
     description = "TDM tree (init by category, or learnt by balanced k-means) in TorchEasyRec's formats"
     reference_fields = ("items", "embeddings")
@@ -36,6 +37,10 @@ class TdmTreeBuilder(Builder):
         "branch_balance": "branch_leaves_min / branch_leaves_max: 1.0 = the root's children hold equal shares",
         "leaf_slot_fill": "items over the k^depth leaf slots of the last level (1.0 = a full tree)",
         "parent_children_mean": "children per node on the level above the leaves (k = no empty slot)",
+        "out_of_core.cut_level": "learnt above memory_budget: levels cut by sample-trained centroids",
+        "out_of_core.subtrees": "nodes of the cut level, each then built in memory",
+        "out_of_core.max_subtree_items": "items of the largest of them",
+        "out_of_core.sample_items": "items the cut levels' k-means was trained on",
     }
     schema = {
         "type": "object",
@@ -57,6 +62,8 @@ class TdmTreeBuilder(Builder):
                         "description": "string item ids (tzrec hash mode): internal ids nonleaf#<code>"},
             "kmeans_iters": {"type": "integer", "minimum": 1, "default": 10, "description": "learnt mode"},
             "seed": {"type": "integer", "minimum": 0, "default": 42, "description": "learnt mode"},
+            "memory_budget": budget_schema(
+                "learnt mode: memory of the k-means; a tree whose vectors do not fit is built out of core"),
         },
     }
 
@@ -95,6 +102,8 @@ class TdmTreeBuilder(Builder):
 
         from recbuild.retrieval import tdm_tree as tt
         from recbuild.retrieval import tree_io
+        from recbuild.retrieval.memory import format_bytes, parse_budget
+        from recbuild.retrieval.tdm_tree import out_of_core as ooc
         from recbuild.retrieval.embeddings_io import (EmbeddingTable, iter_batches, parquet_files,
                                                       require_columns, table_info)
 
@@ -107,6 +116,7 @@ class TdmTreeBuilder(Builder):
         attrs = list(p["attr_columns"])
         raws = list(p["raw_attr_columns"])
         hash_ids = p["id_hash"]
+        out_of_core = None
 
         if mode == "init":
             source = ctx.input("items")
@@ -131,17 +141,41 @@ class TdmTreeBuilder(Builder):
             where = f"embeddings {source.name!r}"
             table_reader = EmbeddingTable(source, id_column, p["embedding_column"],
                                           where, extra_columns=[*attrs, *raws])
-            id_array, vectors, extra = table_reader.read_all()
-            leaf_ids = tt.validate_item_ids(id_array, where, hash_ids)
-            depth = tt.tree_depth(len(vectors), k)
-            bar = ctx.progress(depth, "levels")
-            try:
-                leaf_codes = tt.learnt_leaf_codes(vectors, k, iters=p["kmeans_iters"],
-                                                  seed=p["seed"], threads=ctx.threads,
-                                                  progress=bar.advance, overwrite=True)
-            finally:
-                bar.close()
-            del vectors
+            n_rows = table_reader.num_rows
+            dim = _first_dim(table_reader)
+            budget = parse_budget(p["memory_budget"], f"tdm_tree {ctx.name}: memory_budget")
+            depth = tt.tree_depth(n_rows, k)
+            if ooc.in_memory_bytes(n_rows, dim) <= budget:
+                id_array, vectors, extra = table_reader.read_all()
+                leaf_ids = tt.validate_item_ids(id_array, where, hash_ids)
+                bar = ctx.progress(depth, "levels")
+                try:
+                    leaf_codes = tt.learnt_leaf_codes(vectors, k, iters=p["kmeans_iters"],
+                                                      seed=p["seed"], threads=ctx.threads,
+                                                      progress=bar.advance, overwrite=True)
+                finally:
+                    bar.close()
+                del vectors
+            else:
+                leaf_ids, extra = _ids_and_extras(table_reader, where, hash_ids)
+                plan = ooc.plan(n_rows, dim, k, budget)
+                ctx.log.info("tdm_tree %s: %d x %d vectors need about %s in memory, over the budget "
+                             "of %s: out of core, %d subtrees of <= %d items", ctx.name, n_rows, dim,
+                             format_bytes(ooc.in_memory_bytes(n_rows, dim)), format_bytes(budget),
+                             plan.n_subtrees, plan.max_subtree)
+                if n_rows * ooc.PER_ITEM_STATE >= budget // 2:
+                    ctx.warn(f"{n_rows:,} items need about {format_bytes(n_rows * ooc.PER_ITEM_STATE)} of "
+                             f"bookkeeping ({ooc.PER_ITEM_STATE} bytes each), half or more of memory_budget "
+                             f"{format_bytes(budget)}: the step will use more, and its k-means sample is "
+                             f"{plan.sample_size:,} items; raise memory_budget")
+                bar = ctx.progress(plan.cut_level + plan.n_subtrees, "steps", "out of core")
+                try:
+                    leaf_codes = ooc.out_of_core_leaf_codes(
+                        table_reader, plan, iters=p["kmeans_iters"], seed=p["seed"], threads=ctx.threads,
+                        scratch=_scratch_dir(ctx), progress=bar.advance)
+                finally:
+                    bar.close()
+                out_of_core = plan.summary()
             leaf_table = extra if extra is not None else pa.table({"_": pa.nulls(len(leaf_codes))})
 
         tree = tt.assemble_tree(leaf_codes, leaf_ids, k, depth, hash_ids)
@@ -149,10 +183,14 @@ class TdmTreeBuilder(Builder):
         tree_io.write_all(tree, features, attrs, raws, ctx.out, p["attr_delimiter"])
         n_items = int(tree.leaf_mask.sum())
         figures = tt.balance(tree)
+        if out_of_core:  # (only then: metrics of trees built in memory keep their bytes)
+            figures["out_of_core"] = out_of_core
         (ctx.out / METRICS_FILE).write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n",
                                             encoding="utf-8")
         ctx.meta.update({"mode": mode, "n_cluster": k, "items": n_items, "levels": tree.num_levels,
                          "nodes": int(len(tree.codes))})
+        if out_of_core:
+            ctx.meta["out_of_core"] = out_of_core
         ctx.log.info("tdm_tree %s: %d items, %d levels, n_cluster %d (%s)", ctx.name, n_items,
                      tree.num_levels, k, mode)
 
@@ -161,3 +199,32 @@ def _select_schema(schema, columns):
     import pyarrow as pa
 
     return pa.schema([schema.field(c) for c in columns])
+
+
+def _first_dim(table) -> int:
+    for part in table.batches(batch_rows=1):
+        return part.vectors.shape[1]
+    raise BuildError("empty embedding table")
+
+
+def _ids_and_extras(table, where: str, hash_ids: bool):
+    """Item ids (validated) and the attribute columns, without the vectors."""
+    import pyarrow as pa
+
+    from recbuild.retrieval import tdm_tree as tt
+    from recbuild.retrieval.embeddings_io import check_ids, iter_batches
+
+    ids, extras = [], []
+    for offset, batch in iter_batches(table.info, [table.id_column, *table.extra_columns]):
+        check_ids(batch.column(0), where, offset)
+        ids.append(batch.column(0))
+        if table.extra_columns:
+            extras.append(batch.select(table.extra_columns))
+    leaf_ids = tt.validate_item_ids(pa.chunked_array(ids).combine_chunks(), where, hash_ids)
+    return leaf_ids, (pa.Table.from_batches(extras) if extras else None)
+
+
+def _scratch_dir(ctx: BuildContext):
+    """Spill files go beside the artifacts (the work folder's disk), not to a small /tmp."""
+    folder = ctx.workdir
+    return folder if folder and folder.is_dir() else None

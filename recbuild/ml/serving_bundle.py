@@ -99,7 +99,9 @@ def serve_check(bundle_dir: str | Path, query_row: dict[str, Any], k: int | None
     user = bundle / "user"
     if not (user / "faiss_index").is_file():
         raise InputError(f"{bundle}: no user/faiss_index; the bundle was built without towers + index")
-    index, ids = fi.load_index(user)  # files first: no model is loaded for a broken bundle
+    # files first: no model is loaded for a broken bundle; the index is mapped, not read (a 20M-item
+    # index answers one query without loading its lists)
+    index, ids = fi.load_index(user, mmap=True)
     tower = predictor.load_tower(user)
     missing = [s.column for s in tower.specs if s.column not in query_row]
     if missing:

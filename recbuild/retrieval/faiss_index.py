@@ -167,11 +167,46 @@ class _ThreadLimit:
             faiss.omp_set_num_threads(self.previous)
 
 
+def index_bytes(spec: IndexSpec, count: int, dim: int) -> int:
+    """What the finished index takes in memory (faiss keeps all of it there while adding)."""
+    per_vector = {"Flat": 4 * dim, "IVFFlat": 4 * dim + 8,
+                  "IVFPQ": (spec.m * spec.nbits + 7) // 8 + 8,
+                  # level 0 holds 2M links, the upper levels about M/(M-1) of that again, 4 bytes each
+                  "HNSWFlat": 4 * dim + 4 * 2 * spec.hnsw_m * 2 + 16}[spec.index_type]
+    fixed = 4 * dim * spec.nlist if spec.is_ivf else 0
+    if spec.index_type == "IVFPQ":
+        fixed += 4 * dim * (1 << spec.nbits)
+    return count * per_vector + fixed
+
+
+def fit_budget(spec: IndexSpec, count: int, dim: int, budget: int | None) -> int:
+    """The training sample's rows within ``budget`` (bytes; None: no limit), or an InputError when
+    the index itself cannot fit: types that keep every vector say so before any work."""
+    from recbuild.retrieval.memory import format_bytes
+
+    train_size = spec.resolved_train_size(count)
+    if budget is None:
+        return train_size
+    needed = index_bytes(spec, count, dim)
+    if needed > budget:
+        hint = "use IVFPQ (its codes take a few bytes a vector) or raise memory_budget" \
+            if spec.index_type != "IVFPQ" else "lower m / nbits or raise memory_budget"
+        raise InputError(f"a {spec.index_type} index of {count:,} x {dim} vectors takes about "
+                         f"{format_bytes(needed)} in memory, over memory_budget ({format_bytes(budget)}); {hint}")
+    if spec.is_ivf:
+        # the sample and the index being trained share the budget; faiss copies the sample once
+        room = max(budget - needed, 0) // (2 * 4 * dim)
+        train_size = min(train_size, max(room, spec.nlist))
+    return train_size
+
+
 def build_index(table: EmbeddingTable, spec: IndexSpec, out_dir: Path, *, batch_rows: int = 65536,
                 threads: int | None = None, allow_duplicate_ids: bool = False,
-                progress=None) -> BuildResult:
+                progress=None, budget: int | None = None) -> BuildResult:
     """Build the index of ``table`` into ``out_dir`` (faiss_index, id_mapping, index_meta.json).
-    ``progress`` (optional) is told its phases (``phase(name, total, unit)``) and ``advance(rows)``."""
+    ``progress`` (optional) is told its phases (``phase(name, total, unit)``) and ``advance(rows)``.
+    ``budget``: bytes the build may hold (the index, the training sample, one batch); a type that
+    keeps every vector and does not fit is refused up front, an IVF sample is cut to fit."""
     import faiss
 
     count = table.num_rows
@@ -179,6 +214,8 @@ def build_index(table: EmbeddingTable, spec: IndexSpec, out_dir: Path, *, batch_
         raise InputError(f"nlist={spec.nlist} is larger than the table ({count} rows); "
                          f"use nlist <= {count} (about sqrt(rows) = {max(1, int(count ** 0.5))} is usual)")
     train_size = spec.resolved_train_size(count)
+    if budget is not None:
+        train_size = fit_budget(spec, count, first_dim(table), budget)
     if spec.is_ivf and train_size < spec.nlist:
         raise InputError(f"train_size={train_size} is smaller than nlist={spec.nlist}; "
                          "k-means needs at least one training point per list")
@@ -234,6 +271,13 @@ def build_index(table: EmbeddingTable, spec: IndexSpec, out_dir: Path, *, batch_
     return BuildResult(int(dim), int(count), int(train_size))
 
 
+def first_dim(table: EmbeddingTable) -> int:
+    """The dimension of the table's vectors (from its first row)."""
+    for part in table.batches(batch_rows=1):
+        return int(part.vectors.shape[1])
+    raise InputError(f"{table.where}: the table has no rows")
+
+
 def check_ids_before_work(table: EmbeddingTable, allow_duplicate_ids: bool) -> None:
     """One pass over the id column only (cheap next to the vectors): nulls, line breaks (id_mapping
     holds one id per line) and, unless allowed, duplicate ids - all before any training or adding."""
@@ -242,7 +286,7 @@ def check_ids_before_work(table: EmbeddingTable, allow_duplicate_ids: bool) -> N
 
     from recbuild.retrieval.embeddings_io import check_ids, iter_batches
 
-    chunks, keys = [], []
+    keys = []
     for offset, batch in iter_batches(table.info, [table.id_column]):
         ids = batch.column(0)
         check_ids(ids, table.where, offset)
@@ -250,23 +294,32 @@ def check_ids_before_work(table: EmbeddingTable, allow_duplicate_ids: bool) -> N
         if pc.any(pc.match_substring_regex(text, "[\r\n]")).as_py():
             raise InputError(f"{table.where}: an id contains a line break; id_mapping holds one id per line")
         if not allow_duplicate_ids:
-            chunks.append(text)
             keys.append(_id_keys(ids))
     if allow_duplicate_ids or not keys:
         return
     keys_all = np.concatenate(keys)
+    del keys
     order = np.argsort(keys_all, kind="stable")
-    sorted_keys = keys_all[order]
-    same = np.nonzero(sorted_keys[1:] == sorted_keys[:-1])[0]
+    same = np.nonzero(keys_all[order[1:]] == keys_all[order[:-1]])[0]
+    del keys_all
     if not len(same):
         return
-    # Keys of string ids are 63-bit hashes: confirm a duplicate on the ids themselves.
-    text_all = pa.chunked_array(chunks)
+    # Keys of string ids are 63-bit hashes: confirm a duplicate on the ids themselves (only the
+    # candidate rows' text is read back, not every id's).
+    pairs = [(int(order[j]), int(order[j + 1])) for j in same[:1000]]
+    del order
+    wanted = np.unique(np.array(pairs, dtype=np.int64).reshape(-1))
+    text_of = {}
+    for offset, batch in iter_batches(table.info, [table.id_column]):
+        a, b = np.searchsorted(wanted, [offset, offset + batch.num_rows])
+        if b > a:
+            picked = id_strings(batch.column(0)).take(pa.array(wanted[a:b] - offset)).to_pylist()
+            text_of.update(zip(wanted[a:b].tolist(), picked))
     examples = []
-    for j in same[:1000]:
-        a, b = int(order[j]), int(order[j + 1])
-        if text_all[a] == text_all[b]:
-            examples.append(f"{text_all[a].as_py()!r} at rows {a} and {b}")
+    for a, b in pairs:
+        a, b = min(a, b), max(a, b)
+        if text_of[a] == text_of[b]:
+            examples.append(f"{text_of[a]!r} at rows {a} and {b}")
         if len(examples) == 3:
             break
     if examples:
@@ -311,7 +364,7 @@ def read_meta(folder: Path) -> dict[str, Any]:
     if not (folder / META_FILE).is_file() and (folder / INDEX_FILE).is_file():
         import faiss
 
-        return describe_index(faiss.read_index(str(folder / INDEX_FILE)))
+        return describe_index(read_index(folder / INDEX_FILE, mmap=True))
     return read_json(folder / META_FILE, "the input is not a faiss_index artifact")
 
 
@@ -334,36 +387,124 @@ def describe_index(index) -> dict[str, Any]:
             "params": params}
 
 
-def read_id_mapping(path: Path) -> np.ndarray:
-    """Line i of id_mapping = item id of faiss id i, as an object array of str."""
+class IdMapping:
+    """The lines of id_mapping (line i = item id of faiss id i), held as one arrow string array:
+    the file's bytes and an offset per line (about 8 bytes an id), never a Python str per id."""
+
+    def __init__(self, strings):
+        self.strings = strings  # pyarrow LargeStringArray
+
+    def __len__(self) -> int:
+        return len(self.strings)
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            return self.strings[int(key)].as_py()
+        return self.take(np.asarray(key))
+
+    def tolist(self) -> list[str]:
+        """Every id as a Python str (a whole catalogue's worth: for small indexes only)."""
+        return self.strings.to_pylist()
+
+    def take(self, faiss_ids: np.ndarray) -> np.ndarray:
+        """Item id strings of ``faiss_ids`` (any shape; None where the id is -1)."""
+        import pyarrow as pa
+
+        faiss_ids = np.asarray(faiss_ids, dtype=np.int64)
+        flat = faiss_ids.reshape(-1)
+        valid = flat >= 0
+        out = np.empty(len(flat), dtype=object)
+        out[valid] = self.strings.take(pa.array(flat[valid])).to_numpy(zero_copy_only=False)
+        return out.reshape(faiss_ids.shape)
+
+    def equals_slice(self, offset: int, strings) -> bool:
+        """Whether lines ``offset ..`` are exactly ``strings`` (a pyarrow string array)."""
+        part = self.strings.slice(offset, len(strings))
+        return len(part) == len(strings) and part.equals(strings.cast(part.type))
+
+
+def read_id_mapping(path: Path, chunk_bytes: int = 1 << 26) -> IdMapping:
+    """id_mapping's lines, as written (a last line without its newline counts too). Two passes over
+    the file in chunks (count the lines, then fill one text buffer and one offset per line): besides
+    the result, one chunk is in memory."""
+    import pyarrow as pa
+
+    size = Path(path).stat().st_size
+    lines = 0
+    last = 10
+    with open(path, "rb") as fh:
+        while chunk := fh.read(chunk_bytes):
+            lines += chunk.count(b"\n")
+            last = chunk[-1]
+    if size and last != 10:  # the last line lacks its newline
+        lines += 1
+    offsets = np.empty(lines + 1, dtype=np.int64)
+    offsets[0] = 0
+    text = np.empty(size - (lines if last == 10 else lines - 1), dtype=np.uint8)
+    filled = line = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(chunk_bytes):
+            data = np.frombuffer(chunk, dtype=np.uint8)
+            breaks = np.flatnonzero(data == 10)
+            kept = data[data != 10]
+            # line i's end in the text without newlines: its newline's place in the chunk minus the
+            # newlines before it, after what earlier chunks filled
+            offsets[line + 1:line + 1 + len(breaks)] = filled + breaks - np.arange(len(breaks))
+            text[filled:filled + len(kept)] = kept
+            filled += len(kept)
+            line += len(breaks)
+    if line < lines:  # the unterminated last line
+        offsets[lines] = filled
+    strings = pa.LargeStringArray.from_buffers(lines, pa.py_buffer(offsets), pa.py_buffer(text))
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError:
+        strings.validate(full=True)
+    except pa.ArrowInvalid:
         raise InputError(f"{path} is not UTF-8 text (one item id per line); rebuild the index") from None
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return np.array(lines, dtype=object)
+    return IdMapping(strings)
 
 
-def load_index(folder: Path):
-    """(faiss index, id array) of a folder holding faiss_index and id_mapping."""
+def load_index(folder: Path, mmap: bool = False):
+    """(faiss index, IdMapping) of a folder holding faiss_index and id_mapping. ``mmap``: map the
+    index file instead of reading it into memory, where faiss can (the inverted lists of IVF
+    indexes, the codes of flat ones); other types are read as usual."""
     import faiss
 
     folder = Path(folder)
     for name in (INDEX_FILE, ID_MAPPING_FILE):
         if not (folder / name).is_file():
             raise InputError(f"{folder / name} not found: expected a faiss_index artifact or bundle")
-    try:
-        index = faiss.read_index(str(folder / INDEX_FILE))
-    except RuntimeError as exc:  # truncated or not a faiss index: faiss raises its own error text
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else "unreadable"
-        raise InputError(f"{folder / INDEX_FILE} is not a readable faiss index ({first}); rebuild it") from None
+    index = read_index(folder / INDEX_FILE, mmap)
     ids = read_id_mapping(folder / ID_MAPPING_FILE)
     if len(ids) != index.ntotal:
         raise InputError(f"{folder}: id_mapping has {len(ids)} lines but the index holds "
                          f"{index.ntotal} vectors; rebuild the index")
     return index, ids
+
+
+def _mmap_flags(path: Path) -> int:
+    """faiss maps the codes of flat storage (Flat, and HNSW's) with IO_FLAG_MMAP_IFC, the inverted
+    lists of IVF indexes with IO_FLAG_MMAP; the two do not combine, so the file's type decides."""
+    import faiss
+
+    with open(path, "rb") as fh:
+        fourcc = fh.read(4)
+    if fourcc.startswith((b"IxF", b"IHN")):
+        return getattr(faiss, "IO_FLAG_MMAP_IFC", 0)
+    return faiss.IO_FLAG_MMAP
+
+
+def read_index(path: Path, mmap: bool = False):
+    """faiss.read_index, with a clear error for a file that is not an index; ``mmap`` as load_index."""
+    import faiss
+
+    flags = _mmap_flags(path) if mmap else 0
+    try:
+        return faiss.read_index(str(path), flags)
+    except RuntimeError as exc:  # truncated or not a faiss index: faiss raises its own error text
+        if mmap:  # a type faiss cannot map: read it the usual way (and report its error, if any)
+            return read_index(path, False)
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else "unreadable"
+        raise InputError(f"{path} is not a readable faiss index ({first}); rebuild it") from None
 
 
 def index_kind(index) -> str:
@@ -419,3 +560,37 @@ def vectors_of(index) -> np.ndarray | None:
             out[ids] = np.frombuffer(codes.tobytes(), dtype=np.float32).reshape(size, index.d)
         return out
     return index.reconstruct_n(0, index.ntotal)
+
+
+def iter_vectors(index, chunk_rows: int):
+    """(vectors, faiss ids) in chunks of about ``chunk_rows``, exactly as stored, for indexes that keep
+    them uncompressed (Flat, IVFFlat, HNSWFlat); None for IVFPQ (lossy codes). One chunk in memory."""
+    import faiss
+
+    kind = index_kind(index)
+    if kind == "IVFPQ":
+        return None
+
+    def flat_chunks():
+        for lo in range(0, index.ntotal, chunk_rows):
+            n = min(chunk_rows, index.ntotal - lo)
+            yield index.reconstruct_n(lo, n), np.arange(lo, lo + n, dtype=np.int64)
+
+    def ivf_chunks():
+        invlists = index.invlists
+        vectors, ids, held = [], [], 0
+        for list_no in range(index.nlist):
+            size = invlists.list_size(list_no)
+            if not size:
+                continue
+            ids.append(faiss.rev_swig_ptr(invlists.get_ids(list_no), size).copy())
+            codes = faiss.rev_swig_ptr(invlists.get_codes(list_no), size * index.code_size)
+            vectors.append(np.frombuffer(codes.tobytes(), dtype=np.float32).reshape(size, index.d))
+            held += size
+            if held >= chunk_rows:
+                yield np.concatenate(vectors), np.concatenate(ids)
+                vectors, ids, held = [], [], 0
+        if held:
+            yield np.concatenate(vectors), np.concatenate(ids)
+
+    return ivf_chunks() if kind == "IVFFlat" else flat_chunks()

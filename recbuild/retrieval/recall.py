@@ -192,8 +192,37 @@ def short_results(faiss_ids: np.ndarray, ks: Sequence[int]) -> dict[str, dict[st
     return out
 
 
-def map_ids(faiss_ids: np.ndarray, id_mapping: np.ndarray) -> np.ndarray:
-    """faiss ids -> item id strings (None for -1)."""
+def exact_top_k(chunks, queries: np.ndarray, k: int, metric: str) -> np.ndarray:
+    """Faiss ids of the exact top ``k`` of every query over all ``chunks`` ((vectors, faiss ids) in
+    any order): each chunk is searched by a flat index and merged into one running top-k heap, so
+    memory is one chunk plus [queries, k], whatever the number of items. -1 where fewer exist."""
+    import faiss
+
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    heap = faiss.ResultHeap(len(queries), k, keep_max=(metric == "ip"))
+    for vectors, ids in chunks:
+        flat = faiss.IndexFlatIP(queries.shape[1]) if metric == "ip" else faiss.IndexFlatL2(queries.shape[1])
+        flat.add(np.ascontiguousarray(vectors, dtype=np.float32))
+        scores, found = flat.search(queries, min(k, len(vectors)))
+        found = np.where(found >= 0, np.asarray(ids, dtype=np.int64)[np.maximum(found, 0)], -1)
+        heap.add_result(np.ascontiguousarray(scores), np.ascontiguousarray(found))
+        del flat
+    heap.finalize()
+    return heap.I
+
+
+def sample_requests(n_requests: int, max_queries: int | None, seed: int) -> np.ndarray | None:
+    """Sorted, seeded positions of the requests to evaluate (None: all of them)."""
+    if not max_queries or n_requests <= max_queries:
+        return None
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n_requests, size=max_queries, replace=False)).astype(np.int64)
+
+
+def map_ids(faiss_ids: np.ndarray, id_mapping) -> np.ndarray:
+    """faiss ids -> item id strings (None for -1); ``id_mapping`` an IdMapping or an array of str."""
+    if not isinstance(id_mapping, np.ndarray):  # an IdMapping
+        return id_mapping.take(faiss_ids)
     out = np.empty(faiss_ids.shape, dtype=object)
     valid = faiss_ids >= 0
     out[valid] = id_mapping[faiss_ids[valid]]

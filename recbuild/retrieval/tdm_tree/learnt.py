@@ -17,16 +17,19 @@ from recbuild.retrieval.threads import threads_for_load
 
 
 def learnt_leaf_codes(vectors: np.ndarray, k: int, *, iters: int = 10, seed: int = 0,
-                      threads: int | None = None, progress=None, overwrite: bool = False) -> np.ndarray:
+                      threads: int | None = None, progress=None, overwrite: bool = False,
+                      depth: int | None = None) -> np.ndarray:
     """Leaf codes of the rows of ``vectors`` by level-by-level balanced k-means (torch).
 
     ``overwrite=True`` lets the build reuse ``vectors`` (float32, C-contiguous) as a work buffer
     instead of copying it (saves one copy of the matrix; the contents are scrambled afterwards).
+    ``depth``: levels below the root (default the smallest that holds every row; a subtree of a
+    larger tree may need more, its leaves then sit on the big tree's last level).
     """
     import torch
 
     n, _ = vectors.shape
-    depth = tree_depth(n, k)
+    depth = tree_depth(n, k) if depth is None else depth
     check_code_range(k, depth)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads_for_load(threads or previous_threads))
@@ -102,10 +105,11 @@ def _segment_sum(weights, crow, n_segments: int, x):
         return matrix @ x
 
 
-def _balanced_kmeans_level(x, bounds: np.ndarray, k: int, iters: int, generator):
+def _balanced_kmeans_level(x, bounds: np.ndarray, k: int, iters: int, generator, keep: dict | None = None):
     """Cluster every segment of x into k children of floor/ceil(n/k) items (all segments at once).
 
     Returns (digit per row, sort key per row) where the sort key orders rows inside a child.
+    ``keep`` (a dict) receives the final centroids, [segments, k, d], under "centroids".
     """
     import torch
 
@@ -126,7 +130,7 @@ def _balanced_kmeans_level(x, bounds: np.ndarray, k: int, iters: int, generator)
 
     total = _segment_sum(torch.ones(n), crow, n_seg, x)
     if k == 2:
-        return _two_means_level(x, seg, sizes, starts, crow, centroids, total, iters)
+        return _two_means_level(x, seg, sizes, starts, crow, centroids, total, iters, keep)
     previous = None
     for it in range(iters + 1):
         score = _relative_scores(x, seg, centroids)  # [n, k]; larger = closer
@@ -145,6 +149,8 @@ def _balanced_kmeans_level(x, bounds: np.ndarray, k: int, iters: int, generator)
         sums[:, 0] = rest
         # An empty cluster keeps its centroid.
         centroids = torch.where((counts > 0)[:, :, None], sums / counts.clamp(min=1)[:, :, None], centroids)
+    if keep is not None:
+        keep["centroids"] = centroids
     # True negative squared distances (up to no constant): ranking items by closeness to one
     # centroid must not depend on the items' own norms.
     score -= _squared_norms(x)[:, None]
@@ -179,7 +185,7 @@ def _squared_norms(x, chunk: int = 1 << 16):
     return out
 
 
-def _two_means_level(x, seg, sizes, starts, crow, centroids, total, iters):
+def _two_means_level(x, seg, sizes, starts, crow, centroids, total, iters, keep=None):
     """k == 2 needs one pass per iteration: the sign of s = x.2(c1-c0) + |c0|^2 - |c1|^2 says which
     centroid is nearer, and sorting by s gives the best balanced split (first ceil(n/2) -> child 0)."""
     import torch
@@ -205,6 +211,8 @@ def _two_means_level(x, seg, sizes, starts, crow, centroids, total, iters):
         n0 = size_f - n1
         c1 = torch.where((n1 > 0)[:, None], sum1 / n1.clamp(min=1)[:, None], c1)
         c0 = torch.where((n0 > 0)[:, None], (total - sum1) / n0.clamp(min=1)[:, None], c0)
+    if keep is not None:
+        keep["centroids"] = torch.stack([c0, c1], 1)
     order = _lexsort_torch(score, seg)
     rank = torch.empty(n, dtype=torch.int64)
     rank[order] = torch.arange(n) - starts[seg[order]]

@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from recbuild.errors import InputError
-from recbuild.retrieval.tdm_tree.codes import ancestor_codes
+from recbuild.retrieval.tdm_tree.codes import first_code
 from recbuild.retrieval.tdm_tree.tree import TdmTree
 from recbuild.retrieval.tree_io.arrow_mean import arrow_group_means
 
@@ -26,20 +26,22 @@ def node_features(tree: TdmTree, leaf_codes: np.ndarray, leaf_table, id_column: 
     import pyarrow as pa
 
     n_internal = int((~tree.leaf_mask).sum())
+    id_type = pa.string() if tree.hash_ids else pa.int64()
+    ids = tree.ids.tolist() if tree.hash_ids else tree.ids  # (int ids: no Python int per node)
+    columns = {id_column: pa.array(ids, type=id_type)}
+    if not attr_columns and not raw_columns:
+        return pa.table(columns)
     leaf_position = np.searchsorted(tree.codes[n_internal:], leaf_codes)  # leaf row -> node order
     by_code = np.empty(len(leaf_codes), dtype=np.int64)
     by_code[leaf_position] = np.arange(len(leaf_codes))
-    groups = _internal_groups(tree, leaf_codes, n_internal)
-    id_type = pa.string() if tree.hash_ids else pa.int64()
-    columns = {id_column: pa.array(tree.ids.tolist(), type=id_type)}
     for name in attr_columns:
         column = plain_array(leaf_table.column(name))
-        internal = _group_mode(column, groups, n_internal)
-        columns[name] = pa.concat_arrays([internal, column.take(pa.array(by_code))])
+        internal = [_group_mode(column, groups, n) for groups, n in _level_groups(tree, leaf_codes, n_internal)]
+        columns[name] = pa.concat_arrays([*internal, column.take(pa.array(by_code))])
     for name in raw_columns:
         column = plain_array(leaf_table.column(name))
-        internal = _group_mean(column, groups, n_internal)
-        columns[name] = pa.concat_arrays([internal, column.take(pa.array(by_code))])
+        internal = [_group_mean(column, groups, n) for groups, n in _level_groups(tree, leaf_codes, n_internal)]
+        columns[name] = pa.concat_arrays([*internal, column.take(pa.array(by_code))])
     return pa.table(columns)
 
 
@@ -54,12 +56,18 @@ def plain_array(column):
     return column
 
 
-def _internal_groups(tree: TdmTree, leaf_codes: np.ndarray, n_internal: int):
-    """For each level, (leaf row -> internal node index) pairs, i.e. every (leaf, ancestor)."""
-    anc = ancestor_codes(leaf_codes, tree.k, tree.depth)  # [n, depth]
-    node_index = np.searchsorted(tree.codes[:n_internal], anc)
-    leaf_rows = np.repeat(np.arange(len(leaf_codes)), tree.depth)
-    return leaf_rows, node_index.reshape(-1)
+def _level_groups(tree: TdmTree, leaf_codes: np.ndarray, n_internal: int):
+    """Per internal level, top first: ((leaf rows, node index within the level), nodes of the level).
+    A node's mode or mean depends on its own leaves only, so levels are done one at a time: one
+    (leaf, ancestor) pair per leaf in memory instead of one per leaf and level."""
+    internal = tree.codes[:n_internal]
+    leaf_rows = np.arange(len(leaf_codes))
+    for level in range(tree.depth):
+        lo, hi = np.searchsorted(internal, [first_code(level, tree.k), first_code(level + 1, tree.k)])
+        anc = np.asarray(leaf_codes, dtype=np.int64)
+        for _ in range(tree.depth - level):
+            anc = (anc - 1) // tree.k
+        yield (leaf_rows, np.searchsorted(internal[lo:hi], anc)), int(hi - lo)
 
 
 def _group_mode(column, groups, n_nodes: int):

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from recbuild.retrieval.embeddings_io import write_lines
-from recbuild.retrieval.tdm_tree.codes import ancestor_codes
+from recbuild.retrieval.tdm_tree.codes import ancestor_codes, level_of
 from recbuild.retrieval.tdm_tree.tree import TdmTree
 from recbuild.retrieval.tree_io.formats import EDGE_TABLE, NODE_FEATURE, NODE_TABLE, PREDICT_EDGE_TABLE, SERVING_TREE
 from recbuild.retrieval.tree_io.node_features import plain_array
@@ -78,43 +78,57 @@ def _write_lines(path: Path, header: str | None, lines) -> None:
             write_lines(fh, chunk)
 
 
+# Nodes formatted at once: the text of a whole 20M-item tree would take gigabytes.
+NODES_PER_CHUNK = 1 << 20
+
+
+def _node_chunks(tree: TdmTree, first: int = 0):
+    for lo in range(first, len(tree.codes), NODES_PER_CHUNK):
+        yield lo, min(len(tree.codes), lo + NODES_PER_CHUNK)
+
+
 def write_serving_tree(tree: TdmTree, path: Path) -> None:
     import pyarrow as pa
 
-    lines = _join([pa.array(tree.codes).cast(pa.string()), _strings(tree.ids)], " ")
-    _write_lines(path, f"{tree.num_levels} {tree.k}", lines)
+    def chunks():
+        for lo, hi in _node_chunks(tree):
+            yield _join([pa.array(tree.codes[lo:hi]).cast(pa.string()), _strings(tree.ids[lo:hi])], " ")
+
+    _write_lines(path, f"{tree.num_levels} {tree.k}", chunks())
 
 
 def write_node_table(tree: TdmTree, features, attr_columns: Sequence[str], raw_columns: Sequence[str],
                      path: Path, attr_delimiter: str = ",") -> None:
     import pyarrow as pa
 
-    ids = _strings(tree.ids)
-    parts = [pa.array(tree.levels).cast(pa.string()), ids]
-    root_parts = ["-1", ids.slice(0, 1)]
-    for names, null_text in ((attr_columns, ""), (raw_columns, "0")):
-        if not names:
-            continue
-        joined = _join([format_attr(plain_array(features.column(c)), null_text) for c in names],
-                       attr_delimiter)
-        parts.append(joined)
-        root_parts.append(joined.slice(0, 1))
-    feature = _join(parts, ",")
-    root_feature = _join(root_parts, ",")
-    body = _join([ids, "1.0", feature], "\t")
-    root_row = _join(["-1", "1.0", root_feature], "\t")
+    def feature_text(lo: int, hi: int):
+        ids = _strings(tree.ids[lo:hi])
+        parts = [pa.array(level_of(tree.codes[lo:hi], tree.k, tree.depth)).cast(pa.string()), ids]
+        for names, null_text in ((attr_columns, ""), (raw_columns, "0")):
+            if names:
+                parts.append(_join([format_attr(plain_array(features.column(c).slice(lo, hi - lo)), null_text)
+                                    for c in names], attr_delimiter))
+        return ids, parts
+
+    def chunks():
+        for lo, hi in _node_chunks(tree):
+            ids, parts = feature_text(lo, hi)
+            if lo == 0:  # the "-1" row: the root's feature without its level
+                root_parts = ["-1", ids.slice(0, 1)] + [part.slice(0, 1) for part in parts[2:]]
+                yield _join(["-1", "1.0", _join(root_parts, ",")], "\t")
+            yield _join([ids, "1.0", _join(parts, ",")], "\t")
+
     id_type = "string" if tree.hash_ids else "int64"
-    _write_lines(path, f"id:{id_type}\tweight:float\tfeature:string",
-                 pa.concat_arrays([root_row, body]))
+    _write_lines(path, f"id:{id_type}\tweight:float\tfeature:string", chunks())
 
 
-def write_edge_table(tree: TdmTree, path: Path, leaves_per_chunk: int = 1 << 18) -> None:
+def write_edge_table(tree: TdmTree, path: Path, leaves_per_chunk: int = 1 << 16) -> None:
     """Leaf -> ancestors, parent first, root excluded; leaves in level order. Written in chunks of
-    leaves: the table has (levels - 2) rows per leaf, 19M rows for 1M items."""
+    leaves: the table has (levels - 2) rows per leaf, 19M rows for 1M items (a chunk of 64k leaves
+    is about 1.5M rows, 0.2 GB of text and indexes)."""
     import pyarrow as pa
 
     leaves = np.flatnonzero(tree.leaf_mask)
-    ids = _strings(tree.ids)
 
     def chunks():
         for lo in range(0, len(leaves), leaves_per_chunk):
@@ -122,9 +136,9 @@ def write_edge_table(tree: TdmTree, path: Path, leaves_per_chunk: int = 1 << 18)
             anc = ancestor_codes(tree.codes[part], tree.k, tree.depth)[:, : tree.depth - 1]  # no root
             if not anc.size:
                 continue
-            src = np.repeat(part, anc.shape[1])
-            dst = tree.index_of_codes(anc.reshape(-1))
-            yield _join([ids.take(pa.array(src)), ids.take(pa.array(dst)), "1.0"], "\t")
+            src = _strings(tree.ids[part]).take(pa.array(np.repeat(np.arange(len(part)), anc.shape[1])))
+            dst = _strings(tree.ids[tree.index_of_codes(anc.reshape(-1))])
+            yield _join([src, dst, "1.0"], "\t")
 
     _write_lines(path, _edge_header(tree), chunks())
 
@@ -132,13 +146,14 @@ def write_edge_table(tree: TdmTree, path: Path, leaves_per_chunk: int = 1 << 18)
 def write_predict_edge_table(tree: TdmTree, path: Path) -> None:
     """"-1 -> root", then parent -> child for every node in code order (= parents in level order,
     children in code order, since the parent code (c-1)//k never decreases)."""
-    import pyarrow as pa
 
-    ids = _strings(tree.ids)
-    parent = tree.parent_index()[1:]
-    lines = _join([ids.take(pa.array(parent)), ids.slice(1), "1.0"], "\t")
-    root = _join(["-1", ids.slice(0, 1), "1.0"], "\t")
-    _write_lines(path, _edge_header(tree), pa.concat_arrays([root, lines]))
+    def chunks():
+        yield _join(["-1", _strings(tree.ids[:1]), "1.0"], "\t")
+        for lo, hi in _node_chunks(tree, first=1):
+            parent = tree.index_of_codes((tree.codes[lo:hi] - 1) // tree.k)
+            yield _join([_strings(tree.ids[parent]), _strings(tree.ids[lo:hi]), "1.0"], "\t")
+
+    _write_lines(path, _edge_header(tree), chunks())
 
 
 def _edge_header(tree: TdmTree) -> str:
