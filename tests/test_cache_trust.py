@@ -405,3 +405,14 @@ def test_dead_partial_uploads_are_removed_by_gc_and_the_next_push(project, tmp_p
     assert "would delete partial upload" in dry.out and left.exists()
     project.run("cache", "gc", "--keep-needed-by", "recbuild.yaml", str(b / "recbuild.yaml"))
     assert not left.exists() and live.exists()
+
+
+def test_a_budget_that_follows_the_machine_is_in_the_key_and_a_pinned_one_is_not():
+    from recbuild.builders import builtin_builders
+
+    tree, index = builtin_builders()["tdm_tree"], builtin_builders()["faiss_index"]
+    assert "of this machine's memory" in tree.key_facts({"embeddings": "e", "memory_budget": None})["memory_budget"]
+    assert "25% of this machine" in index.key_facts({"index_type": "IVFPQ", "memory_budget": "25%"})["memory_budget"]
+    assert tree.key_facts({"embeddings": "e", "memory_budget": "4GB"}) == {}
+    assert tree.key_facts({"mode": "init", "items": "i", "memory_budget": None}) == {}  # init ignores it
+    assert index.key_facts({"index_type": "Flat", "memory_budget": None}) == {}  # refuses, never shrinks

@@ -10,6 +10,8 @@ The work lives in :mod:`recbuild.retrieval.faiss_index`; this module maps params
 
 from __future__ import annotations
 
+from typing import Any
+
 import math
 
 from recbuild.builders.base import BuildContext, Builder
@@ -69,6 +71,13 @@ class FaissIndexBuilder(Builder):
         },
         "required": ["embeddings"],
     }
+
+    @classmethod
+    def key_facts(cls, params: dict[str, Any]) -> dict[str, Any]:
+        from recbuild.retrieval.memory import budget_fact
+
+        # the IVF training sample shrinks to fit the budget; Flat and HNSW only refuse over it
+        return budget_fact(params.get("memory_budget")) if str(params.get("index_type", "")).startswith("IVF") else {}
 
     def check(self, params):
         problems = []

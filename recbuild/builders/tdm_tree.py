@@ -10,6 +10,8 @@ the items spread: ``recbuild.retrieval.tdm_tree.balance``).
 
 from __future__ import annotations
 
+from typing import Any
+
 import json
 
 from recbuild.builders.base import METRICS_FILE, BuildContext, Builder
@@ -66,6 +68,12 @@ class TdmTreeBuilder(Builder):
                 "learnt mode: memory of the k-means; a tree whose vectors do not fit is built out of core"),
         },
     }
+
+    @classmethod
+    def key_facts(cls, params: dict[str, Any]) -> dict[str, Any]:
+        from recbuild.retrieval.memory import budget_fact
+
+        return budget_fact(params.get("memory_budget")) if cls.mode_of(params) == "learnt" else {}
 
     @staticmethod
     def mode_of(params) -> str | None:

@@ -67,3 +67,13 @@ def format_bytes(size: float) -> str:
 def budget_schema(what: str) -> dict:
     """BUDGET_SCHEMA with ``what`` the budget bounds in that kind."""
     return {**BUDGET_SCHEMA, "description": f"{what}; {BUDGET_SCHEMA['description']}"}
+
+
+def budget_fact(value: str | None) -> dict[str, str]:
+    """The artifact-key fact of a budget that depends on the machine (null, or a share): which path
+    a step takes, and so its bytes, can follow it, so a machine with other memory has another key
+    (a fixed size, "4GB", gives every machine the same key and the same bytes)."""
+    if value is not None and not str(value).strip().endswith("%"):
+        return {}
+    share = "1/8" if value is None else str(value).strip()
+    return {"memory_budget": f"{format_bytes(parse_budget(value))} ({share} of this machine's memory)"}
