@@ -156,6 +156,8 @@ def _wrong_values(branch: dict) -> list:
 def _expected_text(branch: dict) -> str:
     if branch["type"] == "integer" and branch.get("minimum") == 1:
         return "must be a positive integer, got "
+    if branch["type"] == "integer" and branch.get("minimum") == 0:
+        return "must be a non-negative integer, got "
     return f"must be {_SAID[branch['type']]}"
 
 
