@@ -77,7 +77,7 @@ class FaissIndexBuilder(Builder):
         from recbuild.retrieval.memory import budget_fact
 
         # the IVF training sample shrinks to fit the budget; Flat and HNSW only refuse over it
-        return budget_fact(params.get("memory_budget")) if str(params.get("index_type", "")).startswith("IVF") else {}
+        return budget_fact(params.get("memory_budget")) if params["index_type"].startswith("IVF") else {}
 
     def check(self, params):
         problems = []
