@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -14,6 +15,13 @@ import pytest
 
 # Keep the recipe cache of test runs away from the user's ~/.cache.
 os.environ.setdefault("RECBUILD_CACHE_DIR", tempfile.mkdtemp(prefix="recbuild-test-cache-"))
+
+# A test run started in the background (`cmd &` in a script, nohup) inherits SIGINT ignored, and so
+# would every recbuild the tests start: the Ctrl-C tests would then test nothing. Python turns SIGINT
+# into KeyboardInterrupt only when it was not ignored at start-up, and exec resets a handler (never
+# an ignore) to the default: so take SIGINT back here, and the children start as from a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 from recbuild.cli import main  # noqa: E402
 
