@@ -40,12 +40,13 @@ def _gc(args, ws, cache, term) -> int:
     recipe's needs would delete (docs/ci.md: a cache shared by many branches)."""
     import time
 
+    from recbuild.common.sizes import size_bytes
     from recbuild.core.cache import ops
 
     max_size = None
     if args.max_size is not None:
         try:
-            max_size = ops.parse_size(args.max_size)
+            max_size = size_bytes(args.max_size)
         except ValueError as exc:
             raise UsageError(f"recbuild cache gc --max-size: {exc}") from None
     policy = args.keep_days is not None or max_size is not None or args.keep_needed_by is not None

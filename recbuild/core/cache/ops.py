@@ -201,16 +201,3 @@ def human_size(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n} B"
-
-
-def parse_size(text: str) -> int:
-    """'50GB', '1.5 TB', '500M', '1024' (bytes) -> bytes (decimal units; KiB/MiB/GiB/TiB binary)."""
-    import re
-
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)\s*", text.lower())
-    if not match:
-        raise ValueError(f"not a size: {text!r} (e.g. 50GB, 500MB, 2TiB)")
-    number, unit = float(match.group(1)), match.group(2).rstrip("b")
-    scale = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12,
-             "ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30, "ti": 1 << 40}[unit]
-    return int(number * scale)

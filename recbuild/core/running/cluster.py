@@ -30,6 +30,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from recbuild.common.sizes import size_bytes
 from recbuild.core.cache.store import ArtifactCache, CacheError
 from recbuild.core.running.events import BUILT
 from recbuild.errors import RecbuildError, RecipeError
@@ -47,21 +48,6 @@ class ClusterError(RecbuildError):
 def task_name(name: str) -> str:
     """``recbuild:<artifact>``; a matrix variant is already named ``<artifact>@<variant>``."""
     return f"recbuild:{name}"
-
-
-_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGTP]?)(i?)B?\s*$", re.IGNORECASE)
-
-
-def size_bytes(value: int | str) -> int:
-    """512MiB, 8GB, 2GiB, 1000 -> bytes (GB is 1000^3, GiB 1024^3)."""
-    if isinstance(value, (int, float)):
-        return int(value)
-    match = _SIZE.match(value)
-    if not match:
-        raise ValueError(f"not a size: {value!r}")
-    number, prefix, binary = match.groups()
-    power = "KMGTP".find(prefix.upper()) + 1 if prefix else 0
-    return int(float(number) * (1024 if binary else 1000) ** power)
 
 
 def ray_request(resources: dict[str, Any]) -> dict[str, float]:
