@@ -40,7 +40,7 @@ def _gc(args, ws, cache, term) -> int:
     recipe's needs would delete (docs/ci.md: a cache shared by many branches)."""
     import time
 
-    from recbuild.common.sizes import size_bytes
+    from recbuild.common.sizes import format_bytes, size_bytes
     from recbuild.core.cache import ops
 
     max_size = None
@@ -67,11 +67,11 @@ def _gc(args, ws, cache, term) -> int:
     removed, partials = (plan.delete, [u.path for u in plan.partial_uploads]) if dry_run else ops.run_gc(cache, plan)
     for doomed in removed:
         used = "never" if doomed.last_used is None else f"{(now - doomed.last_used) / 86400:.1f} days ago"
-        term.info(f"  {verb} {doomed.key[:16]} {doomed.kind:<16} {ops.human_size(doomed.size):>9}  "
+        term.info(f"  {verb} {doomed.key[:16]} {doomed.kind:<16} {format_bytes(doomed.size):>9}  "
                   f"last used {used}: {doomed.why}")
     for path in partials:
         term.info(f"  {verb} partial upload {path} (older than an hour)")
-    term.info(f"{verb} {len(removed)} entries ({ops.human_size(sum(d.size for d in removed))}) and "
+    term.info(f"{verb} {len(removed)} entries ({format_bytes(sum(d.size for d in removed))}) and "
               f"{len(partials)} partial uploads, kept {plan.kept} ({cache.url})")
     return 0
 

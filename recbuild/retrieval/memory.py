@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 
+from recbuild.common.sizes import format_bytes
 from recbuild.errors import InputError
 
 DEFAULT_SHARE = 0.125
@@ -54,14 +55,6 @@ def parse_budget(text: str | None, where: str = "memory_budget") -> int:
     if size <= 0:
         raise InputError(f"{where}: {text!r} must be more than zero bytes")
     return size
-
-
-def format_bytes(size: float) -> str:
-    """``2.1 GB`` (powers of 1000, as the budget's KB/MB/GB)."""
-    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if abs(size) >= scale:
-            return f"{size / scale:.1f} {unit}"
-    return f"{int(size)} B"
 
 
 def budget_schema(what: str) -> dict:

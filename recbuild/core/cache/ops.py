@@ -11,6 +11,7 @@ import os
 import shutil
 from dataclasses import dataclass
 
+from recbuild.common.sizes import format_bytes
 from recbuild.core.cache.store import ArtifactCache, CacheError, CorruptEntry
 from recbuild.errors import RecbuildError, UnprovenNeeds
 from recbuild.core.workdir.manifest import publish
@@ -169,7 +170,7 @@ def plan_gc(cache: ArtifactCache, *, needed: set[str] | None, keep_days: float |
             if total <= max_size:
                 break
             total -= entry.size
-            chosen.append((entry, reasons + [f"least recently used while the cache is over {human_size(max_size)}"]))
+            chosen.append((entry, reasons + [f"least recently used while the cache is over {format_bytes(max_size)}"]))
         candidates = chosen
     delete = [Doomed(entry.key, str(entry.manifest.get("kind", "?")), entry.size, entry.last_used,
                      "; ".join(reasons)) for entry, reasons in candidates]
@@ -193,11 +194,3 @@ def run_gc(cache: ArtifactCache, plan: GcPlan) -> tuple[list[Doomed], list[str]]
             continue
         partials.append(upload.path)
     return removed, partials
-
-
-def human_size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"
