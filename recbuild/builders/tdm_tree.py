@@ -144,6 +144,7 @@ class TdmTreeBuilder(Builder):
             leaf_codes = tt.init_leaf_codes(table.num_rows, k, depth)  # in sorted order
             leaf_table = table.take(pa.array(order))
             leaf_ids = [ids[i] for i in order] if hash_ids else ids[order]
+            leaves = tt.TreeLeaves.from_leaf_codes(leaf_codes, leaf_ids, k, depth, hash_ids)
         else:
             source = ctx.input("embeddings")
             where = f"embeddings {source.name!r}"
@@ -164,6 +165,7 @@ class TdmTreeBuilder(Builder):
                 finally:
                     bar.close()
                 del vectors
+                leaves = tt.TreeLeaves.from_leaf_codes(leaf_codes, leaf_ids, k, depth, hash_ids)
             else:
                 leaf_ids, extra = _ids_and_extras(table_reader, where, hash_ids)
                 plan = ooc.plan(n_rows, dim, k, budget)
@@ -178,29 +180,34 @@ class TdmTreeBuilder(Builder):
                              f"{plan.sample_size:,} items; raise memory_budget")
                 bar = ctx.progress(plan.cut_level + plan.n_subtrees, "steps", "out of core")
                 try:
-                    leaf_codes = ooc.out_of_core_leaf_codes(
+                    codes, rows = ooc.out_of_core_leaves(
                         table_reader, plan, iters=p["kmeans_iters"], seed=p["seed"], threads=ctx.threads,
                         scratch=_scratch_dir(ctx), progress=bar.advance)
                 finally:
                     bar.close()
                 out_of_core = plan.summary()
-            leaf_table = extra if extra is not None else pa.table({"_": pa.nulls(len(leaf_codes))})
+                leaf_codes = None
+                if attrs or raws:  # the attribute tables pair each table row with its code
+                    leaf_codes = np.empty_like(codes)
+                    leaf_codes[rows] = codes
+                ids_in_code_order = [leaf_ids[i] for i in rows] if hash_ids else leaf_ids[rows]
+                del leaf_ids, rows
+                leaves = tt.TreeLeaves.checked(k, depth, codes, ids_in_code_order, hash_ids)
+            leaf_table = extra
 
-        tree = tt.assemble_tree(leaf_codes, leaf_ids, k, depth, hash_ids)
-        features = tree_io.node_features(tree, np.asarray(leaf_codes), leaf_table, id_column, attrs, raws)
-        tree_io.write_all(tree, features, attrs, raws, ctx.out, p["attr_delimiter"])
-        n_items = int(tree.leaf_mask.sum())
-        figures = tt.balance(tree)
+        tree_io.write_tree(leaves, leaf_codes, leaf_table, id_column, attrs, raws, ctx.out, p["attr_delimiter"])
+        figures = tt.balance(leaves)
+        n_items = figures["items"]
         if out_of_core:  # (only then: metrics of trees built in memory keep their bytes)
             figures["out_of_core"] = out_of_core
         (ctx.out / METRICS_FILE).write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n",
                                             encoding="utf-8")
-        ctx.meta.update({"mode": mode, "n_cluster": k, "items": n_items, "levels": tree.num_levels,
-                         "nodes": int(len(tree.codes))})
+        ctx.meta.update({"mode": mode, "n_cluster": k, "items": n_items, "levels": figures["levels"],
+                         "nodes": figures["nodes"]})
         if out_of_core:
             ctx.meta["out_of_core"] = out_of_core
         ctx.log.info("tdm_tree %s: %d items, %d levels, n_cluster %d (%s)", ctx.name, n_items,
-                     tree.num_levels, k, mode)
+                     figures["levels"], k, mode)
 
 
 def _select_schema(schema, columns):

@@ -90,11 +90,12 @@ def plan(n_items: int, dim: int, k: int, budget: int) -> Plan:
     return Plan(n_items, dim, k, depth, cut, math.ceil(n_items / k ** cut), sample)
 
 
-def out_of_core_leaf_codes(table, the_plan: Plan, *, iters: int, seed: int, threads: int | None,
-                           scratch: Path | None = None, batch_rows: int = 1 << 16,
-                           progress=None) -> np.ndarray:
-    """Leaf codes of every row of ``table`` (an ``EmbeddingTable``), following ``the_plan``.
-    ``progress(1)`` is called once per top level and once per level-L node."""
+def out_of_core_leaves(table, the_plan: Plan, *, iters: int, seed: int, threads: int | None,
+                       scratch: Path | None = None, batch_rows: int = 1 << 16,
+                       progress=None) -> tuple[np.ndarray, np.ndarray]:
+    """(leaf codes ascending, the table row of each) for every row of ``table`` (an
+    ``EmbeddingTable``), following ``the_plan``. ``progress(1)`` is called once per top level and
+    once per level-L node."""
     import torch
 
     from recbuild.retrieval.threads import threads_for_load
@@ -132,7 +133,8 @@ def _top_levels(table, p: Plan, iters: int, seed: int, batch_rows: int, progress
     positions = sample_positions(p.n_items, p.sample_size, seed)
     sample = table.vectors_at(positions, batch_rows)
     generator = torch.Generator().manual_seed(int(seed))
-    node = np.zeros(p.n_items, dtype=np.int64)
+    # int32: a level has at most MAX_SUBTREES nodes; 4 bytes an item instead of 8, for 20M items.
+    node = np.zeros(p.n_items, dtype=np.int32)
     for level in range(p.cut_level):
         n_nodes = k ** level
         centroids = _train_level(sample, node[positions], n_nodes, k, iters, generator)  # [nodes, k, d]
@@ -191,28 +193,43 @@ def _score_all(table, node: np.ndarray, centroids: np.ndarray, batch_rows: int) 
 
 
 def _balanced_digits(node: np.ndarray, scores: np.ndarray, n_nodes: int, k: int) -> np.ndarray:
-    """Each row's child under exact floor/ceil balance, node by node (ties by row order)."""
+    """Each row's child (int8) under exact floor/ceil balance, node by node (ties by row order)."""
     import torch
 
     from recbuild.retrieval.tdm_tree.learnt import _greedy_balanced_assign
 
-    digit = np.empty(len(node), dtype=np.int64)
-    order = np.argsort(node, kind="stable")
-    bounds = np.searchsorted(node[order], np.arange(n_nodes + 1))
+    digit = np.empty(len(node), dtype=np.int8)
+    if n_nodes == 1:  # the root: every row, already in row order (no index of all the rows)
+        order, bounds = None, np.array([0, len(node)])
+    else:
+        order = np.argsort(node, kind="stable")
+        bounds = np.searchsorted(node[order], np.arange(n_nodes + 1))
     for j in range(n_nodes):
-        rows = order[bounds[j]:bounds[j + 1]]
-        size = len(rows)
+        rows = slice(None) if order is None else order[bounds[j]:bounds[j + 1]]
+        size = int(bounds[j + 1] - bounds[j])
         if not size:
             continue
-        if k == 2:  # lowest scores (nearer child 0) fill child 0 with ceil(n/2) items
-            ranked = rows[np.argsort(scores[rows, 0], kind="stable")]
-            digit[ranked[: (size + 1) // 2]] = 0
-            digit[ranked[(size + 1) // 2:]] = 1
+        if k == 2:
+            digit[rows] = _upper_half(scores[rows, 0])
             continue
         got, _ = _greedy_balanced_assign(torch.from_numpy(scores[rows]), torch.zeros(size, dtype=torch.int64),
                                          torch.tensor([size]), torch.tensor([0]), k)
         digit[rows] = got.numpy()
     return digit
+
+
+def _upper_half(score: np.ndarray) -> np.ndarray:
+    """1 for the rows outside the ceil(n/2) lowest scores (ties: the earlier row ranks lower), as a
+    stable argsort would rank them, with a partition instead of a sort (no 8-byte index per row)."""
+    size = len(score)
+    lower = (size + 1) // 2
+    if lower == size:
+        return np.zeros(size, dtype=np.int8)
+    threshold = np.partition(score, lower - 1)[lower - 1]
+    in_lower = score < threshold
+    ties = np.flatnonzero(score == threshold)
+    in_lower[ties[: lower - int(in_lower.sum())]] = True
+    return (~in_lower).view(np.int8)
 
 
 def _subtrees(table, p: Plan, node: np.ndarray, iters: int, seed: int, batch_rows: int, tmp: Path,
@@ -237,7 +254,11 @@ def _subtrees(table, p: Plan, node: np.ndarray, iters: int, seed: int, batch_row
             vf.close()
             rf.close()
     del node
+    # Subtree j's leaves are a contiguous run of the tree's codes, after subtree j-1's: sorting each
+    # subtree's own leaves puts the whole catalogue in code order, with no sort of all the items.
     codes = np.empty(p.n_items, dtype=np.int64)
+    rows_out = np.empty(p.n_items, dtype=np.int64)
+    filled = 0
     below = p.depth - cut
     scale = k ** below
     base = first_code(cut, k)
@@ -250,8 +271,12 @@ def _subtrees(table, p: Plan, node: np.ndarray, iters: int, seed: int, batch_row
             # Each subtree its own seed: same result whatever order they are built in.
             local = learnt_leaf_codes(vectors, k, iters=iters, seed=seed + 1 + j, threads=threads,
                                       overwrite=True, depth=below)
-            codes[rows] = (base + j) * scale + local
+            order = np.argsort(local, kind="stable")
+            codes[filled:filled + len(rows)] = (base + j) * scale + local[order]
+            rows_out[filled:filled + len(rows)] = rows[order]
+            filled += len(rows)
         del vectors, rows
         if progress:
             progress(1)
-    return codes
+    assert filled == p.n_items
+    return codes, rows_out

@@ -5,37 +5,34 @@ from __future__ import annotations
 
 import numpy as np
 
+from recbuild.retrieval.tdm_tree.leaves import TreeLeaves
 from recbuild.retrieval.tdm_tree.tree import TdmTree
 
 
-def balance(tree: TdmTree) -> dict[str, float | int]:
+def balance(tree: TreeLeaves | TdmTree) -> dict[str, float | int]:
     """How evenly the items spread over the tree (tdm_tree's metrics.json).
 
     ``branch_leaves_min/max``: items under the root's smallest and largest child; ``branch_balance``
     their ratio (1.0 = even); ``leaf_slot_fill``: items over the k^depth leaf slots of the last level;
     ``parent_children_mean``: children per node on the level above the leaves (k = all slots used).
+    Counted level by level from the leaves, in chunks (no per-node array of the whole tree).
     """
-    leaves = tree.codes[tree.leaf_mask]
-    branch_counts: np.ndarray = np.zeros(0, dtype=np.int64)
-    parents_of_leaves = np.zeros(0, dtype=np.int64)
-    if tree.depth >= 1 and len(leaves):
-        top = leaves.copy()
-        for _ in range(tree.depth - 1):
-            top = (top - 1) // tree.k
-        branch_counts = np.unique(top, return_counts=True)[1]
-        parents_of_leaves = np.unique((leaves - 1) // tree.k, return_counts=True)[1]
-    smallest = int(branch_counts.min()) if len(branch_counts) else int(len(leaves))
-    largest = int(branch_counts.max()) if len(branch_counts) else int(len(leaves))
+    leaves = tree if isinstance(tree, TreeLeaves) else tree.leaves()
+    n = leaves.n_items
+    under_branch = np.concatenate([counts for _, counts, _ in leaves.level_runs(1)])
+    parents = sum(len(codes) for codes, _, _ in leaves.level_runs(leaves.depth - 1))
+    nodes = sum(leaves.nodes_per_level())
+    smallest, largest = int(under_branch.min()), int(under_branch.max())
     return {
-        "items": int(len(leaves)),
-        "levels": int(tree.num_levels),
-        "nodes": int(len(tree.codes)),
-        "n_cluster": int(tree.k),
+        "items": int(n),
+        "levels": int(leaves.num_levels),
+        "nodes": int(nodes),
+        "n_cluster": int(leaves.k),
         "branch_leaves_min": smallest,
         "branch_leaves_max": largest,
         "branch_balance": round(smallest / largest, 6) if largest else 1.0,
-        "leaf_slot_fill": round(len(leaves) / float(tree.k ** tree.depth), 6),
-        "parent_children_mean": round(float(parents_of_leaves.mean()), 6) if len(parents_of_leaves) else 0.0,
+        "leaf_slot_fill": round(n / float(leaves.k ** leaves.depth), 6),
+        "parent_children_mean": round(n / parents, 6) if parents else 0.0,
     }
 
 

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recbuild.errors import BuildError, InputError
-from recbuild.retrieval.tdm_tree.codes import INT64_MAX, first_code, level_of
+from recbuild.retrieval.tdm_tree.codes import first_code, level_of
 
 
 @dataclass
@@ -66,6 +65,14 @@ class TdmTree:
         owner = np.nonzero(exists)[0]
         return owner, pos_clipped[exists]
 
+    def leaves(self):
+        """The leaves alone (``TreeLeaves``), from which the writers walk the tree."""
+        from recbuild.retrieval.tdm_tree.leaves import TreeLeaves
+
+        mask = self.leaf_mask
+        ids = self.ids[mask]
+        return TreeLeaves(self.k, self.depth, self.codes[mask], list(ids) if self.hash_ids else ids, self.hash_ids)
+
     def same_as(self, other: "TdmTree") -> bool:
         return (self.k == other.k and self.depth == other.depth
                 and np.array_equal(self.codes, other.codes) and self.id_strings() == other.id_strings())
@@ -73,34 +80,9 @@ class TdmTree:
 
 def assemble_tree(leaf_codes: np.ndarray, leaf_ids, k: int, depth: int, hash_ids: bool) -> TdmTree:
     """All nodes (leaves plus every ancestor) with their ids. ``leaf_ids``: int64 array or list[str]."""
-    leaf_codes = np.asarray(leaf_codes, dtype=np.int64)
-    if len(np.unique(leaf_codes)) != len(leaf_codes):
-        raise BuildError("internal error: two items share a leaf code")
-    lowest = first_code(depth, k)
-    if len(leaf_codes) and (leaf_codes.min() < lowest or leaf_codes.max() >= first_code(depth + 1, k)):
-        raise BuildError("internal error: a leaf is not on the last level")
-    internal = []
-    current = np.unique(leaf_codes)
-    for _ in range(depth):
-        current = np.unique((current - 1) // k)
-        internal.append(current)
-    internal_codes = np.unique(np.concatenate(internal)) if internal else np.zeros(0, np.int64)
-    order = np.argsort(leaf_codes, kind="stable")
-    codes = np.concatenate([internal_codes, leaf_codes[order]])
-    max_code = int(leaf_codes.max())
-    if hash_ids:
-        width = len(str(max_code))
-        internal_ids = [f"nonleaf#{int(c):0{width}d}" for c in internal_codes]
-        leaves = [leaf_ids[i] for i in order]
-        ids = np.array(internal_ids + list(leaves), dtype=object)
-    else:
-        leaf_ids = np.asarray(leaf_ids, dtype=np.int64)
-        base = max(0, int(leaf_ids.max()))
-        if base + max_code + 1 > INT64_MAX:
-            raise InputError("item ids are too large: internal node ids (max item id + code + 1) would "
-                             "overflow int64; use id_hash: true")
-        ids = np.concatenate([base + internal_codes + 1, leaf_ids[order]]).astype(np.int64)
-    return TdmTree(k=k, depth=depth, codes=codes, ids=ids, hash_ids=hash_ids)
+    from recbuild.retrieval.tdm_tree.leaves import TreeLeaves
+
+    return TreeLeaves.from_leaf_codes(leaf_codes, leaf_ids, k, depth, hash_ids).to_tdm_tree()
 
 
 def check_tree_invariants(tree: TdmTree, n_items: int) -> None:
