@@ -250,10 +250,28 @@ def test_mapped_index_answers_like_a_read_one(tmp_path, index_type):
 def test_id_mapping_without_final_newline_and_bad_utf8(tmp_path):
     path = tmp_path / "id_mapping"
     path.write_bytes(b"a\n\nccc")
-    assert [path and m for m in fi.read_id_mapping(path).strings.to_pylist()] == ["a", "", "ccc"]
+    assert fi.read_id_mapping(path).tolist() == ["a", "", "ccc"]
+    assert fi.read_id_mapping(path, chunk_bytes=2).tolist() == ["a", "", "ccc"]
     path.write_bytes(b"a\n\xff\n")
     with pytest.raises(InputError, match="not UTF-8"):
         fi.read_id_mapping(path)
+
+
+def test_id_mapping_is_read_in_chunks(tmp_path):
+    """Lookups, the in-order comparison and the count agree with the file whatever the chunk size
+    (lines straddling chunks included), and a restart from an earlier line works."""
+    path = tmp_path / "id_mapping"
+    lines = [f"item-{i * 7}" for i in range(500)]
+    path.write_text("".join(f"{line}\n" for line in lines))
+    for chunk_bytes in (3, 64, 1 << 20):
+        ids = fi.read_id_mapping(path, chunk_bytes=chunk_bytes)
+        assert len(ids) == 500 and ids.tolist() == lines
+        picked = np.array([[499, 0, -1], [250, 250, 13]])
+        assert ids.take(picked).tolist() == [[lines[499], lines[0], None], [lines[250], lines[250], lines[13]]]
+        for offset, n in ((0, 100), (100, 150), (250, 250), (40, 20)):
+            assert ids.equals_slice(offset, pa.array(lines[offset:offset + n]))
+        assert not ids.equals_slice(10, pa.array(lines[11:20]))
+        assert not ids.equals_slice(495, pa.array(lines[495:] + ["extra"]))
 
 
 def test_budget_syntax():

@@ -299,11 +299,17 @@ def check_ids_before_work(table: EmbeddingTable, allow_duplicate_ids: bool) -> N
         return
     keys_all = np.concatenate(keys)
     del keys
+    # First a sort in place and one comparison of neighbours (9 bytes a row); the 8-byte order that
+    # finds the rows is computed only when some key repeats.
+    sorted_keys = keys_all.copy()
+    sorted_keys.sort()
+    repeats = bool(np.any(sorted_keys[1:] == sorted_keys[:-1]))
+    del sorted_keys
+    if not repeats:
+        return
     order = np.argsort(keys_all, kind="stable")
     same = np.nonzero(keys_all[order[1:]] == keys_all[order[:-1]])[0]
     del keys_all
-    if not len(same):
-        return
     # Keys of string ids are 63-bit hashes: confirm a duplicate on the ids themselves (only the
     # candidate rows' text is read back, not every id's).
     pairs = [(int(order[j]), int(order[j + 1])) for j in same[:1000]]
@@ -388,23 +394,65 @@ def describe_index(index) -> dict[str, Any]:
 
 
 class IdMapping:
-    """The lines of id_mapping (line i = item id of faiss id i), held as one arrow string array:
-    the file's bytes and an offset per line (about 8 bytes an id), never a Python str per id."""
+    """The lines of id_mapping (line i = item id of faiss id i), read from the file a chunk at a
+    time, never all at once: a 20M-item catalogue's ids would take about 16 bytes each as arrow
+    strings. ``take`` scans the file once per call (for the few thousand ids a search returns);
+    ``equals_slice`` reads on from where its last call stopped (an in-order pass costs one read);
+    the line count and the UTF-8 check are one pass, made on opening (``read_id_mapping``)."""
 
-    def __init__(self, strings):
-        self.strings = strings  # pyarrow LargeStringArray
+    def __init__(self, path: Path, chunk_bytes: int = 1 << 26):
+        self.path = Path(path)
+        self.chunk_bytes = chunk_bytes
+        self._length: int | None = None
+        self._reader = None  # (iterator of chunks, first line held, strings held) for equals_slice
 
     def __len__(self) -> int:
-        return len(self.strings)
+        if self._length is None:
+            self._length = sum(len(strings) for _, strings in self.chunks())
+        return self._length
 
     def __getitem__(self, key):
         if isinstance(key, (int, np.integer)):
-            return self.strings[int(key)].as_py()
+            return self.take(np.array([int(key)]))[0]
         return self.take(np.asarray(key))
+
+    def chunks(self):
+        """(number of the first line, its lines as a pyarrow LargeStringArray), in file order."""
+        carry = b""
+        first = 0
+        with open(self.path, "rb") as fh:
+            while chunk := fh.read(self.chunk_bytes):
+                data = carry + chunk
+                cut = data.rfind(b"\n") + 1
+                carry = data[cut:]
+                if cut:
+                    strings = self._lines(data[:cut])
+                    yield first, strings
+                    first += len(strings)
+        if carry:  # a last line without its newline counts too
+            yield first, self._lines(carry + b"\n")
+
+    def _lines(self, block: bytes):
+        """The lines of ``block`` (which ends with a newline): its bytes without the newlines and an
+        offset per line, no Python str per id."""
+        import pyarrow as pa
+
+        data = np.frombuffer(block, dtype=np.uint8)
+        breaks = np.flatnonzero(data == 10)
+        offsets = np.empty(len(breaks) + 1, dtype=np.int64)
+        offsets[0] = 0
+        offsets[1:] = breaks - np.arange(len(breaks))  # line i ends before its newline, less i newlines
+        strings = pa.LargeStringArray.from_buffers(len(breaks), pa.py_buffer(offsets),
+                                                   pa.py_buffer(data[data != 10]))
+        try:
+            strings.validate(full=True)
+        except pa.ArrowInvalid:
+            raise InputError(f"{self.path} is not UTF-8 text (one item id per line); rebuild the index") from None
+        return strings
 
     def tolist(self) -> list[str]:
         """Every id as a Python str (a whole catalogue's worth: for small indexes only)."""
-        return self.strings.to_pylist()
+        return [s for _, strings in self.chunks() for s in strings.to_pylist()]
 
     def take(self, faiss_ids: np.ndarray) -> np.ndarray:
         """Item id strings of ``faiss_ids`` (any shape; None where the id is -1)."""
@@ -413,54 +461,48 @@ class IdMapping:
         faiss_ids = np.asarray(faiss_ids, dtype=np.int64)
         flat = faiss_ids.reshape(-1)
         valid = flat >= 0
+        wanted = np.unique(flat[valid])
+        found = np.empty(len(wanted), dtype=object)
+        done = 0
+        for first, strings in (self.chunks() if len(wanted) else ()):
+            end = int(np.searchsorted(wanted, first + len(strings)))
+            if end > done:
+                found[done:end] = strings.take(pa.array(wanted[done:end] - first)).to_numpy(zero_copy_only=False)
+                done = end
+            if done == len(wanted):
+                break
+        if done < len(wanted):
+            raise InputError(f"{self.path}: no line {int(wanted[done])}; the index and its id_mapping "
+                             "disagree: rebuild the index")
         out = np.empty(len(flat), dtype=object)
-        out[valid] = self.strings.take(pa.array(flat[valid])).to_numpy(zero_copy_only=False)
+        out[valid] = found[np.searchsorted(wanted, flat[valid])]
         return out.reshape(faiss_ids.shape)
 
     def equals_slice(self, offset: int, strings) -> bool:
         """Whether lines ``offset ..`` are exactly ``strings`` (a pyarrow string array)."""
-        part = self.strings.slice(offset, len(strings))
+        import pyarrow as pa
+
+        if self._reader is None or offset < self._reader[1]:
+            self._reader = (self.chunks(), 0, pa.array([], type=pa.large_string()))
+        chunks, first, held = self._reader
+        while first + len(held) < offset + len(strings):
+            try:
+                _, more = next(chunks)
+            except StopIteration:
+                break
+            held = pa.concat_arrays([held, more])
+            drop = min(max(0, offset - first), len(held))  # lines before offset are never asked again
+            held, first = held.slice(drop), first + drop
+        self._reader = (chunks, first, held)
+        part = held.slice(offset - first, len(strings))
         return len(part) == len(strings) and part.equals(strings.cast(part.type))
 
 
 def read_id_mapping(path: Path, chunk_bytes: int = 1 << 26) -> IdMapping:
-    """id_mapping's lines, as written (a last line without its newline counts too). Two passes over
-    the file in chunks (count the lines, then fill one text buffer and one offset per line): besides
-    the result, one chunk is in memory."""
-    import pyarrow as pa
-
-    size = Path(path).stat().st_size
-    lines = 0
-    last = 10
-    with open(path, "rb") as fh:
-        while chunk := fh.read(chunk_bytes):
-            lines += chunk.count(b"\n")
-            last = chunk[-1]
-    if size and last != 10:  # the last line lacks its newline
-        lines += 1
-    offsets = np.empty(lines + 1, dtype=np.int64)
-    offsets[0] = 0
-    text = np.empty(size - (lines if last == 10 else lines - 1), dtype=np.uint8)
-    filled = line = 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(chunk_bytes):
-            data = np.frombuffer(chunk, dtype=np.uint8)
-            breaks = np.flatnonzero(data == 10)
-            kept = data[data != 10]
-            # line i's end in the text without newlines: its newline's place in the chunk minus the
-            # newlines before it, after what earlier chunks filled
-            offsets[line + 1:line + 1 + len(breaks)] = filled + breaks - np.arange(len(breaks))
-            text[filled:filled + len(kept)] = kept
-            filled += len(kept)
-            line += len(breaks)
-    if line < lines:  # the unterminated last line
-        offsets[lines] = filled
-    strings = pa.LargeStringArray.from_buffers(lines, pa.py_buffer(offsets), pa.py_buffer(text))
-    try:
-        strings.validate(full=True)
-    except pa.ArrowInvalid:
-        raise InputError(f"{path} is not UTF-8 text (one item id per line); rebuild the index") from None
-    return IdMapping(strings)
+    """id_mapping, counted and checked as UTF-8 in one pass (``IdMapping`` reads it on demand)."""
+    ids = IdMapping(path, chunk_bytes)
+    len(ids)
+    return ids
 
 
 def load_index(folder: Path, mmap: bool = False):

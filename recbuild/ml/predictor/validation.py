@@ -68,11 +68,19 @@ def _duplicate_rows(ids: pa.ChunkedArray, on_duplicate: str, plan: InputPlan,
                     id_column: str) -> np.ndarray:
     """Sorted global rows to drop (empty without duplicates); raises for ``on_duplicate: error``."""
     n = len(ids)
+    # Decide "no duplicates" (the common case) with one cheap pass: a hash pass for strings, a
+    # sort for integers (numpy's vectorised sort beats a hash count of 1M int64 about 2x here),
+    # sorted in place in one copy of the ids: 9 bytes a row beside the ids (a 20M-row table).
+    if not feature_io.is_stringlike(ids.type) and not pa.types.is_dictionary(ids.type):
+        ordered = np.concatenate([feature_io.numpy_view(chunk) for chunk in ids.chunks]) if ids.num_chunks \
+            else np.empty(0, dtype=np.int64)
+        ordered.sort()
+        if not (ordered[1:] == ordered[:-1]).any():
+            return np.empty(0, dtype=np.int64)
+        del ordered
     flat = ids.combine_chunks()
     if pa.types.is_dictionary(flat.type):
         flat = flat.dictionary_decode()
-    # Decide "no duplicates" (the common case) with one cheap pass: a hash pass for strings, a
-    # sort for integers (numpy's vectorised sort beats a hash count of 1M int64 about 2x here).
     if feature_io.is_stringlike(flat.type):
         encoded = pc.dictionary_encode(flat)
         if len(encoded.dictionary) == n:
@@ -80,13 +88,11 @@ def _duplicate_rows(ids: pa.ChunkedArray, on_duplicate: str, plan: InputPlan,
         codes = feature_io.numpy_view(encoded.indices)
     else:
         codes = feature_io.numpy_view(flat)
-        ordered = np.sort(codes)
-        if not (ordered[1:] == ordered[:-1]).any():
-            return np.empty(0, dtype=np.int64)
-        del ordered
     order = np.argsort(codes, kind="stable")  # stable: equal ids stay in row order
     sorted_codes = codes[order]
     repeat = sorted_codes[1:] == sorted_codes[:-1]  # position i+1 repeats position i
+    if not repeat.any():  # (dictionary-encoded integer ids come here unchecked)
+        return np.empty(0, dtype=np.int64)
     if on_duplicate == "error":
         later = order[1:][repeat]
         row = int(later.min())
