@@ -258,3 +258,49 @@ def test_balance_of_a_lopsided_tree():
     assert figures["branch_balance"] == round(1 / 3, 6)
     assert figures["leaf_slot_fill"] == round(4 / 9, 6)
     assert figures["parent_children_mean"] == 2.0
+
+
+@pytest.mark.parametrize("k,hash_ids,attrs", [(2, False, False), (3, True, False), (5, False, True), (2, True, True)])
+def test_tree_files_walked_in_chunks_are_the_tree(tmp_path, monkeypatch, k, hash_ids, attrs):
+    """The writers walk the tree from its leaves a chunk at a time; whatever the chunk size (nodes
+    whose leaves straddle chunks included) the files hold every node of the whole tree once."""
+    import recbuild.retrieval.tdm_tree.leaves as leaves_module
+
+    n = 211
+    rng = np.random.default_rng(k)
+    depth = tt.tree_depth(n, k)
+    codes = tt.learnt_leaf_codes(rng.standard_normal((n, 4)).astype(np.float32), k, iters=2)
+    ids = [f"i{v}" for v in range(n)] if hash_ids else np.arange(n) * 3 + 1
+    table = pa.table({"c": [f"c{v % 3}" for v in range(n)], "r": pa.array(np.arange(n) % 7, pa.int64())})
+    names = (["c"], ["r"]) if attrs else ([], [])
+    written = {}
+    for chunk in (1 << 20, 3, 1):
+        monkeypatch.setattr(leaves_module, "LEAVES_PER_CHUNK", chunk)
+        leaves = tt.TreeLeaves.from_leaf_codes(codes, ids, k, depth, hash_ids)
+        out = tmp_path / str(chunk)
+        out.mkdir()
+        tree_io.write_tree(leaves, codes, table, "item_id", *names, out)
+        written[chunk] = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+        assert tt.balance(leaves) == tt.balance(tree_io.read_serving_tree(out / "serving_tree"))
+    assert written[3] == written[1] == written[1 << 20]
+    whole = tt.assemble_tree(codes, ids, k, depth, hash_ids)
+    parsed = tree_io.read_serving_tree(tmp_path / "1" / "serving_tree")
+    assert parsed.same_as(whole) and tt.balance(whole)["nodes"] == len(whole.codes)
+    features = pq.read_table(tmp_path / "1" / "node_feature" / "part-0.parquet")
+    assert features.column("item_id").to_pylist() == (whole.id_strings() if hash_ids else whole.ids.tolist())
+    assert tree_io.read_graph_tables(tmp_path / "1") == tree_io.GraphTables.of_tree(
+        whole, features if attrs else None, *names)
+
+
+def test_balanced_split_by_partition_is_the_stable_sort_split():
+    """Out of core, a node of the cut levels is split in two by a partition: the same rows as
+    ranking by a stable argsort (ties to the earlier row), for odd and even sizes."""
+    from recbuild.retrieval.tdm_tree.out_of_core import _upper_half
+
+    rng = np.random.default_rng(0)
+    for size in (1, 2, 3, 10, 101, 1000):
+        score = rng.integers(0, 4, size).astype(np.float32)  # many ties
+        ranked = np.argsort(score, kind="stable")
+        expected = np.ones(size, dtype=np.int8)
+        expected[ranked[: (size + 1) // 2]] = 0
+        assert np.array_equal(_upper_half(score), expected), size
