@@ -400,7 +400,7 @@ class IdMapping:
     ``equals_slice`` reads on from where its last call stopped (an in-order pass costs one read);
     the line count and the UTF-8 check are one pass, made on opening (``read_id_mapping``)."""
 
-    def __init__(self, path: Path, chunk_bytes: int = 1 << 26):
+    def __init__(self, path: Path, chunk_bytes: int = 1 << 23):
         self.path = Path(path)
         self.chunk_bytes = chunk_bytes
         self._length: int | None = None
@@ -498,7 +498,7 @@ class IdMapping:
         return len(part) == len(strings) and part.equals(strings.cast(part.type))
 
 
-def read_id_mapping(path: Path, chunk_bytes: int = 1 << 26) -> IdMapping:
+def read_id_mapping(path: Path, chunk_bytes: int = 1 << 23) -> IdMapping:
     """id_mapping, counted and checked as UTF-8 in one pass (``IdMapping`` reads it on demand)."""
     ids = IdMapping(path, chunk_bytes)
     len(ids)

@@ -12,8 +12,10 @@ items (the most the in-memory builder may hold within the budget):
 3. every level-L node is loaded alone and built by the in-memory ``learnt_leaf_codes`` with the
    depth left below L, so all leaves end on the big tree's last level.
 
-In memory at once: the sample, one record batch, one level-L node, and per item its row's node,
-split score, sort order and final code (``PER_ITEM_STATE`` bytes).
+In memory at once: the sample, one record batch, one level-L node, and per item its id, node,
+split score, child and sort order, later its code and row (``PER_ITEM_STATE``). The leaves come out
+in code order, subtree after subtree, ready for the writers (``TreeLeaves``): no sort of the whole
+catalogue and no tree of every node is ever built.
 """
 
 from __future__ import annotations
@@ -34,13 +36,11 @@ IN_MEMORY_OVERHEAD = 1100
 # Bytes per item of ``learnt_leaf_codes`` on a subtree, besides one copy of its vector (the work
 # copy, codes, permutation, segment ids, scores and the sorts' scratch): measured 1574 at 312k x 64.
 SUBTREE_OVERHEAD = 1600
-# Per item, kept for the whole catalogue while the top levels are cut: its node, split score, the
-# level's sort order, child digits and final code, and numpy's sort scratch (measured about 65 bytes
-# at 20M items).
+# Per item, kept for the whole catalogue while the top levels are cut: its id (8 bytes), node
+# (int32), split score, child (int8), the level's node order (int64) and the partition's scratch;
+# then its code and row. About 40 bytes; budgeted at 64 (the figure before the int32/int8 state),
+# which keeps the plan, and so the trees, of earlier releases.
 PER_ITEM_STATE = 64
-# Per item, after the k-means: the assembled tree (every node's code and id) and the writers' work
-# (docs/recipes.md, Memory). Not part of the budget's arithmetic: nothing else is in memory then.
-WRITE_BYTES_PER_ITEM = 150
 MIN_SUBTREE = 256
 # Spill files open at once (one per level-L node); a budget smaller than the per-item state would
 # otherwise cut the tree into millions of tiny subtrees.
