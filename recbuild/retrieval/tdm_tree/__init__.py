@@ -15,8 +15,9 @@ Modules (each one job; the names below are re-exported here):
   codes      the node coding: tree_depth, first_code, level_of, ancestor_codes
   init_mode  init_leaf_codes (tzrec's contiguous split of items sorted by init_order)
   learnt     learnt_leaf_codes (level-by-level balanced k-means, torch)
-  leaves     TreeLeaves (the leaves in code order: every level walked in chunks, for the writers)
-  tree       TdmTree (every node's code and id), assemble_tree, check_tree_invariants
+  leaves     TreeLeaves (the leaves in code order: every level walked in chunks, for the writers),
+             assemble_tree (every node, as a TdmTree)
+  tree       TdmTree (every node's code and id), check_tree_invariants
   quality    balance (tdm_tree's metrics.json), balance_report, segment_sizes_of_level, sse_at_level
   item_ids   validate_item_ids, ids_for_hash_mode (int mode / hash mode ids)
 
@@ -26,10 +27,10 @@ The files a tree is written to are recbuild/retrieval/tree_io/.
 from recbuild.retrieval.tdm_tree.codes import INT64_MAX, ancestor_codes, first_code, level_of, tree_depth
 from recbuild.retrieval.tdm_tree.init_mode import init_leaf_codes, init_order
 from recbuild.retrieval.tdm_tree.item_ids import ids_for_hash_mode, validate_item_ids
-from recbuild.retrieval.tdm_tree.leaves import TreeLeaves
+from recbuild.retrieval.tdm_tree.leaves import TreeLeaves, assemble_tree
 from recbuild.retrieval.tdm_tree.learnt import learnt_leaf_codes
 from recbuild.retrieval.tdm_tree.quality import balance, balance_report, segment_sizes_of_level, sse_at_level
-from recbuild.retrieval.tdm_tree.tree import TdmTree, assemble_tree, check_tree_invariants
+from recbuild.retrieval.tdm_tree.tree import TdmTree, check_tree_invariants
 
 __all__ = ["INT64_MAX", "TdmTree", "TreeLeaves", "ancestor_codes", "assemble_tree", "balance", "balance_report",
            "check_tree_invariants", "first_code", "ids_for_hash_mode", "init_leaf_codes", "init_order",

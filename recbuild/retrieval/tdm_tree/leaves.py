@@ -19,6 +19,7 @@ import numpy as np
 
 from recbuild.errors import BuildError, InputError
 from recbuild.retrieval.tdm_tree.codes import INT64_MAX, first_code
+from recbuild.retrieval.tdm_tree.tree import TdmTree
 
 # Leaves handled at once when walking a level: a few tens of MB of codes and their ancestors.
 LEAVES_PER_CHUNK = 1 << 20
@@ -43,6 +44,13 @@ class TreeLeaves:
         codes = leaf_codes[order]
         ids = [leaf_ids[i] for i in order] if hash_ids else np.asarray(leaf_ids, dtype=np.int64)[order]
         return cls.checked(k, depth, codes, ids, hash_ids)
+
+    @classmethod
+    def of_tree(cls, tree: TdmTree) -> "TreeLeaves":
+        """The leaves of a tree held whole (as read back from serving_tree)."""
+        mask = tree.leaf_mask
+        ids = tree.ids[mask]
+        return cls(tree.k, tree.depth, tree.codes[mask], list(ids) if tree.hash_ids else ids, tree.hash_ids)
 
     @classmethod
     def checked(cls, k: int, depth: int, codes: np.ndarray, ids, hash_ids: bool) -> "TreeLeaves":
@@ -147,10 +155,8 @@ class TreeLeaves:
             return self.id_base + np.asarray(codes, dtype=np.int64) + 1
         return np.asarray(self.ids[first_leaf:first_leaf + len(codes)], dtype=np.int64)
 
-    def to_tdm_tree(self):
+    def to_tdm_tree(self) -> TdmTree:
         """Every node in memory (``TdmTree``): for attribute tables, which need all nodes at once."""
-        from recbuild.retrieval.tdm_tree.tree import TdmTree
-
         internal = [codes for level, codes, _ in self.node_chunks() if level < self.depth]
         codes = np.concatenate([*internal, self.codes])
         if self.hash_ids:
@@ -160,3 +166,8 @@ class TreeLeaves:
             ids = np.concatenate([self.id_base + np.concatenate(internal) + 1 if internal else
                                   np.zeros(0, np.int64), self.ids]).astype(np.int64)
         return TdmTree(k=self.k, depth=self.depth, codes=codes, ids=ids, hash_ids=self.hash_ids)
+
+
+def assemble_tree(leaf_codes: np.ndarray, leaf_ids, k: int, depth: int, hash_ids: bool) -> TdmTree:
+    """All nodes (leaves plus every ancestor) with their ids. ``leaf_ids``: int64 array or list[str]."""
+    return TreeLeaves.from_leaf_codes(leaf_codes, leaf_ids, k, depth, hash_ids).to_tdm_tree()

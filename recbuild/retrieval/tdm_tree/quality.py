@@ -17,7 +17,7 @@ def balance(tree: TreeLeaves | TdmTree) -> dict[str, float | int]:
     ``parent_children_mean``: children per node on the level above the leaves (k = all slots used).
     Counted level by level from the leaves, in chunks (no per-node array of the whole tree).
     """
-    leaves = tree if isinstance(tree, TreeLeaves) else tree.leaves()
+    leaves = tree if isinstance(tree, TreeLeaves) else TreeLeaves.of_tree(tree)
     n = leaves.n_items
     under_branch = np.concatenate([counts for _, counts, _ in leaves.level_runs(1)])
     parents = sum(len(codes) for codes, _, _ in leaves.level_runs(leaves.depth - 1))

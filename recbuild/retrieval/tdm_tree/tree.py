@@ -1,5 +1,5 @@
-"""The tree itself: every node's code and id in level order (``TdmTree``), built from the leaves'
-codes (``assemble_tree``) and checked (``check_tree_invariants``).
+"""The tree itself: every node's code and id in level order (``TdmTree``; built from the leaves by
+``leaves.assemble_tree``) and checked (``check_tree_invariants``).
 
 Internal node ids are ``max(0, max item id) + code + 1`` (tzrec's int mode) or, with string ids,
 ``nonleaf#<code, zero-padded to the width of the largest leaf code>`` (tzrec's hash mode).
@@ -65,24 +65,9 @@ class TdmTree:
         owner = np.nonzero(exists)[0]
         return owner, pos_clipped[exists]
 
-    def leaves(self):
-        """The leaves alone (``TreeLeaves``), from which the writers walk the tree."""
-        from recbuild.retrieval.tdm_tree.leaves import TreeLeaves
-
-        mask = self.leaf_mask
-        ids = self.ids[mask]
-        return TreeLeaves(self.k, self.depth, self.codes[mask], list(ids) if self.hash_ids else ids, self.hash_ids)
-
     def same_as(self, other: "TdmTree") -> bool:
         return (self.k == other.k and self.depth == other.depth
                 and np.array_equal(self.codes, other.codes) and self.id_strings() == other.id_strings())
-
-
-def assemble_tree(leaf_codes: np.ndarray, leaf_ids, k: int, depth: int, hash_ids: bool) -> TdmTree:
-    """All nodes (leaves plus every ancestor) with their ids. ``leaf_ids``: int64 array or list[str]."""
-    from recbuild.retrieval.tdm_tree.leaves import TreeLeaves
-
-    return TreeLeaves.from_leaf_codes(leaf_codes, leaf_ids, k, depth, hash_ids).to_tdm_tree()
 
 
 def check_tree_invariants(tree: TdmTree, n_items: int) -> None:

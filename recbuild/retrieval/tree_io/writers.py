@@ -71,7 +71,7 @@ ROWS_PER_GROUP = 1 << 20
 
 
 def leaves_of(tree: TreeLeaves | TdmTree) -> TreeLeaves:
-    return tree if isinstance(tree, TreeLeaves) else tree.leaves()
+    return tree if isinstance(tree, TreeLeaves) else TreeLeaves.of_tree(tree)
 
 
 def write_serving_tree(tree: TreeLeaves | TdmTree, path: Path) -> None:
