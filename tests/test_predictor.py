@@ -492,3 +492,22 @@ def test_streams_large_input_with_bounded_memory(towers, tmp_path):
     assert metadata.num_rows == 150_000 and metadata.num_row_groups >= 3  # cut by the byte cap
     assert read_output(tmp_path / "out").column("item_id").equals(
         pa.chunked_array([pa.array(np.arange(rows, dtype=np.int64))]))
+
+
+@pytest.mark.parametrize("rows,group,batch", [(1000, 300, 128), (1000, 128, 128), (10, 3, 4), (7, 100, 3),
+                                              (1000, 300, 5000), (0, 5, 4)])
+def test_file_batches_are_the_whole_file_readers_batches(tmp_path, rows, group, batch):
+    """Read a row group at a time (pyarrow's whole-file reader keeps memory as it goes), the batches
+    are still the whole-file reader's: the same sizes across row groups and the same rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recbuild.common.parquet_batches import file_batches
+
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"a": np.arange(rows), "s": [str(i) for i in range(rows)]}), path, row_group_size=group)
+    pf = pq.ParquetFile(path)
+    expected = list(pf.iter_batches(batch_size=batch, columns=["a", "s"]))
+    got = list(file_batches(pf, batch, ["a", "s"]))
+    assert [b.num_rows for b in got] == [b.num_rows for b in expected]
+    assert all(a.equals(b) for a, b in zip(got, expected))

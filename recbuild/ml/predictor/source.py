@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from recbuild.common.parquet_batches import file_batches
 from recbuild.errors import InputError
 
 if TYPE_CHECKING:
@@ -102,8 +103,7 @@ def filtered_batches(source: ParquetInput, plan: InputPlan, batch_size: int
     for path in plan.files:
         pf = source.open(path)
         # use_threads=False: decoding stays on the reader thread, off the cores torch computes on.
-        for batch in pf.iter_batches(batch_size=batch_size, columns=plan.read_columns,
-                                     use_threads=False):
+        for batch in file_batches(pf, batch_size, plan.read_columns, use_threads=False):
             rows = np.arange(offset, offset + batch.num_rows, dtype=np.int64)
             offset += batch.num_rows
             if len(drop):

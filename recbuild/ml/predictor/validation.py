@@ -1,9 +1,9 @@
 """Validation before any forward pass: every file's parquet footer (schema, column types, null
 counts, row counts) and one pre-pass over the **id column only**, which finds null and duplicate ids.
 
-That pre-pass holds the id column in memory (8 bytes a row for int64 ids; the strings for string
-ids) - a small fraction of the table, and the price of detecting duplicates exactly before work
-starts. With ``on_duplicate: first|last`` it yields the sorted global row numbers to drop, which
+That pre-pass holds the id column in memory (8 bytes a row for integer ids, sorted in place; the
+strings for string ids) - a small fraction of the table, and the price of detecting duplicates
+exactly before work starts. With ``on_duplicate: first|last`` it yields the sorted global row numbers to drop, which
 the reading side (``source.filtered_batches``) filters out batch by batch.
 """
 
@@ -21,6 +21,7 @@ from recbuild.errors import BuildError, InputError
 from recbuild.ml import feature_io
 from recbuild.ml.feature_io import FeatureSpec
 from recbuild.ml.predictor.plan import InputPlan
+from recbuild.common.parquet_batches import file_batches
 from recbuild.ml.predictor.source import ParquetInput
 
 ON_DUPLICATE = ("error", "first", "last")
@@ -68,19 +69,11 @@ def _duplicate_rows(ids: pa.ChunkedArray, on_duplicate: str, plan: InputPlan,
                     id_column: str) -> np.ndarray:
     """Sorted global rows to drop (empty without duplicates); raises for ``on_duplicate: error``."""
     n = len(ids)
-    # Decide "no duplicates" (the common case) with one cheap pass: a hash pass for strings, a
-    # sort for integers (numpy's vectorised sort beats a hash count of 1M int64 about 2x here),
-    # sorted in place in one copy of the ids: 9 bytes a row beside the ids (a 20M-row table).
-    if not feature_io.is_stringlike(ids.type) and not pa.types.is_dictionary(ids.type):
-        ordered = np.concatenate([feature_io.numpy_view(chunk) for chunk in ids.chunks]) if ids.num_chunks \
-            else np.empty(0, dtype=np.int64)
-        ordered.sort()
-        if not (ordered[1:] == ordered[:-1]).any():
-            return np.empty(0, dtype=np.int64)
-        del ordered
     flat = ids.combine_chunks()
     if pa.types.is_dictionary(flat.type):
         flat = flat.dictionary_decode()
+    # Strings: decide "no duplicates" (the common case) with one hash pass. (Integer ids come here
+    # only when ``_repeats`` found a repeat.)
     if feature_io.is_stringlike(flat.type):
         encoded = pc.dictionary_encode(flat)
         if len(encoded.dictionary) == n:
@@ -106,6 +99,24 @@ def _duplicate_rows(ids: pa.ChunkedArray, on_duplicate: str, plan: InputPlan,
     return np.sort(drop).astype(np.int64)
 
 
+def _repeats(sorted_ids: np.ndarray, chunk: int = 1 << 20) -> bool:
+    """Whether a sorted array holds a value twice (compared a chunk at a time: no bool per row)."""
+    for lo in range(0, max(len(sorted_ids) - 1, 0), chunk):
+        part = sorted_ids[lo:lo + chunk + 1]
+        if (part[1:] == part[:-1]).any():
+            return True
+    return False
+
+
+def _id_batches(source: ParquetInput, id_column: str, batch_size: int):
+    """(file, first row in the file, id column) of every batch, file by file."""
+    for path in source.paths:
+        row_in_file = 0
+        for batch in file_batches(source.open(path), max(batch_size, 65_536), [id_column]):
+            yield path, row_in_file, batch.column(0)
+            row_in_file += batch.num_rows
+
+
 def plan_input(source: ParquetInput, specs: Sequence[FeatureSpec], id_column: str,
                reserved_columns: Sequence[str], on_duplicate: str, batch_size: int) -> InputPlan:
     """Validate every file's footer and the id column; nothing else is read."""
@@ -116,7 +127,6 @@ def plan_input(source: ParquetInput, specs: Sequence[FeatureSpec], id_column: st
     read_columns = list(dict.fromkeys(passthrough + [s.column for s in specs]))
     file_rows: list[int] = []
     reference: pa.Schema | None = None
-    id_chunks: list[pa.Array] = []
     plan = InputPlan(source.paths, file_rows, read_columns, pa.schema([]))
     for path in source.paths:
         pf = source.open(path)
@@ -140,20 +150,35 @@ def plan_input(source: ParquetInput, specs: Sequence[FeatureSpec], id_column: st
                                  "null value(s); fill them (0 for numeric, an id for id features) "
                                  "or drop those rows")
         file_rows.append(metadata.num_rows)
-        # The id pre-pass: stream the id column only, batch by batch.
-        row_in_file = 0
-        for batch in pf.iter_batches(batch_size=max(batch_size, 65_536), columns=[id_column]):
-            column = batch.column(0)
-            if column.null_count:
-                first_null = int(np.argmin(column.is_valid().to_numpy(zero_copy_only=False)))
-                raise InputError(
-                    f"{path}: id column {id_column!r} has a null at row {row_in_file + first_null}; "
-                    "every row needs an id: fill or drop such rows")
-            id_chunks.append(column)
-            row_in_file += len(column)
     plan.passthrough_schema = pa.schema([reference.field(c) for c in passthrough])
     if plan.total_rows == 0:
         raise InputError(f"the input has no rows ({len(source.paths)} file(s)); nothing to embed")
-    ids = pa.chunked_array(id_chunks, type=reference.field(id_column).type)
-    plan.drop_rows = _duplicate_rows(ids, on_duplicate, plan, id_column)
+    # The id pre-pass: stream the id column only, batch by batch. Integer ids go into one array
+    # sized from the footers and sorted in place (8 bytes a row); a repeat, the rare case, reads
+    # the column again to find the rows.
+    id_type = reference.field(id_column).type
+    integer_ids = pa.types.is_integer(id_type)
+    sorted_ids = np.empty(plan.total_rows, dtype=np.int64) if integer_ids else None
+    id_chunks: list[pa.Array] = []
+    filled = 0
+    for path, row_in_file, column in _id_batches(source, id_column, batch_size):
+        if column.null_count:
+            first_null = int(np.argmin(column.is_valid().to_numpy(zero_copy_only=False)))
+            raise InputError(
+                f"{path}: id column {id_column!r} has a null at row {row_in_file + first_null}; "
+                "every row needs an id: fill or drop such rows")
+        if integer_ids:
+            sorted_ids[filled:filled + len(column)] = feature_io.numpy_view(column)
+            filled += len(column)
+        else:
+            id_chunks.append(column)
+    if integer_ids:
+        sorted_ids.sort()
+        repeats = _repeats(sorted_ids)
+        del sorted_ids
+        if repeats:
+            id_chunks = [column for _, _, column in _id_batches(source, id_column, batch_size)]
+    if id_chunks:
+        ids = pa.chunked_array(id_chunks, type=id_type)
+        plan.drop_rows = _duplicate_rows(ids, on_duplicate, plan, id_column)
     return plan

@@ -40,6 +40,8 @@ def iter_tables(files: list[Path], columns: list[str], batch_size: int,
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from recbuild.common.parquet_batches import file_batches
+
     pending: list = []
     pending_rows = 0
     for path in files:
@@ -49,7 +51,7 @@ def iter_tables(files: list[Path], columns: list[str], batch_size: int,
             raise InputError(f"{path}: missing column(s) {', '.join(missing)}; present: "
                              f"{', '.join(parquet.schema_arrow.names)}")
         # Large reads, cut into batches: most batches are then zero-copy slices of one read.
-        for batch in parquet.iter_batches(batch_size=max(batch_size, READ_ROWS), columns=columns):
+        for batch in file_batches(parquet, max(batch_size, READ_ROWS), columns):
             if row_filter is not None:
                 batch = row_filter(batch)
             if batch.num_rows == 0:
