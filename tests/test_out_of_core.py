@@ -103,6 +103,21 @@ def test_out_of_core_tree_is_valid_balanced_and_close_to_in_memory(catalogue, k)
     assert tables.ids == tree.id_strings()
 
 
+def test_out_of_core_tree_with_a_wide_branching(catalogue):
+    """n_cluster 300: a child's number no longer fits a byte, and every item is still one leaf on
+    the last level, with siblings within one item of each other."""
+    project, _ = catalogue
+    project.recipe(tree_recipe(300, "1MB"))
+    result = project.run("make", "tree")
+    assert result.code == 0, result.out + result.err
+    out = project.path / "build" / "tree"
+    assert json.loads((out / "metrics.json").read_text())["out_of_core"]["subtrees"] == 300
+    tree = tree_io.read_serving_tree(out / tree_io.SERVING_TREE)
+    tt.check_tree_invariants(tree, N)
+    codes = tree.codes[tree.leaf_mask]
+    assert tt.balance_report(codes, 300, tree.depth)["max_sibling_spread"] <= 1
+
+
 def test_tree_below_the_budget_takes_todays_path(catalogue):
     project, x = catalogue
     project.recipe(tree_recipe(2, "1GB"))

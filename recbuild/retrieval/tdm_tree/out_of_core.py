@@ -193,12 +193,13 @@ def _score_all(table, node: np.ndarray, centroids: np.ndarray, batch_rows: int) 
 
 
 def _balanced_digits(node: np.ndarray, scores: np.ndarray, n_nodes: int, k: int) -> np.ndarray:
-    """Each row's child (int8) under exact floor/ceil balance, node by node (ties by row order)."""
+    """Each row's child (the smallest unsigned type that holds k - 1: one byte for k <= 256) under
+    exact floor/ceil balance, node by node (ties by row order)."""
     import torch
 
     from recbuild.retrieval.tdm_tree.learnt import _greedy_balanced_assign
 
-    digit = np.empty(len(node), dtype=np.int8)
+    digit = np.empty(len(node), dtype=np.min_scalar_type(k - 1))
     if n_nodes == 1:  # the root: every row, already in row order (no index of all the rows)
         order, bounds = None, np.array([0, len(node)])
     else:
