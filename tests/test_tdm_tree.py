@@ -304,3 +304,14 @@ def test_balanced_split_by_partition_is_the_stable_sort_split():
         expected = np.ones(size, dtype=np.int8)
         expected[ranked[: (size + 1) // 2]] = 0
         assert np.array_equal(_upper_half(score), expected), size
+
+
+def test_attribute_column_without_any_value():
+    """An attribute column that is empty or null on every item (it used to raise an IndexError):
+    internal nodes get what a node without values always gets, "" for strings, null for numbers."""
+    tree = tt.assemble_tree(tt.init_leaf_codes(3, 2), np.arange(3), 2, 2, False)
+    leaf_table = pa.table({"c": pa.array(["", None, ""], pa.string()), "n": pa.array([None] * 3, pa.int64()),
+                           "r": pa.array([None] * 3, pa.float64())})
+    features = tree_io.node_features(tree, tt.init_leaf_codes(3, 2), leaf_table, "item_id", ["c", "n"], ["r"])
+    internal = features.slice(0, 3).to_pylist()
+    assert [(row["c"], row["n"], row["r"]) for row in internal] == [("", None, None)] * 3

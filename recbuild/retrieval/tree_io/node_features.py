@@ -93,7 +93,9 @@ def _group_mode(column, groups, n_nodes: int):
     # First occurrence in enumeration order (leaf row order) breaks string ties.
     order = np.lexsort((rows, key))
     key_sorted = key[order]
-    starts = np.flatnonzero(np.r_[True, key_sorted[1:] != key_sorted[:-1]])
+    # (no valid value at all: no group, every node gets the empty value)
+    starts = np.flatnonzero(np.r_[True, key_sorted[1:] != key_sorted[:-1]]) if len(key_sorted) else \
+        np.zeros(0, dtype=np.int64)
     unique_keys = key_sorted[starts]
     counts = np.diff(np.r_[starts, len(key_sorted)])
     first_row = rows[order][starts]
