@@ -46,6 +46,14 @@ class Result:
     def failed(self) -> list[str]:
         return [line.split()[1] for line in self.out.splitlines() if line.strip().startswith("FAILED ")]
 
+    def one_clear_error(self, code: int) -> str:
+        """The one `error:` line of a run that exited ``code`` with no traceback."""
+        assert self.code == code, (self.code, self.out, self.err)
+        assert "Traceback" not in self.err and "internal error" not in self.err, self.err
+        errors = [line for line in self.err.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1, self.err
+        return errors[0]
+
 
 class Project:
     """A folder with a recipe; `run` calls the CLI entry point there."""

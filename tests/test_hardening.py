@@ -20,14 +20,6 @@ artifacts:
 """
 
 
-def _one_clear_error(result, code: int) -> str:
-    assert result.code == code, (result.code, result.out, result.err)
-    assert "Traceback" not in result.err and "internal error" not in result.err, result.err
-    errors = [line for line in result.err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, result.err
-    return errors[0]
-
-
 def _user_folder(path: Path) -> dict[str, str]:
     path.mkdir(parents=True, exist_ok=True)
     (path / "thesis.tex").write_text("years of work\n")
@@ -49,7 +41,7 @@ def test_make_never_replaces_a_folder_it_did_not_make(project, workdir):
     project.recipe(CHAIN.format(workdir=workdir, name="papers"))
     folder = (project.path / workdir / "papers").resolve()
     before = _user_folder(folder)
-    line = _one_clear_error(project.run("make"), 1)
+    line = project.run("make").one_clear_error(1)
     assert str(folder) in line and "did not make" in line
     assert _snapshot(folder) == before
 
@@ -60,7 +52,7 @@ def test_clean_never_deletes_a_folder_it_did_not_make(project):
     assert project.run("make", "mine").code == 0
     before = _user_folder(project.path / "papers")
     for args in (("clean", "papers"), ("clean",)):
-        line = _one_clear_error(project.run(*args), 1)
+        line = project.run(*args).one_clear_error(1)
         assert "papers" in line and "nothing was removed" in line
         assert _snapshot(project.path / "papers") == before
         assert (project.path / "mine" / "MANIFEST.json").is_file()  # all or nothing
@@ -75,7 +67,7 @@ def test_a_symlink_in_the_artifacts_place_is_not_followed_or_replaced(project, t
     before = _user_folder(elsewhere)
     (project.path / "build").mkdir()
     (project.path / "build" / "papers").symlink_to(elsewhere)
-    line = _one_clear_error(project.run("make"), 1)
+    line = project.run("make").one_clear_error(1)
     assert "symlink" in line
     assert _snapshot(elsewhere) == before and (project.path / "build" / "papers").is_symlink()
 
@@ -94,7 +86,7 @@ def test_status_names_the_folder_in_the_way(project):
 def test_hopeless_workdirs_are_refused(project, workdir, why):
     project.recipe(f"version: 1\nworkdir: {workdir if workdir != '~' else os.path.expanduser('~')}\n"
                    "artifacts:\n  a: {kind: command, cmd: echo}\n")
-    line = _one_clear_error(project.run("make"), 2)
+    line = project.run("make").one_clear_error(2)
     assert "recbuild.yaml:2:1: workdir:" in line and why in line
 
 
@@ -102,7 +94,7 @@ def test_hopeless_workdirs_are_refused(project, workdir, why):
 def test_a_source_holding_the_workdir_is_refused(project, path):
     project.recipe(f"version: 1\nsources:\n  everything: {{path: {path}}}\n"
                    "artifacts:\n  a: {kind: command, deps: [everything], cmd: echo}\n")
-    line = _one_clear_error(project.run("validate"), 2)
+    line = project.run("validate").one_clear_error(2)
     assert "recbuild.yaml:3:3: sources.everything:" in line and "contains the workdir" in line
 
 
@@ -111,7 +103,7 @@ def test_a_glob_reaching_into_the_workdir_is_refused(project):
     project.recipe("version: 1\nsources:\n  texts: {path: \"**/*.txt\"}\n"
                    "artifacts:\n  a: {kind: command, deps: [texts], cmd: \"echo hi > ${out}/b.txt\"}\n")
     assert project.run("make").code == 0  # the first build: nothing in the workdir yet
-    line = _one_clear_error(project.run("make"), 1)
+    line = project.run("make").one_clear_error(1)
     assert "inside the workdir" in line
 
 
@@ -139,7 +131,7 @@ def test_a_fifo_source_gives_an_error_not_a_hang(project, where, command):
 def test_a_character_device_source_gives_an_error(project):
     project.recipe("version: 1\nsources:\n  raw: {path: /dev/zero}\n"
                    "artifacts:\n  a: {kind: command, deps: [raw], cmd: \"echo > ${out}/f\"}\n")
-    line = _one_clear_error(project.subprocess_run("make", timeout=60), 1)
+    line = project.subprocess_run("make", timeout=60).one_clear_error(1)
     assert "character device" in line
 
 
@@ -149,7 +141,7 @@ def test_a_yaml_alias_bomb_is_bounded(project):
         prev, cur = chr(96 + i), chr(97 + i)
         lines.append(f"  {cur}: &{cur} [{', '.join(['*' + prev] * 10)}]")
     project.recipe("\n".join(lines) + "\nartifacts:\n  a: {kind: command, cmd: echo}\n")
-    line = _one_clear_error(project.subprocess_run("validate", timeout=60), 2)
+    line = project.subprocess_run("validate", timeout=60).one_clear_error(2)
     assert "expands to more than" in line
 
 
@@ -157,7 +149,7 @@ def test_a_yaml_alias_bomb_is_bounded(project):
                                   "vars:\n  x: " + "{a: " * 200 + "1" + "}" * 200])
 def test_very_deep_nesting_is_an_error(project, text):
     project.recipe("version: 1\n" + text + "\nartifacts:\n  a: {kind: command, cmd: echo}\n")
-    line = _one_clear_error(project.run("validate"), 2)
+    line = project.run("validate").one_clear_error(2)
     assert "recbuild.yaml:" in line and ("nested" in line or "deeper" in line)
 
 
@@ -221,7 +213,7 @@ def test_a_whole_command_from_a_var_needs_raw(project):
 ])
 def test_artifacts_hold_regular_files_only(project, cmd, what):
     project.recipe(f"version: 1\nartifacts:\n  a: {{kind: command, cmd: '{cmd}'}}\n")
-    line = _one_clear_error(project.run("make"), 1)
+    line = project.run("make").one_clear_error(1)
     assert what in line
     assert not (project.path / "build" / "a").exists()
     assert not list(project.path.parent.glob("*/MANIFEST.json"))  # nothing written outside the workdir
@@ -248,7 +240,7 @@ def test_a_symlink_loop_in_a_source_is_an_error(project):
     (project.path / "data" / "loop").symlink_to(project.path / "data")
     project.recipe("version: 1\nsources:\n  raw: {path: data}\n"
                    "artifacts:\n  a: {kind: command, deps: [raw], cmd: \"echo > ${out}/f\"}\n")
-    line = _one_clear_error(project.run("make"), 1)
+    line = project.run("make").one_clear_error(1)
     assert "symlink loop" in line
 
 
@@ -338,7 +330,7 @@ def test_a_malformed_manifest_means_stale(project, manifest):
 def test_a_garbage_manifest_is_not_proof_of_ownership(project):
     _built(project)
     (project.path / "build" / "a" / "MANIFEST.json").write_text("not json")
-    line = _one_clear_error(project.run("make"), 1)
+    line = project.run("make").one_clear_error(1)
     assert "did not make" in line
     assert (project.path / "build" / "a" / "f").is_file()
 
@@ -366,14 +358,14 @@ RECIPE_CASES = {
 def test_recipe_matrix(project, case):
     text, expected = RECIPE_CASES[case]
     project.recipe(text)
-    line = _one_clear_error(project.run("validate"), 2)
+    line = project.run("validate").one_clear_error(2)
     assert expected in line, line
     assert not list(project.path.glob("pwned*"))
 
 
 def test_nul_in_the_recipe_text(project):
     (project.path / "recbuild.yaml").write_bytes(b"version: 1\nartifacts:\x00\n")
-    line = _one_clear_error(project.run("validate"), 2)
+    line = project.run("validate").one_clear_error(2)
     assert "recbuild.yaml:2:1: invalid YAML: a NUL character" in line
 
 
@@ -381,7 +373,7 @@ def test_nul_in_the_recipe_text(project):
                                             ("!!python/name:os.system", "YAML tag")])
 def test_set_values_that_are_yaml_tricks(project, value, expected):
     project.recipe("version: 1\nartifacts:\n  a: {kind: command, cmd: echo}\n")
-    line = _one_clear_error(project.run("validate", "--set", f"vars.x={value}"), 2)
+    line = project.run("validate", "--set", f"vars.x={value}").one_clear_error(2)
     assert line.startswith("error: --set vars.x: ") and expected in line
 
 
@@ -403,5 +395,5 @@ def test_serve_check_on_a_damaged_bundle(project, spoil, expected):
     (bundle / "user" / "faiss_index").write_bytes(b"")
     (bundle / "user" / "id_mapping").write_text("1\n")
     spoil(bundle)
-    line = _one_clear_error(project.run("serve-check", "--bundle", str(bundle), "--query", "{}"), 1)
+    line = project.run("serve-check", "--bundle", str(bundle), "--query", "{}").one_clear_error(1)
     assert expected in line, line

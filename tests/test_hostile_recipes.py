@@ -14,14 +14,6 @@ import pytest
 SECRET = "s3cr3t-hash-do-not-print"
 
 
-def _one_clear_error(result, code: int) -> str:
-    assert result.code == code, (result.code, result.out, result.err)
-    assert "Traceback" not in result.err and "internal error" not in result.err, result.err
-    errors = [line for line in result.err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, result.err
-    return errors[0]
-
-
 # ------------------------------------------------------------------ extends: a file that is not a recipe
 
 NOT_RECIPES = {
@@ -45,7 +37,7 @@ def test_extends_a_file_that_is_not_a_recipe_shows_none_of_it(project, name):
         target.write_text(content)
     project.recipe("version: 1\nextends: elsewhere/" + name + "\n"
                    "artifacts:\n  a: {kind: command, cmd: echo}\n")
-    line = _one_clear_error(project.run("validate"), 2)
+    line = project.run("validate").one_clear_error(2)
     assert line.startswith(f"error: recbuild.yaml:2:1: extends: elsewhere/{name} is not a recipe ("), line
     assert SECRET not in line and "user1" not in line
 
@@ -53,7 +45,7 @@ def test_extends_a_file_that_is_not_a_recipe_shows_none_of_it(project, name):
 def test_extends_a_recipe_still_reports_its_own_mistakes(project):
     project.write("base.yaml", "version: 1\nartifact: {}\n")
     project.recipe("version: 1\nextends: base.yaml\nartifacts:\n  a: {kind: command, cmd: echo}\n")
-    line = _one_clear_error(project.run("validate"), 2)
+    line = project.run("validate").one_clear_error(2)
     assert line == "error: base.yaml:2:1: artifact: unknown key 'artifact' (did you mean 'artifacts'?)"
 
 
@@ -76,7 +68,7 @@ def test_a_fragment_without_version_can_be_extended(project):
 ])
 def test_errors_quote_short_escaped_excerpts(project, recipe, needle):
     project.recipe(recipe)
-    line = _one_clear_error(project.run("validate"), 2)
+    line = project.run("validate").one_clear_error(2)
     assert needle not in line and "\u202e" not in line, line
     assert len(line) < 600, line
 
@@ -99,7 +91,7 @@ def test_a_source_folder_linking_into_the_workdir_is_refused(project, target):
     assert project.run("make").code == 0  # the artifact and the state exist: the link leads somewhere
     (project.path / "data" / "out").symlink_to(target)
     for command in ("make", "make"):  # the same error every time, never a rebuild of itself
-        line = _one_clear_error(project.run(command), 1)
+        line = project.run(command).one_clear_error(1)
         assert "data/out is a symlink to " + target in line and "inputs of themselves" in line, line
     assert "error" in project.run("status").out.split("raw", 1)[1].splitlines()[0]
 
@@ -109,7 +101,7 @@ def test_a_glob_matching_a_link_into_an_artifact_is_refused(project):
     project.recipe(LINKED.replace("{path: data}", "{path: \"data/*\"}"))
     assert project.run("make").code == 0
     (project.path / "data" / "f").symlink_to("../build/a/f")
-    line = _one_clear_error(project.run("make"), 1)
+    line = project.run("make").one_clear_error(1)
     assert "data/f is a symlink to ../build/a/f" in line and "made by recbuild" in line, line
 
 
@@ -146,7 +138,7 @@ def test_the_kernels_trees_are_refused_without_walking_them(project, where, tree
     else:
         project.recipe(LINKED.replace("{path: data}", "{path: " + tree + "}"))
     result = project.subprocess_run("make", timeout=20)  # walking /proc takes minutes: a timeout fails
-    line = _one_clear_error(result, 1)
+    line = result.one_clear_error(1)
     assert "a pseudo-filesystem of the kernel" in line, line
 
 
@@ -158,7 +150,7 @@ def test_a_file_of_the_kernels_trees_is_refused_not_read(project, where):
     if where != "file":
         (project.path / "data" / "k.txt").symlink_to("/proc/kmsg")
     project.recipe(LINKED.replace("{path: data}", "{path: \"" + spec + "\"}"))
-    line = _one_clear_error(project.subprocess_run("make", timeout=30), 1)
+    line = project.subprocess_run("make", timeout=30).one_clear_error(1)
     assert "/proc/kmsg" in line and "a pseudo-filesystem of the kernel" in line, line
 
 
@@ -191,7 +183,7 @@ ONE = "version: 1\nworkdir: {workdir}\nartifacts:\n  a: {{kind: command, cmd: \"
 def test_system_folders_are_refused_as_workdir(project, workdir, why):
     project.recipe(ONE.format(workdir=workdir))
     for command in ("validate", "make", "status"):
-        line = _one_clear_error(project.run(command), 2)
+        line = project.run(command).one_clear_error(2)
         assert line.startswith(f"error: recbuild.yaml:2:1: workdir: {workdir} cannot be a workdir: {why}"), line
 
 
@@ -201,7 +193,7 @@ def test_a_folder_of_someone_elses_files_is_refused_as_workdir(project):
     (mine / "thesis.tex").write_text("years of work\n")
     project.recipe(ONE.format(workdir="thesis"))
     for command in ("make", "status", "clean"):
-        line = _one_clear_error(project.run(command), 2)
+        line = project.run(command).one_clear_error(2)
         assert line.startswith("error: recbuild.yaml:2:1: workdir: ") and "thesis.tex" in line, line
     assert sorted(p.name for p in mine.iterdir()) == ["thesis.tex"]  # nothing written into it
 
@@ -295,7 +287,7 @@ def test_names_too_long_for_a_folder_are_refused_at_load(project, length):
     name = "a" * length
     project.recipe(f"version: 1\nartifacts:\n  {name}: {{kind: command, cmd: \"echo > ${{out}}/f\"}}\n")
     for command in ("validate", "make"):
-        line = _one_clear_error(project.run(command), 2)
+        line = project.run(command).one_clear_error(2)
         assert line.startswith("error: recbuild.yaml:3:3: artifacts.aaaa") and f"a name of {length} bytes" in line
         assert "at most 238 bytes" in line and len(line) < 400
 
@@ -356,14 +348,14 @@ def test_yaml_mistakes_point_at_the_line_to_fix(project, line, text, expected):
     lines = list(MODEL)
     lines[line - 1] = text
     project.recipe(_numbered(lines))
-    error = _one_clear_error(project.run("validate"), 2)
+    error = project.run("validate").one_clear_error(2)
     assert error.startswith("error: " + expected), error
     assert "<block" not in error and "expected" not in error
 
 
 def test_a_key_indented_into_the_value_above_it(project):
     project.recipe("version: 1\nartifacts:\n  a:\n    kind: command\n      cmd: echo\n")
-    error = _one_clear_error(project.run("validate"), 2)
+    error = project.run("validate").one_clear_error(2)
     assert error == ("error: recbuild.yaml:5:7: invalid YAML: this line is indented further than line 4, so "
                      "YAML reads it as the rest of that line's value; indent it like line 4")
 
