@@ -7,6 +7,7 @@ query sample is recorded; serve-check's mapped index answers like a read one."""
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -62,15 +63,19 @@ def catalogue(project):
     return project, x
 
 
-def tree_recipe(k: int, budget: str) -> str:
-    return f"""
+def items_recipe(artifacts: str) -> str:
+    """A recipe over the items table (data/items) with these artifact lines."""
+    return """
     version: 1
     workdir: build
     sources:
-      items: {{path: data/items}}
+      items: {path: data/items}
     artifacts:
-      tree: {{kind: tdm_tree, embeddings: items, n_cluster: {k}, memory_budget: "{budget}"}}
-    """
+""" + textwrap.indent(textwrap.dedent(artifacts).strip("\n"), "      ") + "\n"
+
+
+def tree_recipe(k: int, budget: str) -> str:
+    return items_recipe(f'tree: {{kind: tdm_tree, embeddings: items, n_cluster: {k}, memory_budget: "{budget}"}}')
 
 
 @pytest.mark.parametrize("k", [2, 3])
@@ -144,15 +149,10 @@ def test_out_of_core_tree_is_deterministic(catalogue):
 def test_budgeted_index_answers_like_one_built_in_memory(catalogue):
     project, x = catalogue
     # IVFPQ with nlist 16: faiss's sample would be 256 x 256 (PQ) rows; 120 KB holds fewer
-    project.recipe("""
-    version: 1
-    workdir: build
-    sources:
-      items: {path: data/items}
-    artifacts:
-      index: {kind: faiss_index, embeddings: items, index_type: IVFPQ, nlist: 16, m: 4, nbits: 8,
-              memory_budget: "120KB", batch_size: 500}
-    """)
+    project.recipe(items_recipe("""
+    index: {kind: faiss_index, embeddings: items, index_type: IVFPQ, nlist: 16, m: 4, nbits: 8,
+            memory_budget: "120KB", batch_size: 500}
+    """))
     result = project.run("make", "index")
     assert result.code == 0, result.out + result.err
     out = project.path / "build" / "index"
@@ -174,14 +174,7 @@ def test_budgeted_index_answers_like_one_built_in_memory(catalogue):
 
 def test_flat_index_over_the_budget_is_refused_up_front(catalogue):
     project, _ = catalogue
-    project.recipe("""
-    version: 1
-    workdir: build
-    sources:
-      items: {path: data/items}
-    artifacts:
-      index: {kind: faiss_index, embeddings: items, index_type: Flat, memory_budget: "100KB"}
-    """)
+    project.recipe(items_recipe('index: {kind: faiss_index, embeddings: items, index_type: Flat, memory_budget: "100KB"}'))
     result = project.run("make", "index")
     assert result.code == 1
     text = result.out + result.err
