@@ -114,9 +114,6 @@ class TreeLeaves:
         if pending is not None:
             yield np.array([pending[0]]), np.array([pending[1]]), pending[2]
 
-    def nodes_per_level(self) -> list[int]:
-        return [sum(len(codes) for codes, _, _ in self.level_runs(level)) for level in range(self.num_levels)]
-
     def node_chunks(self, first_level: int = 0) -> Iterator[tuple[int, np.ndarray, int]]:
         """(level, codes, first leaf) chunks of every node from ``first_level`` down, in code order
         (= the order of serving_tree and node_table); see ``level_runs`` for the first leaf."""

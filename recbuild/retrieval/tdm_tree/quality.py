@@ -19,9 +19,16 @@ def balance(tree: TreeLeaves | TdmTree) -> dict[str, float | int]:
     """
     leaves = tree if isinstance(tree, TreeLeaves) else TreeLeaves.of_tree(tree)
     n = leaves.n_items
-    under_branch = np.concatenate([counts for _, counts, _ in leaves.level_runs(1)])
-    parents = sum(len(codes) for codes, _, _ in leaves.level_runs(leaves.depth - 1))
-    nodes = sum(leaves.nodes_per_level())
+    per_level, branches = [], []  # nodes of each level, and the leaves under each root child: one walk
+    for level in range(leaves.num_levels):
+        nodes_here = 0
+        for _, counts, _ in leaves.level_runs(level):
+            nodes_here += len(counts)
+            if level == 1:
+                branches.append(counts)
+        per_level.append(nodes_here)
+    under_branch = np.concatenate(branches)
+    parents, nodes = per_level[leaves.depth - 1], sum(per_level)
     smallest, largest = int(under_branch.min()), int(under_branch.max())
     return {
         "items": int(n),
