@@ -1,4 +1,5 @@
-"""Stable 63-bit integer ids for string ids (xxh3-64 of the UTF-8 bytes).
+"""Stable 63-bit integer ids for string ids (xxh3-64 of the UTF-8 bytes), and the repeat check of a
+sorted id column (``sorted_has_repeats``) that duplicate-id checks share.
 
 Models hash string id features with it and FAISS indexes key string item ids with it, so both sides
 of retrieval agree on an id without sharing anything else.
@@ -61,3 +62,12 @@ def hash_string_ids(values: Any) -> np.ndarray:
 
 
 # -- column validation ----------------------------------------------------------------------------
+
+
+def sorted_has_repeats(sorted_ids: np.ndarray, chunk: int = 1 << 20) -> bool:
+    """Whether a sorted array holds a value twice (compared a chunk at a time: no bool per row)."""
+    for lo in range(0, max(len(sorted_ids) - 1, 0), chunk):
+        part = sorted_ids[lo:lo + chunk + 1]
+        if (part[1:] == part[:-1]).any():
+            return True
+    return False

@@ -299,11 +299,13 @@ def check_ids_before_work(table: EmbeddingTable, allow_duplicate_ids: bool) -> N
         return
     keys_all = np.concatenate(keys)
     del keys
-    # First a sort in place and one comparison of neighbours (9 bytes a row); the 8-byte order that
+    # First a sort in place and a comparison of neighbours (8 bytes a row); the 8-byte order that
     # finds the rows is computed only when some key repeats.
+    from recbuild.common.ids import sorted_has_repeats
+
     sorted_keys = keys_all.copy()
     sorted_keys.sort()
-    repeats = bool(np.any(sorted_keys[1:] == sorted_keys[:-1]))
+    repeats = sorted_has_repeats(sorted_keys)
     del sorted_keys
     if not repeats:
         return

@@ -21,6 +21,7 @@ from recbuild.errors import BuildError, InputError
 from recbuild.ml import feature_io
 from recbuild.ml.feature_io import FeatureSpec
 from recbuild.ml.predictor.plan import InputPlan
+from recbuild.common.ids import sorted_has_repeats
 from recbuild.common.parquet_batches import file_batches
 from recbuild.ml.predictor.source import ParquetInput
 
@@ -73,7 +74,7 @@ def _duplicate_rows(ids: pa.ChunkedArray, on_duplicate: str, plan: InputPlan,
     if pa.types.is_dictionary(flat.type):
         flat = flat.dictionary_decode()
     # Strings: decide "no duplicates" (the common case) with one hash pass. (Integer ids come here
-    # only when ``_repeats`` found a repeat.)
+    # only when ``sorted_has_repeats`` found a repeat.)
     if feature_io.is_stringlike(flat.type):
         encoded = pc.dictionary_encode(flat)
         if len(encoded.dictionary) == n:
@@ -97,15 +98,6 @@ def _duplicate_rows(ids: pa.ChunkedArray, on_duplicate: str, plan: InputPlan,
             f"input, or set on_duplicate: first (keep the first row of each id) or last")
     drop = order[1:][repeat] if on_duplicate == "first" else order[:-1][repeat]
     return np.sort(drop).astype(np.int64)
-
-
-def _repeats(sorted_ids: np.ndarray, chunk: int = 1 << 20) -> bool:
-    """Whether a sorted array holds a value twice (compared a chunk at a time: no bool per row)."""
-    for lo in range(0, max(len(sorted_ids) - 1, 0), chunk):
-        part = sorted_ids[lo:lo + chunk + 1]
-        if (part[1:] == part[:-1]).any():
-            return True
-    return False
 
 
 def _id_batches(source: ParquetInput, id_column: str, batch_size: int):
@@ -174,7 +166,7 @@ def plan_input(source: ParquetInput, specs: Sequence[FeatureSpec], id_column: st
             id_chunks.append(column)
     if integer_ids:
         sorted_ids.sort()
-        repeats = _repeats(sorted_ids)
+        repeats = sorted_has_repeats(sorted_ids)
         del sorted_ids
         if repeats:
             id_chunks = [column for _, _, column in _id_batches(source, id_column, batch_size)]
