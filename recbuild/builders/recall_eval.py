@@ -158,16 +158,21 @@ class RecallEvalBuilder(Builder):
         approx, elapsed, cost = recall.counted_search(index, queries, top)
         short = recall.short_results(approx, ks)
         truth = recall.GroundTruth(gt)
-        metrics = truth.metrics(_faiss_codes(approx, id_mapping, truth), ks)
 
         budget = parse_budget(p["memory_budget"], f"recall_eval {ctx.name}: memory_budget")
         chunk_rows = max(1 << 12, budget // (4 * 4 * index.d))  # a chunk, its flat index, a batch
         chunks, baseline = _exact_chunks(ctx, p, index, id_mapping, chunk_rows)
-        exact_metrics = None
+        exact = None
         if chunks is not None:
             progress.phase("exact search (the baseline)")
             exact = recall.exact_top_k(chunks, queries, top, meta["metric"])
-            exact_metrics = truth.metrics(_faiss_codes(exact, id_mapping, truth), ks)
+        # Both result lists' ids are looked up in one pass over id_mapping.
+        approx_codes, *exact_codes = _faiss_codes([approx] + ([exact] if exact is not None else []),
+                                                  id_mapping, truth)
+        metrics = truth.metrics(approx_codes, ks)
+        exact_metrics = None
+        if exact is not None:
+            exact_metrics = truth.metrics(exact_codes[0], ks)
             metrics.update(recall.overlap_at_k(approx, exact, ks))
         search = {"index_type": meta["type"], "metric": meta["metric"], "top_k": int(top),
                   "distances_per_query": cost}
@@ -240,15 +245,17 @@ def _baselines(ctx: BuildContext, p, truth, id_mapping, ks) -> dict:
     return {"random": random, "popularity": {**popular, "items": len(counts)}}
 
 
-def _faiss_codes(faiss_ids, id_mapping, truth):
-    """Ground-truth codes of faiss search results (-1 where faiss returned no id): only the ids the
-    search returned are turned into strings, once each (not the whole id_mapping)."""
+def _faiss_codes(results, id_mapping, truth) -> list:
+    """Ground-truth codes of each array of faiss search results (-1 where faiss returned no id):
+    only the ids the searches returned are turned into strings, once each, in one lookup."""
     import numpy as np
 
-    distinct, inverse = np.unique(faiss_ids, return_inverse=True)
+    flat = np.concatenate([r.reshape(-1) for r in results])
+    distinct, inverse = np.unique(flat, return_inverse=True)
     strings = id_mapping.take(distinct)
-    codes = truth.codes([None if v is None else str(v) for v in strings.tolist()])
-    return codes[inverse.reshape(faiss_ids.shape)]
+    codes = truth.codes([None if v is None else str(v) for v in strings.tolist()])[inverse]
+    bounds = np.cumsum([0] + [r.size for r in results])
+    return [codes[lo:hi].reshape(r.shape) for r, lo, hi in zip(results, bounds[:-1], bounds[1:])]
 
 
 def _collect_requests(ctx: BuildContext, p):
