@@ -138,7 +138,7 @@ def test_another_faiss_version_makes_the_index_stale_and_skips_its_cache_entry(p
     manifest = (project.path / "build/index/MANIFEST.json").read_text()
     assert f'"faiss": "{installed}"' in manifest  # provenance: what built it
     verbose = project.run("status", "-v")
-    assert f"index: built by recbuild" in verbose.out and f"faiss {installed}" in verbose.out
+    assert "index: built by recbuild" in verbose.out and f"faiss {installed}" in verbose.out
     assert project.run("report", "-o", "report.html").code == 0
     page = project.read("report.html")
     assert 'id="provenance"' in page and f"faiss {installed}" in page

@@ -370,8 +370,6 @@ def read_meta(folder: Path) -> dict[str, Any]:
     (as TorchEasyRec's create_faiss_index writes them), the same facts read from the index itself."""
     folder = Path(folder)
     if not (folder / META_FILE).is_file() and (folder / INDEX_FILE).is_file():
-        import faiss
-
         return describe_index(read_index(folder / INDEX_FILE, mmap=True))
     return read_json(folder / META_FILE, "the input is not a faiss_index artifact")
 
@@ -511,8 +509,6 @@ def load_index(folder: Path, mmap: bool = False):
     """(faiss index, IdMapping) of a folder holding faiss_index and id_mapping. ``mmap``: map the
     index file instead of reading it into memory, where faiss can (the inverted lists of IVF
     indexes, the codes of flat ones); other types are read as usual."""
-    import faiss
-
     folder = Path(folder)
     for name in (INDEX_FILE, ID_MAPPING_FILE):
         if not (folder / name).is_file():

@@ -3,8 +3,8 @@ counts, row counts) and one pre-pass over the **id column only**, which finds nu
 
 That pre-pass holds the id column in memory (8 bytes a row for integer ids, sorted in place; the
 strings for string ids) - a small fraction of the table, and the price of detecting duplicates
-exactly before work starts. With ``on_duplicate: first|last`` it yields the sorted global row numbers to drop, which
-the reading side (``source.filtered_batches``) filters out batch by batch.
+exactly before work starts. With ``on_duplicate: first|last`` it yields the sorted global row
+numbers to drop, which the reading side (``source.filtered_batches``) filters out batch by batch.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from recbuild.common.ids import sorted_has_repeats
+from recbuild.common.parquet_batches import file_batches
 from recbuild.errors import BuildError, InputError
 from recbuild.ml import feature_io
 from recbuild.ml.feature_io import FeatureSpec
 from recbuild.ml.predictor.plan import InputPlan
-from recbuild.common.ids import sorted_has_repeats
-from recbuild.common.parquet_batches import file_batches
 from recbuild.ml.predictor.source import ParquetInput
 
 ON_DUPLICATE = ("error", "first", "last")
