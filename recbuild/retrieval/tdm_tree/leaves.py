@@ -46,8 +46,10 @@ class TreeLeaves:
         return cls.checked(k, depth, codes, ids, hash_ids)
 
     @classmethod
-    def of_tree(cls, tree: TdmTree) -> "TreeLeaves":
-        """The leaves of a tree held whole (as read back from serving_tree)."""
+    def of_tree(cls, tree: "TdmTree | TreeLeaves") -> "TreeLeaves":
+        """The leaves of a tree held whole (as read back from serving_tree); leaves as they are."""
+        if isinstance(tree, TreeLeaves):
+            return tree
         mask = tree.leaf_mask
         ids = tree.ids[mask]
         return cls(tree.k, tree.depth, tree.codes[mask], list(ids) if tree.hash_ids else ids, tree.hash_ids)

@@ -17,7 +17,7 @@ def balance(tree: TreeLeaves | TdmTree) -> dict[str, float | int]:
     ``parent_children_mean``: children per node on the level above the leaves (k = all slots used).
     Counted level by level from the leaves, in chunks (no per-node array of the whole tree).
     """
-    leaves = tree if isinstance(tree, TreeLeaves) else TreeLeaves.of_tree(tree)
+    leaves = TreeLeaves.of_tree(tree)
     n = leaves.n_items
     per_level, branches = [], []  # nodes of each level, and the leaves under each root child: one walk
     for level in range(leaves.num_levels):

@@ -70,14 +70,10 @@ def _write_lines(path: Path, header: str | None, lines) -> None:
 ROWS_PER_GROUP = 1 << 20
 
 
-def leaves_of(tree: TreeLeaves | TdmTree) -> TreeLeaves:
-    return tree if isinstance(tree, TreeLeaves) else TreeLeaves.of_tree(tree)
-
-
 def write_serving_tree(tree: TreeLeaves | TdmTree, path: Path) -> None:
     import pyarrow as pa
 
-    leaves = leaves_of(tree)
+    leaves = TreeLeaves.of_tree(tree)
 
     def chunks():
         for level, codes, first in leaves.node_chunks():
@@ -92,7 +88,7 @@ def write_node_table(tree: TreeLeaves | TdmTree, features, attr_columns: Sequenc
     columns; None otherwise."""
     import pyarrow as pa
 
-    leaves = leaves_of(tree)
+    leaves = TreeLeaves.of_tree(tree)
 
     def chunks():
         at = 0  # index of the chunk's first node in level order (= its row in ``features``)
@@ -119,7 +115,7 @@ def write_edge_table(tree: TreeLeaves | TdmTree, path: Path, leaves_per_chunk: i
     is about 1.5M rows, 0.2 GB of text and indexes)."""
     import pyarrow as pa
 
-    leaves = leaves_of(tree)
+    leaves = TreeLeaves.of_tree(tree)
     above = list(range(leaves.depth - 1, 0, -1))  # parent first, root excluded
 
     def chunks():
@@ -137,7 +133,7 @@ def write_edge_table(tree: TreeLeaves | TdmTree, path: Path, leaves_per_chunk: i
 def write_predict_edge_table(tree: TreeLeaves | TdmTree, path: Path) -> None:
     """"-1 -> root", then parent -> child for every node in code order (= parents in level order,
     children in code order, since the parent code (c-1)//k never decreases)."""
-    leaves = leaves_of(tree)
+    leaves = TreeLeaves.of_tree(tree)
 
     def chunks():
         yield _join(["-1", leaves.internal_ids(np.zeros(1, dtype=np.int64)), "1.0"], "\t")
@@ -168,7 +164,7 @@ def write_node_ids(tree: TreeLeaves | TdmTree, id_column: str, path: Path) -> No
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    leaves = leaves_of(tree)
+    leaves = TreeLeaves.of_tree(tree)
     id_type = pa.string() if leaves.hash_ids else pa.int64()
     schema = pa.schema([pa.field(id_column, id_type)])
 
