@@ -117,7 +117,9 @@ def test_the_heartbeat_shows_tzrecs_steps_loss_and_evaluations(work):
     assert any(re.search(r"training, epoch \d/2, \d+/250 steps, .*loss \d+\.\d{4}", line) for line in training), beats
     assert any("eval recall@5 " in line for line in training), beats
     steps = [int(re.search(r"(\d+)/250 steps", line).group(1)) for line in training]
-    assert steps == sorted(steps) and len(set(steps)) > 1, beats  # read while training ran
+    # read while training ran: a beat before the last step. (Not two different steps: tzrec logs at
+    # most once a second, so a fast machine may show one training line between two heartbeats.)
+    assert steps == sorted(steps) and steps[0] < 250, beats
     assert any(line.startswith("  ... item_embeddings (tzrec_predict): ") for line in work.first.out.splitlines())
 
 
