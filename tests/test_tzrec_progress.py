@@ -53,6 +53,8 @@ def test_the_progress_line_shows_step_epoch_loss_and_eval_figures():
     assert progress.done == 301 and progress.phase_name == "training, epoch 2/3"
     shown.line("[2026-12-06 23:44:22,115][INFO] Train and Evaluate Finished.")
     assert progress.phase_name == "finishing" and progress.done == 471  # done, whatever it last logged
+    progress.phase_started -= 60  # a minute later: no rate that only decays, and no ETA
+    assert describe(progress, 72.0).startswith("finishing, 471/471 steps, loss 5.0743"), describe(progress, 72.0)
 
     predicting = Progress(None, "")
     LogProgress(predicting).line(PREDICT)

@@ -191,7 +191,8 @@ def describe(progress: Progress, elapsed: float) -> str:
         count = fmt_count(progress.done) + (f"/{fmt_count(progress.total)}" if progress.total else "")
         parts.append(f"{count} {unit}".strip())
         spent = now - progress.phase_started
-        if progress.done and spent > 0.5:
+        finished = bool(progress.total) and progress.done >= progress.total
+        if progress.done and spent > 0.5 and not finished:  # (past the total, a rate only decays)
             rate = progress.done / spent
             parts.append(fmt_rate(rate, unit))
             if progress.total and progress.total > progress.done:
