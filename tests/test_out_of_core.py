@@ -280,6 +280,8 @@ def test_id_mapping_is_read_in_chunks(tmp_path):
             assert ids.equals_slice(offset, pa.array(lines[offset:offset + n]))
         assert not ids.equals_slice(10, pa.array(lines[11:20]))
         assert not ids.equals_slice(495, pa.array(lines[495:] + ["extra"]))
+        assert ids.members({"item-0", "item-3493", "item-7", "item-3500", "item-", ""}) == {"item-0", "item-3493", "item-7"}
+        assert ids.members(set()) == set()
 
 
 def test_budget_syntax():

@@ -304,9 +304,10 @@ def test_best_per_query_is_the_two_key_sort_cut_per_query():
 
 def test_random_and_popularity_baselines(hand_example):
     tmp, index, _, users = hand_example
-    # clicks: item 3 three times, 2 twice, 1 once; item 4's five rows are label 0 (not clicks)
-    clicks = write(tmp / "clicks", {"item_id": [3, 3, 3, 2, 2, 1, 4, 4, 4, 4, 4],
-                                    "label": [1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0]})
+    # clicks: item 3 three times, 2 twice, 1 once; item 4's five rows are label 0 (not clicks);
+    # item 9, the most clicked, is not in the index
+    clicks = write(tmp / "clicks", {"item_id": [3, 3, 3, 2, 2, 1, 4, 4, 4, 4, 4, 9, 9, 9, 9],
+                                    "label": [1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 1, 1, 1, 1]})
     out = run_builder(RecallEvalBuilder(), tmp, {"k": [1, 2, 4]},
                       {"index": index, "user_embeddings": users, "baseline_data": clicks})
     m = json.loads((out / "metrics.json").read_text())

@@ -231,13 +231,15 @@ def _baselines(ctx: BuildContext, p, truth, id_mapping, ks) -> dict:
     label_column = p["label_column"] if p["label_column"] in info.schema.names else None
     columns = [p["gt_column"]] + ([label_column] if label_column else [])
     require_columns(info, columns, where)
-    in_index = set(id_mapping.tolist())
-    counts: collections.Counter = collections.Counter()
+    clicks: collections.Counter = collections.Counter()
     for _, batch in iter_batches(info, columns, p["batch_size"]):
         rows = recall.gt_lists(batch.column(p["gt_column"]), p["gt_delimiter"])
         keep = batch.column(label_column).fill_null(0).to_numpy(zero_copy_only=False) > 0 \
             if label_column else np.ones(len(rows), dtype=bool)
-        counts.update(item for row, kept in zip(rows, keep) if kept for item in row if item in in_index)
+        clicks.update(item for row, kept in zip(rows, keep) if kept for item in row)
+    # the clicked items the index holds, in one pass over id_mapping (never the catalogue as a set)
+    in_index = id_mapping.members(clicks)
+    counts = collections.Counter({item: n for item, n in clicks.items() if item in in_index})
     ranking = sorted(counts, key=lambda item: (-counts[item], item))[:max(ks)]
     codes = np.full(max(ks), -1, dtype=np.int64)
     codes[:len(ranking)] = truth.codes(ranking)

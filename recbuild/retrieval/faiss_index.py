@@ -454,6 +454,17 @@ class IdMapping:
         """Every id as a Python str (a whole catalogue's worth: for small indexes only)."""
         return [s for _, strings in self.chunks() for s in strings.to_pylist()]
 
+    def members(self, candidates) -> set[str]:
+        """Those of ``candidates`` (item id strings) that are lines of the file, in one pass."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        wanted = pa.array(sorted(candidates), type=pa.large_string())
+        found: set[str] = set()
+        for _, strings in (self.chunks() if len(wanted) else ()):
+            found.update(strings.filter(pc.is_in(strings, value_set=wanted)).to_pylist())
+        return found
+
     def take(self, faiss_ids: np.ndarray) -> np.ndarray:
         """Item id strings of ``faiss_ids`` (any shape; None where the id is -1)."""
         import pyarrow as pa
