@@ -273,6 +273,14 @@ def test_memory_url_input(towers, tmp_path):
         assert got.column("item_id").equals(table.column("item_id"))
         glob = predictor.resolve_parquet_input(f"memory://{root}/*.parquet")
         assert len(glob.paths) == 2
+        # a footer is read once however often the file is opened (each read is a request remotely):
+        # once read, the file opens without the bytes that end it
+        assert glob.open(glob.paths[1]).metadata.num_rows == 35
+        whole = fs.cat_file(glob.paths[1])
+        fs.pipe_file(glob.paths[1], whole[:-8])
+        assert glob.open(glob.paths[1]).metadata.num_rows == 35
+        with pytest.raises(InputError, match="cannot read it as parquet"):
+            predictor.resolve_parquet_input(f"memory://{root}/*.parquet").open(glob.paths[1])
     finally:
         fs.rm(root, recursive=True)
 

@@ -3,7 +3,7 @@ streaming their record batches in order, with the rows the validation pass dropp
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
@@ -26,14 +26,18 @@ class ParquetInput:
 
     paths: list[str]
     filesystem: Any = None
+    # each file's footer, read on its first opening: the validation, the id pass and the
+    # prediction pass open every file, and on a remote store each footer read is a request
+    footers: dict[str, pq.FileMetaData] = field(default_factory=dict, repr=False, compare=False)
 
     def open(self, path: str) -> pq.ParquetFile:
         try:
-            if self.filesystem is None:
-                return pq.ParquetFile(path)
-            return pq.ParquetFile(self.filesystem.open_input_file(path))
+            where = path if self.filesystem is None else self.filesystem.open_input_file(path)
+            opened = pq.ParquetFile(where, metadata=self.footers.get(path))
         except (pa.ArrowInvalid, OSError) as exc:
             raise InputError(f"{path}: cannot read it as parquet ({exc})") from None
+        self.footers.setdefault(path, opened.metadata)
+        return opened
 
 
 def _is_url(location: str) -> bool:
