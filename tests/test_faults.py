@@ -168,9 +168,23 @@ def _beacons(folder: Path) -> dict[Path, int]:
     return {p: p.stat().st_size for p in folder.parent.glob("beacon-*")}
 
 
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            pass
+    return found
+
+
+@pytest.mark.parametrize("children_first", [False, True], ids=["recbuild", "its-children-first"])
 @pytest.mark.parametrize("how", sorted(SPAWNS))
-def test_no_writer_survives_sigkill(tmp_path, how):
-    """Every descendant of a step dies with recbuild, even when recbuild is SIGKILLed."""
+def test_no_writer_survives_sigkill(tmp_path, how, children_first):
+    """Every descendant of a step dies with recbuild, even when recbuild is SIGKILLed; and when
+    its own children are SIGKILLed first, as a Ray worker's are when it exits or is force-cancelled
+    (a step on a cluster): the reaper is not among them."""
     folder = tmp_path / "project"
     folder.mkdir()
     (folder / "recbuild.yaml").write_text(ORPHAN_RECIPE.format(spawn=SPAWNS[how]))
@@ -179,6 +193,9 @@ def test_no_writer_survives_sigkill(tmp_path, how):
     while not _beacons(folder) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _beacons(folder), "the step never started writing"
+    if children_first:
+        for child in _children(proc.pid):
+            os.kill(child, signal.SIGKILL)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=30)
     time.sleep(0.5)  # the supervisor notices at once; give the kernel a moment to deliver

@@ -14,6 +14,11 @@ first use. The reaper
   that session (a background job left running would go on writing into a folder being published);
   ``stop()`` kills the session at once (Ctrl-C, SIGTERM).
 
+The reaper is not a child of the process that starts it (it forks once and its first process
+exits): a Ray worker that exits or is killed (``ray.cancel(force=True)``, the job's end) SIGKILLs its
+own children (Ray's ``kill_child_processes_on_worker_exit``), which would kill a reaper before it can
+kill the command's session, leaving the command running, orphaned, on the node.
+
 Why not ``PR_SET_PDEATHSIG`` on the child: it reaches only the direct child (the shell, not what the
 shell started) and fires when the *thread* that started the child ends, which under ``make -j`` is a
 worker thread. Why one reaper rather than one supervisor per command: a Python start costs 20-50 ms,
@@ -34,6 +39,8 @@ from typing import IO, Sequence
 REAPER = r"""
 import ctypes, json, os, select, signal, socket, sys, time
 
+if os.fork():  # not its starter's child (module doc: a Ray worker's exit SIGKILLs its children)
+    os._exit(0)
 libc = ctypes.CDLL(None, use_errno=True)
 libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
 lifeline = int(sys.argv[1])
@@ -206,6 +213,7 @@ class _Reaper:
         finally:
             os.close(lifeline_r)
             theirs.close()
+        self._popen.wait()  # (the reaper's first process only forks it off)
         self.alive = True
         self._lock = threading.Lock()
         self._next_id = 0
