@@ -332,14 +332,14 @@ def test_ctrl_c_cancels_every_task_in_flight(cluster):
 
 
 def _raylet_of(cluster, pid: int) -> str:
-    """The Ray node whose raylet started process ``pid`` (its worker, then what the step ran)."""
+    """The Ray node whose worker ran the step that started process ``pid``: the raylet named in the
+    environment the step's command inherits from its worker (RAY_RAYLET_PID). Not by parent
+    processes: the commands run below recbuild's reaper, which is not the worker's child."""
     raylets = {p: node for node, p in cluster.raylets().items()}
-    while pid > 1:
-        if pid in raylets:
-            return raylets[pid]
-        status = Path(f"/proc/{pid}/status").read_text()
-        pid = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
-    raise AssertionError("the step's process is not below a raylet of the cluster")
+    environment = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    named = [int(v.split(b"=", 1)[1]) for v in environment if v.startswith(b"RAY_RAYLET_PID=")]
+    assert named and named[0] in raylets, f"process {pid} names no raylet of the cluster ({named})"
+    return raylets[named[0]]
 
 
 def _wait_for_lines(path: Path, count: int, seconds: float = 120) -> list[str]:
