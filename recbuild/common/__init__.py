@@ -4,5 +4,5 @@
   ids            stable 63-bit ids for string ids (xxh3), shared by models and indexes; the
                  repeat check of a sorted id column
   sizes          memory sizes: parse "2GB" / "1.5GiB", print bytes
-  parquet_batches  a parquet file in fixed-size batches, one row group read at a time
+  parquet_batches  a parquet file in batches, one row group read at a time (fixed-size if asked)
 """

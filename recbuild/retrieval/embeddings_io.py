@@ -102,15 +102,13 @@ def require_columns(info: TableInfo, columns: Sequence[str], where: str) -> None
 
 def iter_batches(info: TableInfo, columns: Sequence[str], batch_rows: int = DEFAULT_BATCH_ROWS):
     """Yield (row_offset, pyarrow.RecordBatch) over every file, in order, with only ``columns``."""
+    from recbuild.common.parquet_batches import row_group_batches
+
     offset = 0
     for path in info.files:
-        pf = _open(path)
-        # One reader per row group: a reader over the whole file keeps every row group it decoded
-        # until the file is closed (a 1M x 64 file held 250 MB by its end, for 16 MB batches).
-        for group in range(pf.num_row_groups):
-            for batch in pf.iter_batches(batch_size=batch_rows, row_groups=[group], columns=list(columns)):
-                yield offset, batch
-                offset += batch.num_rows
+        for batch in row_group_batches(_open(path), batch_rows, columns):
+            yield offset, batch
+            offset += batch.num_rows
 
 
 def embedding_matrix(column: Any, where: str, row_offset: int = 0,
