@@ -160,15 +160,13 @@ def sse(data: Path, n: int, dim: int, trees: dict[str, np.ndarray], k: int, dept
         levels: list[int]) -> dict[str, dict[int, float]]:
     """Within-node SSE at ``levels`` for each tree's leaf codes, in one streamed pass over the items."""
     from recbuild.retrieval.embeddings_io import EmbeddingTable
+    from recbuild.retrieval.tdm_tree.codes import ancestors_on, first_code
 
     table = EmbeddingTable(data / "items", "item_id", "item_tower_emb", "items")
     groups = {}
     for name, codes in trees.items():
         for level in levels:
-            node = codes.copy()
-            for _ in range(depth - level):
-                node = (node - 1) // k
-            node -= (k ** level - 1) // (k - 1)
+            node = ancestors_on(codes, k, depth, level) - first_code(level, k)
             groups[name, level] = (node, np.zeros((k ** level, dim)), np.zeros(k ** level), np.zeros(k ** level))
     for part in table.batches(1 << 18):
         lo, x = part.row_offset, part.vectors.astype(np.float64)

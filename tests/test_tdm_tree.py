@@ -315,3 +315,13 @@ def test_attribute_column_without_any_value():
     features = tree_io.node_features(tree, tt.init_leaf_codes(3, 2), leaf_table, "item_id", ["c", "n"], ["r"])
     internal = features.slice(0, 3).to_pylist()
     assert [(row["c"], row["n"], row["r"]) for row in internal] == [("", None, None)] * 3
+
+
+@pytest.mark.parametrize("k,depth", [(2, 1), (2, 7), (3, 4), (300, 2)])
+def test_ancestors_on_a_level_are_the_parents_parents(k, depth):
+    rng = np.random.default_rng(k * 100 + depth)
+    leaves = np.sort(rng.integers(tt.first_code(depth, k), tt.first_code(depth + 1, k), 500))
+    walked = leaves.copy()
+    for level in range(depth, -1, -1):
+        assert np.array_equal(tt.ancestors_on(leaves, k, depth, level), walked)
+        walked = (walked - 1) // k

@@ -12,7 +12,7 @@ k**(D-L-1)`` keeps every item within reach of level D. A node left with one item
 first child (``code*k+1``, as tzrec pulls leaves down).
 
 Modules (each one job; the names below are re-exported here):
-  codes      the node coding: tree_depth, first_code, level_of, ancestor_codes
+  codes      the node coding: tree_depth, first_code, level_of, ancestor_codes, ancestors_on
   init_mode  init_leaf_codes (tzrec's contiguous split of items sorted by init_order)
   learnt     learnt_leaf_codes (level-by-level balanced k-means, torch)
   leaves     TreeLeaves (the leaves in code order: every level walked in chunks, for the writers),
@@ -24,7 +24,8 @@ Modules (each one job; the names below are re-exported here):
 The files a tree is written to are recbuild/retrieval/tree_io/.
 """
 
-from recbuild.retrieval.tdm_tree.codes import INT64_MAX, ancestor_codes, first_code, level_of, tree_depth
+from recbuild.retrieval.tdm_tree.codes import (INT64_MAX, ancestor_codes, ancestors_on, first_code, level_of,
+                                              tree_depth)
 from recbuild.retrieval.tdm_tree.init_mode import init_leaf_codes, init_order
 from recbuild.retrieval.tdm_tree.item_ids import ids_for_hash_mode, validate_item_ids
 from recbuild.retrieval.tdm_tree.leaves import TreeLeaves, assemble_tree
@@ -32,7 +33,7 @@ from recbuild.retrieval.tdm_tree.learnt import learnt_leaf_codes
 from recbuild.retrieval.tdm_tree.quality import balance, balance_report, segment_sizes_of_level, sse_at_level
 from recbuild.retrieval.tdm_tree.tree import TdmTree, check_tree_invariants
 
-__all__ = ["INT64_MAX", "TdmTree", "TreeLeaves", "ancestor_codes", "assemble_tree", "balance", "balance_report",
-           "check_tree_invariants", "first_code", "ids_for_hash_mode", "init_leaf_codes", "init_order",
-           "learnt_leaf_codes", "level_of", "segment_sizes_of_level", "sse_at_level", "tree_depth",
+__all__ = ["INT64_MAX", "TdmTree", "TreeLeaves", "ancestor_codes", "ancestors_on", "assemble_tree", "balance",
+           "balance_report", "check_tree_invariants", "first_code", "ids_for_hash_mode", "init_leaf_codes",
+           "init_order", "learnt_leaf_codes", "level_of", "segment_sizes_of_level", "sse_at_level", "tree_depth",
            "validate_item_ids"]

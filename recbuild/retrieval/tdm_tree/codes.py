@@ -31,6 +31,13 @@ def first_code(level: int, k: int) -> int:
     return (k ** level - 1) // (k - 1)
 
 
+def ancestors_on(leaf_codes: np.ndarray, k: int, depth: int, level: int) -> np.ndarray:
+    """The codes on ``level`` above ``leaf_codes`` (every leaf on level ``depth``): a leaf's offset
+    in its level, divided by the leaves under one node of ``level``, is its ancestor's offset."""
+    span = k ** (depth - level)
+    return (np.asarray(leaf_codes, dtype=np.int64) - first_code(depth, k)) // span + first_code(level, k)
+
+
 def level_of(codes: np.ndarray, k: int, depth: int) -> np.ndarray:
     """The level of each code (root level 0) in a tree whose leaves are on ``depth``."""
     starts = np.array([first_code(level, k) for level in range(depth + 2)], dtype=np.int64)

@@ -18,7 +18,7 @@ from typing import Iterator
 import numpy as np
 
 from recbuild.errors import BuildError, InputError
-from recbuild.retrieval.tdm_tree.codes import INT64_MAX, first_code
+from recbuild.retrieval.tdm_tree.codes import INT64_MAX, ancestors_on, first_code
 from recbuild.retrieval.tdm_tree.tree import TdmTree
 
 # Leaves handled at once when walking a level: a few tens of MB of codes and their ancestors.
@@ -86,8 +86,7 @@ class TreeLeaves:
 
     def ancestors(self, leaf_codes: np.ndarray, level: int) -> np.ndarray:
         """The codes on ``level`` above ``leaf_codes``."""
-        span = self.k ** (self.depth - level)
-        return (leaf_codes - first_code(self.depth, self.k)) // span + first_code(level, self.k)
+        return ancestors_on(leaf_codes, self.k, self.depth, level)
 
     def level_runs(self, level: int) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
         """(codes, leaves under each, index of the first of those leaves), in code order, in chunks:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from recbuild.retrieval.tdm_tree.codes import ancestors_on
 from recbuild.retrieval.tdm_tree.leaves import TreeLeaves
 from recbuild.retrieval.tdm_tree.tree import TdmTree
 
@@ -45,10 +46,7 @@ def balance(tree: TreeLeaves | TdmTree) -> dict[str, float | int]:
 
 def segment_sizes_of_level(leaf_codes: np.ndarray, k: int, depth: int, level: int) -> np.ndarray:
     """Number of leaves under each node of ``level`` (for balance checks)."""
-    anc = np.asarray(leaf_codes, dtype=np.int64)
-    for _ in range(depth - level):
-        anc = (anc - 1) // k
-    _, counts = np.unique(anc, return_counts=True)
+    _, counts = np.unique(ancestors_on(leaf_codes, k, depth, level), return_counts=True)
     return counts
 
 
@@ -56,10 +54,7 @@ def balance_report(leaf_codes: np.ndarray, k: int, depth: int) -> dict[str, int]
     """Largest difference in leaf count between siblings, over every internal node."""
     worst = 0
     for level in range(1, depth + 1):
-        anc = np.asarray(leaf_codes, dtype=np.int64)
-        for _ in range(depth - level):
-            anc = (anc - 1) // k
-        nodes, counts = np.unique(anc, return_counts=True)
+        nodes, counts = np.unique(ancestors_on(leaf_codes, k, depth, level), return_counts=True)
         parents = (nodes - 1) // k
         # children a parent lacks count as size 0 (matrix of parent x child slot)
         unique_parents = np.unique(parents)
@@ -71,10 +66,7 @@ def balance_report(leaf_codes: np.ndarray, k: int, depth: int) -> dict[str, int]
 
 def sse_at_level(vectors: np.ndarray, leaf_codes: np.ndarray, k: int, depth: int, level: int) -> float:
     """Within-node sum of squared distances to the node mean at ``level`` (tree quality)."""
-    anc = np.asarray(leaf_codes, dtype=np.int64)
-    for _ in range(depth - level):
-        anc = (anc - 1) // k
-    _, group = np.unique(anc, return_inverse=True)
+    _, group = np.unique(ancestors_on(leaf_codes, k, depth, level), return_inverse=True)
     x = vectors.astype(np.float64)
     sums = np.zeros((group.max() + 1, x.shape[1]))
     _add_rows(sums, group, x)
